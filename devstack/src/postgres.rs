@@ -1,0 +1,265 @@
+//! An ephemeral PostgreSQL cluster: initdb in a temporary directory, trust
+//! auth on 127.0.0.1, a free port. As root it runs as the `postgres` user,
+//! since the server refuses to run as root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{free_port, keeper, wait_until, work_dir};
+
+/// The role ephemeral clusters are created with.
+const SUPERUSER: &str = "opsrun";
+
+/// How the ephemeral cluster trades durability for speed.
+#[derive(Debug, Clone, Copy)]
+pub struct PostgresOptions {
+    /// `fsync=on` (durable, realistic for benchmarks) or off (fast tests).
+    pub fsync: bool,
+    /// `max_connections`.
+    pub max_connections: u32,
+}
+
+impl PostgresOptions {
+    /// Fast settings for tests and the demo.
+    pub fn fast() -> Self {
+        PostgresOptions {
+            fsync: false,
+            max_connections: 400,
+        }
+    }
+
+    /// Durable settings for benchmarks.
+    pub fn durable() -> Self {
+        PostgresOptions {
+            fsync: true,
+            max_connections: 400,
+        }
+    }
+}
+
+/// A running ephemeral Postgres; stopped when dropped.
+pub struct Postgres {
+    child: Option<Child>,
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    run_as: Option<(u32, u32)>,
+    options: PostgresOptions,
+}
+
+impl Postgres {
+    /// initdb and start a cluster.
+    pub fn start(options: PostgresOptions) -> Result<Postgres> {
+        let bin = find_bindir()?;
+        let dir = work_dir("pg")?;
+        let run_as = run_as_user()?;
+        let data = dir.join("data");
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .context("chown of the postgres directory")?;
+        }
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        as_user(&mut initdb, run_as);
+        let out = initdb.output().context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut pg = Postgres {
+            child: None,
+            bin,
+            dir,
+            port: free_port()?,
+            run_as,
+            options,
+        };
+        pg.launch()?;
+        Ok(pg)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("postgres.log"))?;
+        let mut cmd = Command::new(self.bin.join("postgres"));
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        cmd.arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.dir.display()))
+            .arg("-c")
+            .arg(format!("fsync={}", on_off(self.options.fsync)))
+            .arg("-c")
+            .arg(format!("full_page_writes={}", on_off(self.options.fsync)))
+            .arg("-c")
+            .arg(format!("max_connections={}", self.options.max_connections))
+            .args([
+                "-c",
+                "shared_buffers=256MB",
+                "-c",
+                "log_min_messages=warning",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log);
+        as_user(&mut cmd, self.run_as);
+        self.child = Some(keeper::spawn(cmd).context("starting postgres")?);
+        let ready = wait_until(Duration::from_secs(30), || {
+            Command::new(self.bin.join("pg_isready"))
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        });
+        if !ready {
+            let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+            bail!("postgres did not become ready on port {}: {log}", self.port);
+        }
+        Ok(())
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// URL of `database` on this server.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Create `database` and return its URL.
+    pub async fn create_database(&self, database: &str) -> Result<String> {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&self.url("postgres")).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(database)
+                .fetch_one(&mut admin)
+                .await?;
+        if !exists {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE \"{}\"",
+                database.replace('"', "")
+            )))
+            .execute(&mut admin)
+            .await?;
+        }
+        Ok(self.url(database))
+    }
+
+    /// Kill the server at once (like a crash), then start it again on the
+    /// same port and data; committed data survives through WAL recovery.
+    pub fn crash_restart(&mut self) -> Result<()> {
+        self.kill();
+        self.launch()
+    }
+
+    /// Kill the server at once.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start the server again after [`Postgres::kill`].
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        self.launch()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGINT = fast shutdown: backends are told to exit.
+            // SAFETY: sending a signal to our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let exited = wait_until(Duration::from_secs(5), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The newest installed server's bin directory.
+fn find_bindir() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("OPSRUN_PG_BINDIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((version, bin))
+        })
+        .collect();
+    candidates.sort();
+    match candidates.pop() {
+        Some((_, bin)) => Ok(bin),
+        None if Path::new("/usr/bin/postgres").exists() => Ok(PathBuf::from("/usr/bin")),
+        None => bail!(
+            "no PostgreSQL server found under /usr/lib/postgresql/*/bin; install it \
+             (apt-get install postgresql) or set DATABASE_URL to a running server"
+        ),
+    }
+}
+
+/// As root, the uid/gid of the `postgres` user; otherwise run as ourselves.
+fn run_as_user() -> Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() > 3 && fields[0] == "postgres" {
+            return Ok(Some((fields[2].parse()?, fields[3].parse()?)));
+        }
+    }
+    bail!(
+        "running as root and no 'postgres' user exists; install the postgresql package or run as another user"
+    )
+}
+
+fn as_user(cmd: &mut Command, run_as: Option<(u32, u32)>) {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid).gid(gid);
+    }
+}

@@ -1,0 +1,97 @@
+//! An ephemeral redis-server: free port, no persistence, `noeviction`
+//! (streams must never be evicted).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{free_port, keeper, wait_until, work_dir};
+
+/// A running ephemeral Redis; killed when dropped.
+pub struct Redis {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Redis {
+    /// Start a server on a free port.
+    pub fn start() -> Result<Redis> {
+        let mut redis = Redis {
+            child: None,
+            dir: work_dir("redis")?,
+            port: free_port()?,
+        };
+        redis.launch()?;
+        Ok(redis)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("redis.log"))?;
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(log)
+            .stderr(Stdio::null());
+        self.child = Some(keeper::spawn(cmd).context(
+            "starting redis-server (install it with apt-get install redis-server, or set REDIS_URL)",
+        )?);
+        if !wait_until(Duration::from_secs(10), || self.ping()) {
+            bail!("redis-server did not answer PING on port {}", self.port);
+        }
+        Ok(())
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://` URL of this server.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kill the server (all data is lost: there is no persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill and start again on the same port, empty.
+    pub fn restart_empty(&mut self) -> Result<()> {
+        self.kill();
+        self.launch()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,91 @@
+//! The library's one error type. A job's outcome is not an error: handlers
+//! return a [`crate::JobResult`]; this enum is for the machinery around them.
+
+/// Errors raised by the ledger, the transport and request validation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A run request or configuration value was rejected before any I/O.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field that was rejected (`tenant_id`, `type`, `inputs`, ...).
+        field: &'static str,
+        /// What is wrong with it, without echoing secrets.
+        reason: String,
+    },
+    /// Postgres could not be reached or a statement failed.
+    #[error("{operation}: {source}")]
+    Database {
+        /// The ledger operation that failed.
+        operation: &'static str,
+        /// The driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Redis could not be reached or a stream command failed.
+    #[error("{operation}: {source}")]
+    Redis {
+        /// The transport operation that failed.
+        operation: String,
+        /// The client error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A Redis connection could not be taken from the pool.
+    #[error("{operation}: {source}")]
+    RedisPool {
+        /// The transport operation that needed a connection.
+        operation: String,
+        /// The pool error.
+        #[source]
+        source: deadpool_redis::PoolError,
+    },
+    /// A Redis command did not answer within its time limit.
+    #[error("{operation}: timed out after {after:?}")]
+    RedisTimeout {
+        /// The transport operation that timed out.
+        operation: String,
+        /// How long it waited.
+        after: std::time::Duration,
+    },
+    /// Concurrent starts of one identity kept racing completions; try again.
+    #[error("ensuring run: the active run for this identity kept changing; try again")]
+    DedupeContention,
+    /// The migrations could not be applied.
+    #[error("applying migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl Error {
+    /// Shorthand for a validation error on `field`.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// True when the error means Postgres could not be reached at all (as
+    /// opposed to a statement being rejected), so callers can retry or exit
+    /// with the "unavailable" code.
+    pub fn is_database_unavailable(&self) -> bool {
+        match self {
+            Error::Database { source, .. } => matches!(
+                source,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attach the operation name to a sqlx error.
+pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Database { operation, source }
+}

@@ -1,0 +1,80 @@
+//! What a job is given and what it returns. A job's outcome is not an error:
+//! the result variants steer the lifecycle.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::run::{Failure, Outcome, Run, SummaryCounts};
+
+/// The claimed run a handler executes.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The run as claimed: status `running`, `attempt` already counted.
+    pub run: Run,
+}
+
+impl Job {
+    /// The job's inputs (a JSON object).
+    pub fn inputs(&self) -> &serde_json::Value {
+        &self.run.inputs.0
+    }
+}
+
+/// What a job reports when it ran to the end.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobReport {
+    /// Outcome the job chose; derived from counts and failures when `None`.
+    pub outcome: Option<Outcome>,
+    /// Item counts.
+    pub summary_counts: SummaryCounts,
+    /// Item failures (sanitized before they are stored).
+    pub failures: Vec<Failure>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobResult {
+    /// The job ran to the end and reports what happened.
+    Finished(JobReport),
+    /// The job failed as a whole, with a stable code and a message
+    /// (sanitized before it is stored).
+    Failed {
+        /// Stable code such as `job.exit_nonzero`.
+        code: String,
+        /// Human text; may contain secrets, which are redacted.
+        message: String,
+    },
+}
+
+impl JobResult {
+    /// A success with no counts.
+    pub fn succeeded() -> Self {
+        JobResult::Finished(JobReport::default())
+    }
+
+    /// A whole-job failure.
+    pub fn failed(code: impl Into<String>, message: impl Into<String>) -> Self {
+        JobResult::Failed {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Executes jobs of one or more run types.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Run the job. Cancellation is by dropping the future (time limit or
+    /// shutdown), so hold resources in types that clean up on drop.
+    async fn handle(&self, job: Job) -> JobResult;
+}
+
+/// A handler and the limits it runs under, for one run type.
+#[derive(Clone)]
+pub struct Route {
+    /// The handler.
+    pub handler: std::sync::Arc<dyn Handler>,
+    /// Longest a job may run before it is stopped and fails with `job.timeout`.
+    pub time_limit: Duration,
+}

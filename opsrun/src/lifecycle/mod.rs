@@ -1,0 +1,356 @@
+//! The worker lifecycle for one delivered entry: conditional claim
+//! (`queued → running`, tenant and attempt checked), the handler stack under
+//! a time limit with panics caught, a terminal write fenced on the claim, and
+//! only then XACK. Delivery is at-least-once; the terminal state is written
+//! exactly once.
+
+mod handler;
+mod heartbeat;
+mod middleware;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use handler::{Handler, Job, JobReport, JobResult, Route};
+pub use heartbeat::{InFlight, heartbeat_loop};
+pub use middleware::{Middleware, Next};
+
+use crate::error::{Error, Result};
+use crate::ledger::Ledger;
+use crate::run::{Outcome, Run, fold_failures};
+use crate::sanitize;
+use crate::transport::{Delivery, Transport};
+
+/// How long a claim keeps retrying while Postgres is unreachable before the
+/// entry is left pending for the reaper.
+pub const CLAIM_RETRY_BUDGET: Duration = Duration::from_secs(5);
+/// How long a terminal write keeps retrying while Postgres is unreachable.
+/// Kept below the default lease so a reclaim does not race a late write.
+pub const COMPLETE_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// Why a delivery was acknowledged without running anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The entry's fields were missing or unparsable (or trimmed away).
+    Malformed,
+    /// No queued run matched: unknown run, other tenant, already running or
+    /// completed, or a stale attempt (duplicate, late or forged entry).
+    NotClaimable,
+}
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Processed {
+    /// The job ran and its terminal state was written.
+    Completed(Run),
+    /// Nothing ran; the entry was acknowledged.
+    Skipped(SkipReason),
+    /// The job ran but the claim had been taken over; its result was dropped.
+    LeaseLost,
+    /// Postgres was unreachable; the entry stays pending for the reaper.
+    Deferred,
+}
+
+/// Counters of processed deliveries.
+#[derive(Debug, Default)]
+pub struct LifecycleStats {
+    /// Runs completed by this process.
+    pub completed: AtomicU64,
+    /// Entries acknowledged without running (duplicate, forged, malformed).
+    pub skipped: AtomicU64,
+    /// Results dropped because the claim was lost.
+    pub lease_lost: AtomicU64,
+    /// Entries left pending because Postgres was unreachable.
+    pub deferred: AtomicU64,
+}
+
+/// Runs delivered entries through claim → handler → fenced completion → ack.
+pub struct Lifecycle {
+    ledger: Ledger,
+    transport: Transport,
+    holder: String,
+    routes: HashMap<String, Route>,
+    fallback: Option<Route>,
+    middleware: Arc<Vec<Arc<dyn Middleware>>>,
+    in_flight: InFlight,
+    stats: Arc<LifecycleStats>,
+}
+
+impl Lifecycle {
+    /// A lifecycle whose claims are held as `holder` (the consumer name).
+    pub fn new(ledger: Ledger, transport: Transport, holder: impl Into<String>) -> Self {
+        Lifecycle {
+            ledger,
+            transport,
+            holder: holder.into(),
+            routes: HashMap::new(),
+            fallback: None,
+            middleware: Arc::new(Vec::new()),
+            in_flight: InFlight::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Handle `run_type` with `route`.
+    pub fn route(mut self, run_type: impl Into<String>, route: Route) -> Self {
+        self.routes.insert(run_type.into(), route);
+        self
+    }
+
+    /// Handle every type without its own route with `route`.
+    pub fn fallback(mut self, route: Route) -> Self {
+        self.fallback = Some(route);
+        self
+    }
+
+    /// Add a middleware; the first added is the outermost.
+    pub fn layer(mut self, middleware: impl Middleware) -> Self {
+        Arc::get_mut(&mut self.middleware)
+            .expect("layers are added before use")
+            .push(Arc::new(middleware));
+        self
+    }
+
+    /// The claim holder name.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The runs currently held (for the heartbeat loop).
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &LifecycleStats {
+        &self.stats
+    }
+
+    /// Process one delivery end to end.
+    pub async fn process(&self, delivery: Delivery) -> Processed {
+        let Some(entry) = delivery.entry else {
+            tracing::warn!(queue = %delivery.queue, entry_id = %delivery.entry_id, "malformed entry acknowledged and skipped");
+            self.ack(&delivery.queue, &delivery.entry_id).await;
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Processed::Skipped(SkipReason::Malformed);
+        };
+        let claim = retry_while_unavailable(CLAIM_RETRY_BUDGET, || {
+            self.ledger
+                .mark_running(entry.tenant_id, entry.run_id, entry.attempt, &self.holder)
+        })
+        .await;
+        let run = match claim {
+            Ok(Some(run)) => run,
+            Ok(None) => {
+                tracing::info!(run_id = %entry.run_id, tenant_id = entry.tenant_id, attempt = entry.attempt,
+                    entry_id = %delivery.entry_id, "entry matches no queued run (duplicate, late or forged); skipped");
+                self.ack(&delivery.queue, &delivery.entry_id).await;
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                return Processed::Skipped(SkipReason::NotClaimable);
+            }
+            Err(e) => {
+                tracing::error!(run_id = %entry.run_id, error = %e, "could not claim run; leaving the entry pending");
+                self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                return Processed::Deferred;
+            }
+        };
+
+        self.in_flight.insert(run.id);
+        let span = tracing::info_span!("run", run_id = %run.id, tenant_id = run.tenant_id, r#type = %run.run_type, attempt = run.attempt, queue = %run.queue);
+        let _ = &span;
+        tracing::info!(parent: &span, "run started");
+        let result = self.execute(Job { run: run.clone() }).await;
+        let (outcome, counts, failures) = terminal_state(result);
+        let completion = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || {
+            self.ledger.complete(
+                run.tenant_id,
+                run.id,
+                &self.holder,
+                run.attempt,
+                outcome,
+                &counts,
+                &failures,
+            )
+        })
+        .await;
+        self.in_flight.remove(run.id);
+
+        match completion {
+            Ok(Some(done)) => {
+                tracing::info!(parent: &span, outcome = done.outcome.as_str(), "run completed");
+                self.ack(&delivery.queue, &delivery.entry_id).await;
+                self.stats.completed.fetch_add(1, Ordering::Relaxed);
+                Processed::Completed(done)
+            }
+            Ok(None) => {
+                // Another holder took the run over; it owns the result now.
+                tracing::warn!(parent: &span, "claim was lost before completion; result dropped");
+                self.ack(&delivery.queue, &delivery.entry_id).await;
+                self.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
+                Processed::LeaseLost
+            }
+            Err(e) => {
+                tracing::error!(parent: &span, error = %e, "could not write the terminal state; the reaper will reclaim the run");
+                self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                Processed::Deferred
+            }
+        }
+    }
+
+    /// Run the middleware stack and handler in their own task, under the
+    /// route's time limit, turning panics and timeouts into failures.
+    async fn execute(&self, job: Job) -> JobResult {
+        let Some(route) = self
+            .routes
+            .get(&job.run.run_type)
+            .or(self.fallback.as_ref())
+            .cloned()
+        else {
+            return JobResult::failed(
+                "job.unknown_type",
+                format!("no handler for type {} on this worker", job.run.run_type),
+            );
+        };
+        let middleware = Arc::clone(&self.middleware);
+        let mut task = tokio::spawn(async move {
+            Next {
+                rest: &middleware,
+                handler: route.handler.as_ref(),
+            }
+            .run(job)
+            .await
+        });
+        match tokio::time::timeout(route.time_limit, &mut task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) if join.is_panic() => {
+                let payload = join.into_panic();
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-text panic payload".to_string());
+                JobResult::failed("job.panicked", format!("the job panicked: {text}"))
+            }
+            Ok(Err(_)) => JobResult::failed("job.cancelled", "the job task was cancelled"),
+            Err(_) => {
+                // Dropping the task drops the handler future, which kills an
+                // exec job's process group.
+                task.abort();
+                let _ = task.await;
+                JobResult::failed(
+                    "job.timeout",
+                    format!(
+                        "the job exceeded its time limit of {}s and was stopped",
+                        route.time_limit.as_secs_f64()
+                    ),
+                )
+            }
+        }
+    }
+
+    async fn ack(&self, queue: &str, entry_id: &str) {
+        if let Err(e) = self.transport.ack(queue, &[entry_id]).await {
+            // The run's state is already committed; a stale pending entry is
+            // only a hint and the reaper clears it.
+            tracing::warn!(queue, entry_id, error = %e, "acknowledge failed; entry stays pending");
+        }
+    }
+}
+
+/// Outcome, counts and sanitized, folded failures for a job result.
+fn terminal_state(result: JobResult) -> (Outcome, crate::SummaryCounts, Vec<crate::Failure>) {
+    match result {
+        JobResult::Finished(report) => {
+            let failures =
+                fold_failures(report.failures.into_iter().map(sanitize::sanitize_failure));
+            let outcome = match report.outcome {
+                Some(o) if o.is_terminal() && o != Outcome::Cancelled => o,
+                _ => Outcome::derive(&report.summary_counts, &failures),
+            };
+            (outcome, report.summary_counts, failures)
+        }
+        JobResult::Failed { code, message } => (
+            Outcome::Failed,
+            Default::default(),
+            vec![sanitize::failure(&code, &message)],
+        ),
+    }
+}
+
+/// Retry `op` with backoff while Postgres is unreachable, up to `budget`.
+/// Other errors (a rejected statement) are returned at once.
+async fn retry_while_unavailable<T, F, Fut>(budget: Duration, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Err(e) if Error::is_database_unavailable(&e) && started.elapsed() + delay < budget => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "postgres unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{Failure, SummaryCounts};
+
+    #[test]
+    fn terminal_state_derives_outcome_and_sanitizes() {
+        let (o, _, f) = terminal_state(JobResult::failed(
+            "job.exit_nonzero",
+            "password=hunter2 failed",
+        ));
+        assert_eq!(o, Outcome::Failed);
+        assert!(!f[0].message.contains("hunter2"));
+
+        let report = JobReport {
+            outcome: None,
+            summary_counts: SummaryCounts {
+                total: 3,
+                success: 2,
+                failed: 1,
+                skipped: 0,
+            },
+            failures: vec![
+                Failure {
+                    code: "item.failed".into(),
+                    message: "token=abc123456".into(),
+                    count: 1,
+                },
+                Failure {
+                    code: "item.failed".into(),
+                    message: "other".into(),
+                    count: 1,
+                },
+            ],
+        };
+        let (o, counts, f) = terminal_state(JobResult::Finished(report));
+        assert_eq!(o, Outcome::PartiallySucceeded);
+        assert_eq!(counts.failed, 1);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].count, 2);
+        assert!(!f[0].message.contains("abc123456"));
+
+        // A job cannot claim the reserved outcome or "pending".
+        let pending = JobReport {
+            outcome: Some(Outcome::Pending),
+            ..Default::default()
+        };
+        assert_eq!(
+            terminal_state(JobResult::Finished(pending)).0,
+            Outcome::Succeeded
+        );
+    }
+}

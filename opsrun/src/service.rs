@@ -1,0 +1,218 @@
+//! The service interface other code calls: `ensure_run` (validate, dedupe,
+//! dispatch), `update_run` and `fail_run`. It composes the ledger and the
+//! transport; the ordering rules (row committed before XADD, failed dispatch
+//! ends the run) live here.
+
+use crate::error::Result;
+use crate::identity::identity_hash;
+use crate::ledger::Ledger;
+use crate::request::RunRequest;
+use crate::run::{Failure, Outcome, Run, Status, SummaryCounts, fold_failures};
+use crate::sanitize;
+use crate::transport::{Entry, Transport};
+
+/// Failure code of a run whose dispatch to Redis failed.
+pub const DISPATCH_FAILED: &str = "queue.dispatch_failed";
+
+/// What happened to the dispatch of an ensured run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dispatch {
+    /// A new run was created and its entry added to the stream.
+    Sent {
+        /// The stream entry id.
+        entry_id: String,
+    },
+    /// An active run with the same identity existed; nothing was sent.
+    Deduplicated,
+    /// Sending failed; the run was ended with [`DISPATCH_FAILED`] (unless a
+    /// worker had already claimed it, in which case `run` shows that).
+    Failed(Failure),
+}
+
+/// The result of [`RunService::ensure_run`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnsuredRun {
+    /// The run as it stands after the call.
+    pub run: Run,
+    /// What happened to its dispatch.
+    pub dispatch: Dispatch,
+}
+
+impl EnsuredRun {
+    /// True when an active run was returned instead of a new one.
+    pub fn deduplicated(&self) -> bool {
+        self.dispatch == Dispatch::Deduplicated
+    }
+
+    /// True when dispatch failed.
+    pub fn dispatch_failed(&self) -> bool {
+        matches!(self.dispatch, Dispatch::Failed(_))
+    }
+}
+
+/// Link to a run's page in Monitoring → Operations.
+pub fn view_url(monitor_base: &str, run: &Run) -> String {
+    format!(
+        "{}/tenants/{}/operations/{}",
+        monitor_base.trim_end_matches('/'),
+        run.tenant_id,
+        run.id
+    )
+}
+
+/// Starts and updates runs.
+#[derive(Debug, Clone)]
+pub struct RunService {
+    ledger: Ledger,
+    transport: Transport,
+}
+
+impl RunService {
+    /// A service over a ledger and a transport.
+    pub fn new(ledger: Ledger, transport: Transport) -> Self {
+        RunService { ledger, transport }
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Validate `request`, then return the active run with its identity or
+    /// create a queued one and dispatch it. The row is committed before the
+    /// XADD; if the XADD fails the run is completed as failed with
+    /// `queue.dispatch_failed`, so no queued run is left undispatched.
+    pub async fn ensure_run(&self, request: &RunRequest) -> Result<EnsuredRun> {
+        request.validate()?;
+        let identity = identity_hash(request.tenant_id, &request.run_type, &request.inputs);
+        let (mut run, created) = self.ledger.insert_or_get_active(request, &identity).await?;
+        if !created {
+            return Ok(EnsuredRun {
+                run,
+                dispatch: Dispatch::Deduplicated,
+            });
+        }
+        let entry = Entry {
+            run_id: run.id,
+            tenant_id: run.tenant_id,
+            run_type: run.run_type.clone(),
+            attempt: run.attempt + 1,
+        };
+        match self.transport.publish(&run.queue, &entry).await {
+            Ok(entry_id) => {
+                // Bookkeeping for the reaper; the run is dispatched either way.
+                if let Err(e) = self
+                    .ledger
+                    .record_dispatch(run.tenant_id, run.id, &entry_id)
+                    .await
+                {
+                    tracing::warn!(run_id = %run.id, error = %e, "dispatch sent but not recorded");
+                }
+                run.dispatch_entry_id = Some(entry_id.clone());
+                Ok(EnsuredRun {
+                    run,
+                    dispatch: Dispatch::Sent { entry_id },
+                })
+            }
+            Err(e) => {
+                let failure = sanitize::failure(DISPATCH_FAILED, &e.to_string());
+                tracing::warn!(run_id = %run.id, tenant_id = run.tenant_id, error = %failure.message, "dispatch failed");
+                let run = match self
+                    .ledger
+                    .fail_queued(run.tenant_id, run.id, &failure)
+                    .await
+                {
+                    Ok(Some(failed)) => failed,
+                    // Not queued any more: a timed-out XADD landed and a worker
+                    // claimed the run. Report it as it stands.
+                    Ok(None) => match self.ledger.get(run.tenant_id, run.id).await? {
+                        Some(current) => {
+                            return Ok(EnsuredRun {
+                                dispatch: Dispatch::Sent {
+                                    entry_id: String::new(),
+                                },
+                                run: current,
+                            });
+                        }
+                        None => run,
+                    },
+                    // Postgres went away too: the run stays queued and the
+                    // reaper's lost-dispatch pass sends it again.
+                    Err(write_error) => {
+                        tracing::error!(run_id = %run.id, error = %write_error, "could not record the failed dispatch");
+                        run
+                    }
+                };
+                Ok(EnsuredRun {
+                    run,
+                    dispatch: Dispatch::Failed(failure),
+                })
+            }
+        }
+    }
+
+    /// Move `run` to `status` with `outcome`, counts and failures
+    /// (sanitized and folded by code). The update expects the run's current
+    /// status; `None` means it changed meanwhile and nothing was written.
+    pub async fn update_run(
+        &self,
+        run: &Run,
+        status: Status,
+        outcome: Outcome,
+        summary_counts: SummaryCounts,
+        failures: Vec<Failure>,
+    ) -> Result<Option<Run>> {
+        if status != run.status && !run.status.can_move_to(status) {
+            return Err(crate::Error::invalid(
+                "status",
+                format!(
+                    "a {} run cannot move to {}",
+                    run.status.as_str(),
+                    status.as_str()
+                ),
+            ));
+        }
+        if (status == Status::Completed) != outcome.is_terminal() {
+            return Err(crate::Error::invalid(
+                "outcome",
+                format!(
+                    "{} does not go with status {}",
+                    outcome.as_str(),
+                    status.as_str()
+                ),
+            ));
+        }
+        let failures = fold_failures(failures.into_iter().map(sanitize::sanitize_failure));
+        self.ledger
+            .update_status(
+                run.tenant_id,
+                run.id,
+                run.status,
+                status,
+                outcome,
+                &summary_counts,
+                &failures,
+            )
+            .await
+    }
+
+    /// Complete an active run as failed with a sanitized `error`
+    /// (code `job.failed`). `None` when it was no longer active.
+    pub async fn fail_run(&self, run: &Run, error: &dyn std::fmt::Display) -> Result<Option<Run>> {
+        let mut failures = run.failure_summary.0.clone();
+        failures.push(sanitize::failure("job.failed", &error.to_string()));
+        self.update_run(
+            run,
+            Status::Completed,
+            Outcome::Failed,
+            run.summary_counts.0,
+            failures,
+        )
+        .await
+    }
+}

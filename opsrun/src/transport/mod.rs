@@ -1,0 +1,315 @@
+//! Redis Streams: the only place that issues stream commands. One stream per
+//! queue (`<prefix>:queue:<queue>`), consumer group `workers`, entries carry
+//! only `run_id`, `tenant_id`, `type` and `attempt`: Postgres holds the rest.
+//! Every command touches one key, so any key may live on any cluster shard.
+
+mod reader;
+
+use std::time::Duration;
+
+use deadpool_redis::{Manager, Pool, Runtime};
+use redis::AsyncConnectionConfig;
+use redis::streams::StreamId;
+
+use crate::error::{Error, Result};
+use crate::run::RunId;
+
+pub use reader::StreamReader;
+
+/// The consumer group every worker joins.
+pub const GROUP: &str = "workers";
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "opsrun";
+/// Default limit for one non-blocking command (XADD, XACK, XGROUP).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default size of the pool for non-blocking commands.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// Key names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (e.g. `opsrun`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The work stream of `queue`.
+    pub fn queue_stream(&self, queue: &str) -> String {
+        format!("{}:queue:{queue}", self.prefix)
+    }
+
+    /// The dead-letter stream of `queue`.
+    pub fn dead_stream(&self, queue: &str) -> String {
+        format!("{}:dead:{queue}", self.prefix)
+    }
+}
+
+/// The fields of one stream entry: which run, for which tenant, which attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The run to execute.
+    pub run_id: RunId,
+    /// Its tenant; checked against the row on claim.
+    pub tenant_id: i64,
+    /// Its type (informational; the row is authoritative).
+    pub run_type: String,
+    /// The attempt this dispatch is for (the row's `attempt + 1` when sent).
+    pub attempt: i32,
+}
+
+impl Entry {
+    fn from_stream_id(item: &StreamId) -> Option<Entry> {
+        let text = |field: &str| item.get::<String>(field);
+        Some(Entry {
+            run_id: RunId(text("run_id")?.parse().ok()?),
+            tenant_id: text("tenant_id")?.parse().ok()?,
+            run_type: text("type")?,
+            attempt: text("attempt")?.parse().ok()?,
+        })
+    }
+}
+
+/// One entry handed to this consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The queue it came from.
+    pub queue: String,
+    /// The stream entry id (needed to XACK it).
+    pub entry_id: String,
+    /// The parsed fields, or `None` when the entry is malformed or its
+    /// payload was trimmed away (acknowledge and skip those).
+    pub entry: Option<Entry>,
+}
+
+/// Connection settings for the transport.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Limit for one non-blocking command.
+    pub command_timeout: Duration,
+    /// Pooled connections for non-blocking commands.
+    pub pool_size: usize,
+}
+
+impl TransportConfig {
+    /// Defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        TransportConfig {
+            url: url.into(),
+            prefix: DEFAULT_PREFIX.to_string(),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            pool_size: DEFAULT_POOL_SIZE,
+        }
+    }
+}
+
+/// Non-blocking stream commands over a pool. Blocking reads use a
+/// [`StreamReader`], which owns its own connection.
+#[derive(Clone)]
+pub struct Transport {
+    pool: Pool,
+    client: redis::Client,
+    keys: Keys,
+    command_timeout: Duration,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the URL: it may carry a password.
+        f.debug_struct("Transport")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Build the pool; connects lazily, so this fails only on a bad URL.
+    pub fn new(config: &TransportConfig) -> Result<Self> {
+        let redis_err = |source| Error::Redis {
+            operation: "opening redis client".into(),
+            source,
+        };
+        if config.url.contains("#insecure") {
+            return Err(Error::invalid(
+                "redis_url",
+                "'#insecure' turns off TLS verification; remove it",
+            ));
+        }
+        let client = redis::Client::open(config.url.as_str()).map_err(redis_err)?;
+        let connection = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.command_timeout))
+            .set_response_timeout(Some(config.command_timeout));
+        let manager =
+            Manager::new_with_config(config.url.as_str(), connection).map_err(redis_err)?;
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.command_timeout))
+            .create_timeout(Some(config.command_timeout))
+            .recycle_timeout(Some(config.command_timeout))
+            .build()
+            .map_err(|e| Error::invalid("redis_url", format!("building the redis pool: {e}")))?;
+        Ok(Transport {
+            pool,
+            client,
+            keys: Keys::new(config.prefix.clone()),
+            command_timeout: config.command_timeout,
+        })
+    }
+
+    /// The key names in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A dedicated blocking reader for `queue`, consuming as `consumer`.
+    pub fn reader(&self, queue: &str, consumer: &str) -> StreamReader {
+        StreamReader::new(self.client.clone(), self.keys.clone(), queue, consumer)
+    }
+
+    /// Run one command on a pooled connection under the command timeout.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        operation: impl Fn() -> String,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
+        let work = async {
+            let mut conn = self.pool.get().await.map_err(|source| Error::RedisPool {
+                operation: operation(),
+                source,
+            })?;
+            cmd.query_async::<T>(&mut conn)
+                .await
+                .map_err(|source| Error::Redis {
+                    operation: operation(),
+                    source,
+                })
+        };
+        // The connection has its own response timeout; this bounds pool waits
+        // and connects too, so a caller is never held longer than promised.
+        match tokio::time::timeout(self.command_timeout * 2, work).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::RedisTimeout {
+                operation: operation(),
+                after: self.command_timeout * 2,
+            }),
+        }
+    }
+
+    /// XADD an entry to `queue`'s stream; returns the entry id. An error
+    /// (notably a timeout) does not prove the entry was not added: a late
+    /// XADD is harmless because the claim checks the row's status.
+    pub async fn publish(&self, queue: &str, entry: &Entry) -> Result<String> {
+        let stream = self.keys.queue_stream(queue);
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream)
+            .arg("*")
+            .arg("run_id")
+            .arg(entry.run_id.0)
+            .arg("tenant_id")
+            .arg(entry.tenant_id)
+            .arg("type")
+            .arg(&entry.run_type)
+            .arg("attempt")
+            .arg(entry.attempt);
+        self.run(|| format!("publishing to stream {stream}"), &cmd)
+            .await
+    }
+
+    /// Create the consumer group of `queue` (and its stream) if missing.
+    /// Starts from id `0`, never `$`: entries added before the group existed
+    /// (e.g. after Redis restarted empty) must still be delivered.
+    pub async fn ensure_group(&self, queue: &str) -> Result<()> {
+        let stream = self.keys.queue_stream(queue);
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM");
+        match self
+            .run::<()>(
+                || format!("creating group {GROUP} on stream {stream}"),
+                &cmd,
+            )
+            .await
+        {
+            Err(Error::Redis { source, .. }) if source.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// XACK entries of `queue`. Only after the run's state is committed.
+    pub async fn ack(&self, queue: &str, entry_ids: &[&str]) -> Result<usize> {
+        if entry_ids.is_empty() {
+            return Ok(0);
+        }
+        let stream = self.keys.queue_stream(queue);
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&stream).arg(GROUP).arg(entry_ids);
+        self.run(|| format!("acknowledging on stream {stream}"), &cmd)
+            .await
+    }
+
+    /// The `maxmemory-policy` of the server; streams need `noeviction`.
+    pub async fn maxmemory_policy(&self) -> Result<String> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let reply: Vec<String> = self
+            .run(|| "reading maxmemory-policy".to_string(), &cmd)
+            .await?;
+        Ok(reply.get(1).cloned().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let keys = Keys::new("opsrun");
+        assert_eq!(keys.queue_stream("default"), "opsrun:queue:default");
+        assert_eq!(keys.dead_stream("inventory"), "opsrun:dead:inventory");
+    }
+
+    #[test]
+    fn malformed_entries_do_not_parse() {
+        let mut item = StreamId {
+            id: "1-0".into(),
+            ..Default::default()
+        };
+        for (k, v) in [
+            ("run_id", "7"),
+            ("tenant_id", "3"),
+            ("type", "a.b"),
+            ("attempt", "1"),
+        ] {
+            item.map
+                .insert(k.into(), redis::Value::BulkString(v.as_bytes().to_vec()));
+        }
+        let entry = Entry::from_stream_id(&item).unwrap();
+        assert_eq!(
+            entry,
+            Entry {
+                run_id: RunId(7),
+                tenant_id: 3,
+                run_type: "a.b".into(),
+                attempt: 1
+            }
+        );
+        item.map
+            .insert("run_id".into(), redis::Value::BulkString(b"x".to_vec()));
+        assert!(Entry::from_stream_id(&item).is_none());
+        assert!(Entry::from_stream_id(&StreamId::default()).is_none());
+    }
+}

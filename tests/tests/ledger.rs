@@ -1,0 +1,201 @@
+//! The run ledger and service interface against a real Postgres and Redis.
+
+mod support;
+
+use futures::future::join_all;
+use opsrun::{Dispatch, Failure, Initiator, Outcome, RunRequest, Status, SummaryCounts};
+use serde_json::json;
+use support::TestEnv;
+
+#[tokio::test]
+async fn concurrent_ensure_with_same_identity_creates_one_run_and_one_entry() {
+    let env = TestEnv::new().await;
+    let calls = (0..50).map(|i| {
+        let service = env.service.clone();
+        async move {
+            let request = RunRequest::new(7, "inventory.sync")
+                .inputs(json!({"site": "paris"}))
+                .initiator(Initiator::user(100 + i, format!("user {i}")));
+            service.ensure_run(&request).await.unwrap()
+        }
+    });
+    let results = join_all(calls).await;
+    let created: Vec<_> = results.iter().filter(|r| !r.deduplicated()).collect();
+    assert_eq!(created.len(), 1, "exactly one caller creates the run");
+    let run_id = created[0].run.id;
+    assert!(
+        results.iter().all(|r| r.run.id == run_id),
+        "every caller gets the same run"
+    );
+    assert_eq!(env.count_runs().await, 1);
+    assert_eq!(env.xlen("default").await, 1, "exactly one stream entry");
+    let run = env.ledger().get(7, run_id).await.unwrap().unwrap();
+    assert_eq!(
+        run.user_id, created[0].run.user_id,
+        "the initiator stays the first one"
+    );
+    assert_eq!(run.initiator_name, created[0].run.initiator_name);
+}
+
+#[tokio::test]
+async fn identity_dedupes_per_tenant_and_only_while_active() {
+    let env = TestEnv::new().await;
+    let request = RunRequest::new(1, "backup.run").inputs(json!({"scope": "all"}));
+    let first = env.service.ensure_run(&request).await.unwrap();
+    assert!(matches!(first.dispatch, Dispatch::Sent { .. }));
+    assert_eq!(first.run.status, Status::Queued);
+    assert_eq!(first.run.outcome, Outcome::Pending);
+    assert!(first.run.dispatch_entry_id.is_some());
+
+    let again = env.service.ensure_run(&request).await.unwrap();
+    assert!(again.deduplicated());
+    assert_eq!(again.run.id, first.run.id);
+
+    let other_tenant = env
+        .service
+        .ensure_run(&RunRequest::new(2, "backup.run").inputs(json!({"scope": "all"})))
+        .await
+        .unwrap();
+    assert!(!other_tenant.deduplicated());
+
+    // Once the run completes its identity is free again.
+    let done = env
+        .service
+        .fail_run(&first.run, &"gave up")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.status, done.outcome),
+        (Status::Completed, Outcome::Failed)
+    );
+    let fresh = env.service.ensure_run(&request).await.unwrap();
+    assert!(!fresh.deduplicated());
+    assert_ne!(fresh.run.id, first.run.id);
+    assert_eq!(fresh.run.run_identity_hash, first.run.run_identity_hash);
+}
+
+#[tokio::test]
+async fn update_run_follows_the_lifecycle_and_sanitizes() {
+    let env = TestEnv::new().await;
+    let ensured = env
+        .service
+        .ensure_run(&RunRequest::new(3, "inventory.sync"))
+        .await
+        .unwrap();
+    let counts = SummaryCounts {
+        total: 10,
+        success: 8,
+        failed: 2,
+        skipped: 0,
+    };
+    let running = env
+        .service
+        .update_run(
+            &ensured.run,
+            Status::Running,
+            Outcome::Pending,
+            counts,
+            vec![],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(running.status, Status::Running);
+    assert!(running.started_at.is_some());
+    let secret = Failure {
+        code: "item.failed".into(),
+        message: "GET https://u:hunter2@api/x".into(),
+        count: 2,
+    };
+    let done = env
+        .service
+        .update_run(
+            &running,
+            Status::Completed,
+            Outcome::PartiallySucceeded,
+            counts,
+            vec![secret.clone(), secret],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.outcome, Outcome::PartiallySucceeded);
+    assert!(done.completed_at.is_some());
+    assert_eq!(done.failure_summary.0.len(), 1);
+    assert_eq!(done.failure_summary.0[0].count, 4);
+    assert!(!done.failure_summary.0[0].message.contains("hunter2"));
+    // A completed run is final: the code refuses, and so does the database.
+    assert!(
+        env.service
+            .update_run(&done, Status::Queued, Outcome::Pending, counts, vec![])
+            .await
+            .is_err()
+    );
+    let forced = sqlx::query("UPDATE operation_runs SET status = 'queued', outcome = 'pending', completed_at = NULL WHERE id = $1")
+        .bind(done.id)
+        .execute(&env.pool)
+        .await;
+    assert!(forced.is_err(), "the trigger rejects leaving completed");
+    // Stale expectations change nothing.
+    assert!(
+        env.service
+            .update_run(&running, Status::Completed, Outcome::Failed, counts, vec![])
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn schema_rejects_inconsistent_rows() {
+    let env = TestEnv::new().await;
+    let ensured = env
+        .service
+        .ensure_run(&RunRequest::new(3, "inventory.sync"))
+        .await
+        .unwrap();
+    for bad in [
+        "UPDATE operation_runs SET outcome = 'succeeded' WHERE id = $1",
+        "UPDATE operation_runs SET status = 'completed' WHERE id = $1",
+        "UPDATE operation_runs SET status = 'done' WHERE id = $1",
+        "UPDATE operation_runs SET status = 'running' WHERE id = $1",
+        "UPDATE operation_runs SET tenant_id = 4 WHERE id = $1",
+    ] {
+        let result = sqlx::query(bad)
+            .bind(ensured.run.id)
+            .execute(&env.pool)
+            .await;
+        assert!(result.is_err(), "accepted: {bad}");
+    }
+}
+
+#[tokio::test]
+async fn dispatch_failure_fails_the_run_and_frees_the_identity() {
+    let env = TestEnv::new().await;
+    let port = devstack::free_port().unwrap();
+    let mut config = opsrun::TransportConfig::new(format!("redis://127.0.0.1:{port}/"));
+    config.command_timeout = std::time::Duration::from_millis(300);
+    let dead = opsrun::RunService::new(
+        env.ledger().clone(),
+        opsrun::Transport::new(&config).unwrap(),
+    );
+    let request = RunRequest::new(5, "inventory.sync");
+    let failed = dead.ensure_run(&request).await.unwrap();
+    let Dispatch::Failed(failure) = &failed.dispatch else {
+        panic!("expected a failed dispatch: {failed:?}")
+    };
+    assert_eq!(failure.code, "queue.dispatch_failed");
+    assert_eq!(
+        (failed.run.status, failed.run.outcome),
+        (Status::Completed, Outcome::Failed)
+    );
+    assert_eq!(
+        failed.run.failure_summary.0[0].code,
+        "queue.dispatch_failed"
+    );
+    // The identity is free: a later start creates a new run.
+    let retried = env.service.ensure_run(&request).await.unwrap();
+    assert!(matches!(retried.dispatch, Dispatch::Sent { .. }));
+    assert_ne!(retried.run.id, failed.run.id);
+}
