@@ -33,6 +33,7 @@
 //! # }
 //! ```
 
+pub mod config;
 pub mod error;
 pub mod identity;
 pub mod ledger;

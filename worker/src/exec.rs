@@ -1,0 +1,253 @@
+//! The exec handler: runs a job as a process, in any language.
+//!
+//! Protocol: the job gets the run as JSON on stdin (`run_id`, `tenant_id`,
+//! `type`, `attempt`, `queue`, `inputs`, `context`, `initiator`) and the same
+//! ids in `OPSRUN_RUN_ID`, `OPSRUN_TENANT_ID`, `OPSRUN_TYPE`,
+//! `OPSRUN_ATTEMPT`, `OPSRUN_QUEUE`. Its last non-empty stdout line may be a
+//! JSON result `{"summary_counts":{..},"failures":[..],"outcome":".."}`.
+//! Exit 0 succeeds unless the result says otherwise; a non-zero exit fails
+//! the run with `job.exit_nonzero` and the sanitized tail of stderr. When the
+//! time limit passes the whole process group is killed.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use opsrun::lifecycle::{Handler, Job, JobReport, JobResult};
+use opsrun::{Failure, Outcome, SummaryCounts};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::handlers::ExecSpec;
+
+/// How much of stdout is kept to find the result line.
+const STDOUT_KEEP: usize = 256 * 1024;
+/// How much of stderr is kept for the failure message.
+const STDERR_KEEP: usize = 2 * 1024;
+/// Worker variables a job never inherits: they hold the worker's secrets.
+const WITHHELD_ENV: &[&str] = &[
+    "DATABASE_URL",
+    "DATABASE_URL_FILE",
+    "REDIS_URL",
+    "REDIS_URL_FILE",
+];
+
+/// Runs one type's jobs as processes.
+#[derive(Debug, Clone)]
+pub struct ExecHandler {
+    command: Vec<String>,
+    working_dir: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+impl ExecHandler {
+    /// A handler for `spec`.
+    pub fn new(spec: &ExecSpec) -> Self {
+        ExecHandler {
+            command: spec.command.clone(),
+            working_dir: spec.working_dir.clone(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The optional result line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecResult {
+    outcome: Option<Outcome>,
+    #[serde(default)]
+    summary_counts: SummaryCounts,
+    #[serde(default)]
+    failures: Vec<Failure>,
+}
+
+/// Kills the job's process group when dropped before the job exited
+/// (time limit, shutdown), so grandchildren do not outlive it.
+struct GroupGuard {
+    pgid: Option<i32>,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            // SAFETY: signals a process group this handler created.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for ExecHandler {
+    async fn handle(&self, job: Job) -> JobResult {
+        let run = &job.run;
+        let mut cmd = tokio::process::Command::new(&self.command[0]);
+        cmd.args(&self.command[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0)
+            .env("OPSRUN_RUN_ID", run.id.to_string())
+            .env("OPSRUN_TENANT_ID", run.tenant_id.to_string())
+            .env("OPSRUN_TYPE", &run.run_type)
+            .env("OPSRUN_ATTEMPT", run.attempt.to_string())
+            .env("OPSRUN_QUEUE", &run.queue)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        for name in WITHHELD_ENV {
+            cmd.env_remove(name);
+        }
+        if let Some(dir) = &self.working_dir {
+            cmd.current_dir(dir);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                return JobResult::failed(
+                    "job.spawn_failed",
+                    format!("could not start {}: {e}", self.command[0]),
+                );
+            }
+        };
+        let mut guard = GroupGuard {
+            pgid: child.id().map(|id| id as i32),
+        };
+
+        let payload = json!({
+            "run_id": run.id,
+            "tenant_id": run.tenant_id,
+            "type": run.run_type,
+            "attempt": run.attempt,
+            "queue": run.queue,
+            "inputs": run.inputs.0,
+            "context": run.context.0,
+            "initiator": {"user_id": run.user_id, "name": run.initiator_name},
+        });
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let feed = async move {
+            // A job that ignores stdin may close it early: not an error.
+            let _ = stdin.write_all(payload.to_string().as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        };
+        let stdout = tail(child.stdout.take().expect("stdout is piped"), STDOUT_KEEP);
+        let stderr = tail(child.stderr.take().expect("stderr is piped"), STDERR_KEEP);
+        let (_, stdout, stderr, status) = tokio::join!(feed, stdout, stderr, child.wait());
+        guard.pgid = None;
+
+        let status = match status {
+            Ok(status) => status,
+            Err(e) => {
+                return JobResult::failed(
+                    "job.wait_failed",
+                    format!("waiting for the job process: {e}"),
+                );
+            }
+        };
+        let result = match parse_result(&stdout) {
+            Ok(result) => result,
+            Err(message) => return JobResult::failed("job.bad_result", message),
+        };
+        if status.success() {
+            return JobResult::Finished(match result {
+                Some(r) => JobReport {
+                    outcome: r.outcome,
+                    summary_counts: r.summary_counts,
+                    failures: r.failures,
+                },
+                None => JobReport::default(),
+            });
+        }
+        let how = match (
+            status.code(),
+            std::os::unix::process::ExitStatusExt::signal(&status),
+        ) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => format!("was killed by signal {signal}"),
+            _ => "failed".to_string(),
+        };
+        let stderr = String::from_utf8_lossy(&stderr);
+        let message = match stderr.trim() {
+            "" => format!("the job {how}"),
+            tail => format!("the job {how}: {tail}"),
+        };
+        let mut report = result
+            .map(|r| JobReport {
+                outcome: None,
+                summary_counts: r.summary_counts,
+                failures: r.failures,
+            })
+            .unwrap_or_default();
+        report
+            .failures
+            .push(opsrun::sanitize::failure("job.exit_nonzero", &message));
+        // A non-zero exit fails the run whatever the result line said.
+        report.outcome = Some(Outcome::Failed);
+        JobResult::Finished(report)
+    }
+}
+
+/// Read a stream to its end, keeping only its last `keep` bytes.
+async fn tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    while let Ok(n) = reader.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&chunk[..n]);
+        if kept.len() > keep * 2 {
+            kept.drain(..kept.len() - keep);
+        }
+    }
+    if kept.len() > keep {
+        kept.drain(..kept.len() - keep);
+    }
+    kept
+}
+
+/// The result line, if the last non-empty stdout line is a JSON object.
+/// A line that is JSON but not a valid result is an error naming why.
+fn parse_result(stdout: &[u8]) -> Result<Option<ExecResult>, String> {
+    let text = String::from_utf8_lossy(stdout);
+    let Some(line) = text.lines().map(str::trim).rfind(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    if !line.starts_with('{') {
+        return Ok(None);
+    }
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Err(_) => Ok(None),
+        Ok(value) => serde_json::from_value::<ExecResult>(value)
+            .map(Some)
+            .map_err(|e| format!("the job's result line is not a valid result: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_are_found_and_checked() {
+        assert!(parse_result(b"").unwrap().is_none());
+        assert!(parse_result(b"hello\nworld\n").unwrap().is_none());
+        let r = parse_result(
+            b"log line\n{\"summary_counts\":{\"total\":3,\"success\":2,\"failed\":1}}\n\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.summary_counts.failed, 1);
+        assert!(r.outcome.is_none());
+        let r = parse_result(b"{\"outcome\":\"partially_succeeded\",\"failures\":[{\"code\":\"a.b\",\"message\":\"m\"}]}").unwrap().unwrap();
+        assert_eq!(r.outcome, Some(Outcome::PartiallySucceeded));
+        assert_eq!(r.failures[0].count, 1);
+        assert!(parse_result(b"{\"outcome\":\"great\"}").is_err());
+        assert!(parse_result(b"{\"sumary_counts\":{}}").is_err());
+        assert!(parse_result(b"{not json").unwrap().is_none());
+    }
+}
