@@ -44,6 +44,12 @@ pub fn resolve_secret(
 /// Parse a Postgres URL without connecting (so a bad URL is a configuration
 /// error, reported before any I/O).
 pub fn postgres_options(url: &str) -> Result<PgConnectOptions> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Error::invalid(
+            "database_url",
+            "must start with postgres:// or postgresql://",
+        ));
+    }
     url.parse::<PgConnectOptions>().map_err(|e| {
         Error::invalid(
             "database_url",

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use opsrun::config::{DEFAULT_CONNECT_TIMEOUT, connect_postgres, postgres_options, resolve_secret};
 use opsrun::request::{parse_json_object, parse_positive_id, validate_queue, validate_type};
@@ -119,10 +118,11 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration like 250ms, 2s or 5m: {e}"))
 }
 
-/// A failure with the exit code it maps to.
+/// A failure with the exit code it maps to and its message (one line; the
+/// library's errors already include their causes).
 struct Failure {
     code: u8,
-    error: anyhow::Error,
+    message: String,
 }
 
 impl From<Error> for Failure {
@@ -132,32 +132,16 @@ impl From<Error> for Failure {
             e if e.is_database_unavailable() => exit::DATABASE_UNAVAILABLE,
             _ => exit::INTERNAL,
         };
-        let hint = match &e {
+        let message = match &e {
             Error::Database {
                 source: opsrun::sqlx::Error::Database(db),
                 ..
             } if db.code().as_deref() == Some("42P01") => {
-                Some("the schema is missing: run `producer migrate` first")
+                format!("{e} (the schema is missing: run `producer migrate` first)")
             }
-            _ => None,
+            _ => e.to_string(),
         };
-        let error = anyhow::Error::new(e);
-        Failure {
-            code,
-            error: match hint {
-                Some(h) => error.context(h),
-                None => error,
-            },
-        }
-    }
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(error: anyhow::Error) -> Self {
-        Failure {
-            code: exit::INTERNAL,
-            error,
-        }
+        Failure { code, message }
     }
 }
 
@@ -187,8 +171,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(Failure { code, error }) => {
-            eprintln!("error: {}", opsrun::sanitize::redact(&format!("{error:#}")));
+        Err(Failure { code, message }) => {
+            eprintln!("error: {}", opsrun::sanitize::redact(&message));
             ExitCode::from(code)
         }
     }
@@ -224,13 +208,11 @@ fn build_request(args: &EnqueueArgs) -> Result<RunRequest, Failure> {
         (Some(text), _) => Some(text.clone()),
         (None, Some(path)) if path.as_os_str() == "-" => Some(
             std::io::read_to_string(std::io::stdin())
-                .context("reading inputs from stdin")
-                .map_err(invalid)?,
+                .map_err(|e| invalid(format!("reading --inputs-file from stdin: {e}")))?,
         ),
         (None, Some(path)) => Some(
             std::fs::read_to_string(path)
-                .with_context(|| format!("reading --inputs-file {}", path.display()))
-                .map_err(invalid)?,
+                .map_err(|e| invalid(format!("reading --inputs-file {}: {e}", path.display())))?,
         ),
         (None, None) => None,
     };
@@ -256,10 +238,10 @@ fn build_request(args: &EnqueueArgs) -> Result<RunRequest, Failure> {
     Ok(request)
 }
 
-fn invalid(error: anyhow::Error) -> Failure {
+fn invalid(message: String) -> Failure {
     Failure {
         code: exit::INVALID,
-        error,
+        message,
     }
 }
 

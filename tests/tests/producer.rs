@@ -1,0 +1,296 @@
+//! The `producer` binary as other services run it: stdout JSON, exit codes,
+//! nothing written for bad input.
+
+mod support;
+
+use support::{TestEnv, json_stdout};
+
+#[tokio::test]
+async fn enqueue_creates_then_deduplicates_and_prints_the_run() {
+    let env = TestEnv::new().await;
+    let args = [
+        "enqueue",
+        "--tenant",
+        "42",
+        "--type",
+        "inventory.sync",
+        "--inputs",
+        r#"{"site":"paris"}"#,
+        "--user-id",
+        "7",
+        "--initiator-name",
+        "Ada",
+        "--context",
+        r#"{"target_scope":"eu"}"#,
+    ];
+    let out = env.producer(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = json_stdout(&out);
+    assert_eq!(first["tenant_id"], 42);
+    assert_eq!(first["type"], "inventory.sync");
+    assert_eq!(first["status"], "queued");
+    assert_eq!(first["outcome"], "pending");
+    assert_eq!(first["deduplicated"], false);
+    assert_eq!(first["initiator_name"], "Ada");
+    let run_id = first["run_id"].as_i64().unwrap();
+    assert_eq!(
+        first["view_url"],
+        format!("http://127.0.0.1:8080/tenants/42/operations/{run_id}")
+    );
+
+    // Same identity from another user: the active run, its initiator unchanged.
+    let mut again_args = args.to_vec();
+    again_args[8] = "8";
+    again_args[10] = "Bob";
+    let again = env.producer(&again_args);
+    assert_eq!(again.status.code(), Some(0));
+    let again = json_stdout(&again);
+    assert_eq!(again["deduplicated"], true);
+    assert_eq!(again["run_id"], run_id);
+    assert_eq!(again["initiator_name"], "Ada");
+    assert_eq!(env.count_runs().await, 1);
+    assert_eq!(env.xlen("default").await, 1);
+
+    let base = env
+        .command("producer")
+        .env("OPSRUN_MONITOR_URL", "https://ops.example/")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(
+        json_stdout(&base)["view_url"],
+        format!("https://ops.example/tenants/42/operations/{run_id}")
+    );
+}
+
+#[tokio::test]
+async fn bad_input_exits_2_and_writes_nothing() {
+    let env = TestEnv::new().await;
+    let deep = format!("{}1{}", "{\"a\":".repeat(40), "}".repeat(40));
+    let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(70 * 1024));
+    let ok = ["--tenant", "1", "--type", "a.b"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--tenant", "0", "--type", "a.b"], "tenant"),
+        (vec!["--tenant", "-1", "--type", "a.b"], "tenant"),
+        (vec!["--tenant", "01", "--type", "a.b"], "tenant"),
+        (vec!["--tenant", "abc", "--type", "a.b"], "tenant"),
+        (
+            vec!["--tenant", "99999999999999999999", "--type", "a.b"],
+            "tenant",
+        ),
+        (vec!["--tenant", "1", "--type", "Inventory.Sync"], "type"),
+        (vec!["--tenant", "1", "--type", "inventory"], "type"),
+        (
+            vec!["--tenant", "1", "--type", "a.b", "--inputs", "[1]"],
+            "inputs",
+        ),
+        (
+            vec!["--tenant", "1", "--type", "a.b", "--inputs", "{bad"],
+            "inputs",
+        ),
+        (
+            vec!["--tenant", "1", "--type", "a.b", "--inputs", &deep],
+            "inputs",
+        ),
+        (
+            vec!["--tenant", "1", "--type", "a.b", "--inputs", &big],
+            "inputs",
+        ),
+        (
+            vec![
+                "--tenant",
+                "1",
+                "--type",
+                "a.b",
+                "--inputs",
+                r#"{"a":"x\u0000y"}"#,
+            ],
+            "inputs",
+        ),
+        (
+            vec!["--tenant", "1", "--type", "a.b", "--context", "\"x\""],
+            "context",
+        ),
+        (
+            vec!["--tenant", "1", "--type", "a.b", "--queue", "Bad Queue"],
+            "queue",
+        ),
+        (
+            vec!["--tenant", "1", "--type", "a.b", "--user-id", "5"],
+            "initiator-name",
+        ),
+        (
+            vec![
+                "--tenant",
+                "1",
+                "--type",
+                "a.b",
+                "--user-id",
+                "0",
+                "--initiator-name",
+                "x",
+            ],
+            "user_id",
+        ),
+        (
+            vec![
+                "--tenant",
+                "1",
+                "--type",
+                "a.b",
+                "--inputs",
+                "{}",
+                "--inputs-file",
+                "/dev/null",
+            ],
+            "inputs",
+        ),
+        (
+            vec![
+                "--tenant",
+                "1",
+                "--type",
+                "a.b",
+                "--inputs-file",
+                "/nonexistent/inputs.json",
+            ],
+            "inputs-file",
+        ),
+        (vec!["--type", "a.b"], "tenant"),
+    ];
+    for (args, field) in &cases {
+        let mut all = vec!["enqueue"];
+        all.extend(args);
+        let out = env.producer(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: stderr {stderr}");
+        assert!(
+            stderr.contains(field),
+            "{args:?}: stderr should name {field}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed a result");
+    }
+    // Configuration problems are exit 2 as well, before anything is contacted.
+    let no_db = env
+        .command("producer")
+        .env_remove("DATABASE_URL")
+        .arg("enqueue")
+        .args(ok)
+        .output()
+        .unwrap();
+    assert_eq!(no_db.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_db.stderr).contains("database_url"));
+    let bad_url = env
+        .command("producer")
+        .env("DATABASE_URL", "mysql://nope")
+        .arg("enqueue")
+        .args(ok)
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad_url.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&bad_url.stderr)
+    );
+
+    assert_eq!(env.count_runs().await, 0, "nothing was written");
+    assert_eq!(env.xlen("default").await, 0, "nothing was dispatched");
+}
+
+#[tokio::test]
+async fn redis_unreachable_exits_3_with_a_failed_run_then_a_new_enqueue_creates_a_run() {
+    let env = TestEnv::new().await;
+    let closed = format!("redis://127.0.0.1:{}/", devstack::free_port().unwrap());
+    let args = [
+        "enqueue",
+        "--tenant",
+        "9",
+        "--type",
+        "backup.run",
+        "--inputs",
+        r#"{"scope":"all"}"#,
+    ];
+    let out = env
+        .command("producer")
+        .env("REDIS_URL", &closed)
+        .env("OPSRUN_DISPATCH_TIMEOUT", "500ms")
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = json_stdout(&out);
+    assert_eq!(failed["status"], "completed");
+    assert_eq!(failed["outcome"], "failed");
+    assert_eq!(failed["failure"]["code"], "queue.dispatch_failed");
+    let stored: serde_json::Value =
+        sqlx::query_scalar("SELECT failure_summary FROM operation_runs WHERE id = $1")
+            .bind(failed["run_id"].as_i64().unwrap())
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored[0]["code"], "queue.dispatch_failed");
+    assert_eq!(stored[0]["count"], 1);
+
+    let out = env.producer(&args);
+    assert_eq!(out.status.code(), Some(0));
+    let fresh = json_stdout(&out);
+    assert_eq!(fresh["deduplicated"], false);
+    assert_ne!(fresh["run_id"], failed["run_id"]);
+    assert_eq!(fresh["status"], "queued");
+}
+
+#[tokio::test]
+async fn postgres_unreachable_exits_4_and_dispatches_nothing() {
+    let env = TestEnv::new().await;
+    let closed = format!(
+        "postgres://opsrun@127.0.0.1:{}/opsrun",
+        devstack::free_port().unwrap()
+    );
+    let out = env
+        .command("producer")
+        .env("DATABASE_URL", &closed)
+        .args(["enqueue", "--tenant", "1", "--type", "a.b"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(env.xlen("default").await, 0);
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_help_documents_exit_codes() {
+    let env = TestEnv::new().await;
+    let out = env.producer(&["migrate"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let help = env.producer(&["enqueue", "--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    for code in [
+        "0  run created",
+        "2  invalid input",
+        "3  dispatch to Redis failed",
+        "4  Postgres unreachable",
+    ] {
+        assert!(text.contains(code), "--help lacks {code:?}");
+    }
+}

@@ -1,0 +1,357 @@
+//! The `worker` binary end to end: exec outcomes, duplicate and forged
+//! entries, secrets in stderr, graceful shutdown, Redis restarting empty.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use opsrun::transport::{Entry, Transport, TransportConfig};
+use opsrun::{Outcome, Run, RunId, RunRequest, RunService, Status};
+use serde_json::json;
+use support::{TestEnv, wait_until};
+
+/// A worker process with a handlers file whose jobs log each execution.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn spawn(env: &TestEnv, redis_url: &str, extra: &[&str]) -> Worker {
+        let dir = std::env::temp_dir().join(format!("opsrun-worker-test-{}", env.prefix));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("executions.log");
+        let handlers = dir.join("handlers.toml");
+        // Each job appends "<run_id> <attempt>" to the log, then behaves as its type says.
+        let record = format!(
+            "echo \"$OPSRUN_RUN_ID $OPSRUN_ATTEMPT\" >> {}",
+            log.display()
+        );
+        let script = |body: &str| format!("[\"sh\", \"-c\", '''{record}; {body}''']");
+        std::fs::write(
+            &handlers,
+            format!(
+                r#"
+[types."test.succeed"]
+command = {succeed}
+[types."test.partial"]
+command = {partial}
+[types."test.fail"]
+command = {fail}
+[types."test.slow"]
+command = {slow}
+[types."test.timeout"]
+command = {timeout}
+time_limit = "1s"
+[types."test.stdin"]
+command = {stdin}
+"#,
+                succeed = script("exit 0"),
+                partial = script(r#"echo progress; echo '{"summary_counts":{"total":10,"success":8,"failed":2,"skipped":0}}'"#),
+                fail = script("echo 'connect postgres://app:hunter2secret@db/x failed, password=hunter2secret' >&2; exit 3"),
+                slow = script("sleep 2"),
+                timeout = script("sleep 30"),
+                stdin = script(&format!("cat > {}/stdin-$OPSRUN_RUN_ID.json; env | grep -c '^DATABASE_URL=' > {}/dburl-$OPSRUN_RUN_ID || true", dir.display(), dir.display())),
+            ),
+        )
+        .unwrap();
+        let child = env
+            .command("worker")
+            .env("REDIS_URL", redis_url)
+            .args([
+                "--handlers",
+                handlers.to_str().unwrap(),
+                "--concurrency",
+                "4",
+                "--heartbeat-interval",
+                "1s",
+                "--block",
+                "500ms",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning worker");
+        Worker { child, log }
+    }
+
+    fn executions(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn executions_of(&self, id: RunId) -> usize {
+        self.executions()
+            .iter()
+            .filter(|l| l.split(' ').next() == Some(&id.to_string()))
+            .count()
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+async fn enqueue(service: &RunService, tenant: i64, run_type: &str) -> Run {
+    let request = RunRequest::new(tenant, run_type).inputs(json!({"n": nanos()}));
+    service.ensure_run(&request).await.unwrap().run
+}
+
+fn nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+async fn completed(env: &TestEnv, run: &Run) -> Run {
+    wait_until(Duration::from_secs(20), || async {
+        env.ledger()
+            .get(run.tenant_id, run.id)
+            .await
+            .unwrap()
+            .filter(|r| r.status == Status::Completed)
+    })
+    .await
+    .unwrap_or_else(|| panic!("run {} did not complete", run.id))
+}
+
+#[tokio::test]
+async fn exec_results_map_to_outcomes_with_timestamps() {
+    let env = TestEnv::new().await;
+    let worker = Worker::spawn(&env, &env.redis_url, &[]);
+    let succeed = enqueue(&env.service, 1, "test.succeed").await;
+    let partial = enqueue(&env.service, 1, "test.partial").await;
+    let fail = enqueue(&env.service, 1, "test.fail").await;
+    let timeout = enqueue(&env.service, 1, "test.timeout").await;
+    let unknown = enqueue(&env.service, 1, "test.unknown").await;
+
+    let done = completed(&env, &succeed).await;
+    assert_eq!(done.outcome, Outcome::Succeeded);
+    assert!(done.started_at.is_some() && done.completed_at.is_some());
+    assert!(
+        done.started_at.unwrap() >= done.created_at
+            && done.completed_at.unwrap() >= done.started_at.unwrap()
+    );
+    assert_eq!(done.attempt, 1);
+
+    let done = completed(&env, &partial).await;
+    assert_eq!(done.outcome, Outcome::PartiallySucceeded);
+    assert_eq!(
+        (done.summary_counts.0.success, done.summary_counts.0.failed),
+        (8, 2)
+    );
+
+    let done = completed(&env, &fail).await;
+    assert_eq!(done.outcome, Outcome::Failed);
+    let failure = &done.failure_summary.0[0];
+    assert_eq!(failure.code, "job.exit_nonzero");
+    assert!(
+        failure.message.contains("exited with status 3"),
+        "{}",
+        failure.message
+    );
+    let stored: String =
+        sqlx::query_scalar("SELECT row_to_json(r)::text FROM operation_runs r WHERE id = $1")
+            .bind(fail.id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(
+        !stored.contains("hunter2secret"),
+        "a secret from stderr reached Postgres: {stored}"
+    );
+
+    let done = completed(&env, &timeout).await;
+    assert_eq!(done.outcome, Outcome::Failed);
+    assert_eq!(done.failure_summary.0[0].code, "job.timeout");
+
+    let done = completed(&env, &unknown).await;
+    assert_eq!(done.failure_summary.0[0].code, "job.unknown_type");
+
+    for run in [&succeed, &partial, &fail, &timeout] {
+        assert_eq!(worker.executions_of(run.id), 1, "run {} executions", run.id);
+    }
+    let pending: (i64,) = redis::cmd("XPENDING")
+        .arg(env.stream("default"))
+        .arg("workers")
+        .query_async::<(i64, redis::Value, redis::Value, redis::Value)>(&mut env.redis().await)
+        .await
+        .map(|r| (r.0,))
+        .unwrap();
+    assert_eq!(
+        pending.0, 0,
+        "every entry acknowledged after its terminal write"
+    );
+}
+
+#[tokio::test]
+async fn jobs_get_the_run_on_stdin_and_not_the_workers_secrets() {
+    let env = TestEnv::new().await;
+    let worker = Worker::spawn(&env, &env.redis_url, &[]);
+    let request = RunRequest::new(5, "test.stdin")
+        .inputs(json!({"site": "paris"}))
+        .context(json!({"restore_run_id": 9}));
+    let run = env.service.ensure_run(&request).await.unwrap().run;
+    completed(&env, &run).await;
+    let dir = worker.log.parent().unwrap();
+    let stdin: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("stdin-{}.json", run.id))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stdin["run_id"], run.id.0);
+    assert_eq!(stdin["tenant_id"], 5);
+    assert_eq!(stdin["type"], "test.stdin");
+    assert_eq!(stdin["attempt"], 1);
+    assert_eq!(stdin["inputs"]["site"], "paris");
+    assert_eq!(stdin["context"]["restore_run_id"], 9);
+    let leaked = std::fs::read_to_string(dir.join(format!("dburl-{}", run.id))).unwrap();
+    assert_eq!(leaked.trim(), "0", "DATABASE_URL must not reach the job");
+}
+
+#[tokio::test]
+async fn duplicated_and_forged_entries_execute_nothing() {
+    let env = TestEnv::new().await;
+    let worker = Worker::spawn(&env, &env.redis_url, &[]);
+    let run = enqueue(&env.service, 3, "test.succeed").await;
+    let transport = env.service.transport();
+    // The same run dispatched a second time while queued: one execution.
+    let dup = Entry {
+        run_id: run.id,
+        tenant_id: 3,
+        run_type: "test.succeed".into(),
+        attempt: 1,
+    };
+    transport.publish("default", &dup).await.unwrap();
+    let done = completed(&env, &run).await;
+    assert_eq!(done.outcome, Outcome::Succeeded);
+
+    let other = enqueue(&env.service, 3, "test.slow").await;
+    let forged = [
+        Entry {
+            run_id: RunId(999_999),
+            tenant_id: 3,
+            run_type: "test.succeed".into(),
+            attempt: 1,
+        },
+        Entry {
+            run_id: other.id,
+            tenant_id: 4,
+            run_type: "test.slow".into(),
+            attempt: 1,
+        },
+        Entry {
+            run_id: run.id,
+            tenant_id: 3,
+            run_type: "test.succeed".into(),
+            attempt: 1,
+        },
+        Entry {
+            run_id: run.id,
+            tenant_id: 3,
+            run_type: "test.succeed".into(),
+            attempt: 2,
+        },
+    ];
+    for entry in &forged {
+        transport.publish("default", entry).await.unwrap();
+    }
+    let _: String = redis::cmd("XADD")
+        .arg(env.stream("default"))
+        .arg("*")
+        .arg("junk")
+        .arg("1")
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+    completed(&env, &other).await;
+    let drained = wait_until(Duration::from_secs(10), || async {
+        let pending: i64 = redis::cmd("XPENDING")
+            .arg(env.stream("default"))
+            .arg("workers")
+            .query_async::<(i64, redis::Value, redis::Value, redis::Value)>(&mut env.redis().await)
+            .await
+            .unwrap()
+            .0;
+        (pending == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "forged entries are acknowledged");
+    assert_eq!(worker.executions_of(run.id), 1);
+    assert_eq!(worker.executions_of(other.id), 1);
+    assert_eq!(
+        worker.executions().len(),
+        2,
+        "nothing else executed: {:?}",
+        worker.executions()
+    );
+    let after = env.ledger().get(3, run.id).await.unwrap().unwrap();
+    assert_eq!(after.attempt, 1, "a completed run is never claimed again");
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_job_finish() {
+    let env = TestEnv::new().await;
+    let mut worker = Worker::spawn(&env, &env.redis_url, &["--shutdown-grace", "20s"]);
+    let run = enqueue(&env.service, 2, "test.slow").await;
+    let started = wait_until(Duration::from_secs(10), || async {
+        (worker.executions_of(run.id) == 1).then_some(())
+    })
+    .await;
+    assert!(started.is_some(), "job started");
+    worker.signal(15);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = worker.child.wait().unwrap();
+        (status, worker)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status.0.code(),
+        Some(0),
+        "worker exits cleanly after draining"
+    );
+    let done = env.ledger().get(2, run.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.outcome),
+        (Status::Completed, Outcome::Succeeded)
+    );
+    assert_eq!(status.1.executions_of(run.id), 1);
+}
+
+#[tokio::test]
+async fn worker_keeps_working_after_redis_restarts_without_data() {
+    let env = TestEnv::new().await;
+    let mut redis = devstack::Redis::start().unwrap();
+    let mut config = TransportConfig::new(redis.url());
+    config.prefix = env.prefix.clone();
+    let service = RunService::new(env.ledger().clone(), Transport::new(&config).unwrap());
+    let worker = Worker::spawn(&env, &redis.url(), &[]);
+    let before = enqueue(&service, 1, "test.succeed").await;
+    completed(&env, &before).await;
+
+    redis.restart_empty().unwrap();
+    let after = enqueue(&service, 1, "test.succeed").await;
+    let done = completed(&env, &after).await;
+    assert_eq!(done.outcome, Outcome::Succeeded);
+    assert_eq!(worker.executions_of(after.id), 1);
+}
