@@ -31,7 +31,7 @@ static RULES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
         // key=value / "key": "value" pairs whose key names a secret.
         (concat!(
             r#"(?i)([a-z0-9_.-]*(?:passw(?:or)?d|pwd|secret(?:[_-]?key)?|token|api[_-]?key|access[_-]?key|private[_-]?key|client[_-]?secret|authorization|credentials?|cookie|session(?:[_-]?id)?|signature)["']?\s*[:=]\s*["']?)"#,
-            r#"[^"'\s,;&}]+"#), "${1}[REDACTED]"),
+            r#"[^"'\s,;&})]+"#), "${1}[REDACTED]"),
         // Well-known key formats: AWS, GitHub, Slack, Stripe.
         (r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{36,}\b|\bxox[abprs]-[A-Za-z0-9-]{10,}|\bsk_(?:live|test)_[A-Za-z0-9]{16,}", REDACTED),
         // Long hex strings (digests, keys).

@@ -1,0 +1,30 @@
+# The two commands of the quick start: `make demo` and `make test`.
+# Both start ephemeral Postgres and Redis unless DATABASE_URL / REDIS_URL are set.
+
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: demo test lint bench build servers
+
+servers:
+	@scripts/ensure-servers.sh
+
+build:
+	$(CARGO) build --bins
+
+## Run the main job end to end: servers, workers, a mixed batch, a summary.
+demo: servers build
+	target/debug/demo $(ARGS)
+
+## Run the whole test suite (unit, integration against real servers, doc tests).
+test: servers build
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Producer latency and end-to-end throughput, on a durable (fsync on) Postgres.
+bench: servers
+	$(CARGO) build --release --bins
+	target/release/bench $(ARGS)
