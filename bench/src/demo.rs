@@ -31,10 +31,16 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let bin = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
+    let bin = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .to_path_buf();
     for name in ["producer", "worker"] {
         if !bin.join(name).exists() {
-            bail!("{} is missing: build the binaries first (make demo does)", bin.join(name).display());
+            bail!(
+                "{} is missing: build the binaries first (make demo does)",
+                bin.join(name).display()
+            );
         }
     }
 
@@ -42,8 +48,16 @@ async fn main() -> Result<()> {
     let stack = Stack::from_env_or_start("opsrun", PostgresOptions::fast()).await?;
     println!(
         "  postgres: {}\n  redis:    {}",
-        if stack.postgres.is_some() { "ephemeral, started for this demo" } else { "from DATABASE_URL" },
-        if stack.redis.is_some() { "ephemeral, started for this demo" } else { "from REDIS_URL" },
+        if stack.postgres.is_some() {
+            "ephemeral, started for this demo"
+        } else {
+            "from DATABASE_URL"
+        },
+        if stack.redis.is_some() {
+            "ephemeral, started for this demo"
+        } else {
+            "from REDIS_URL"
+        },
     );
 
     step("migrations");
@@ -66,12 +80,17 @@ async fn main() -> Result<()> {
         })
         .collect::<Result<_>>()?;
 
-    step(&format!("enqueue {} runs with `producer enqueue`", cli.runs));
+    step(&format!(
+        "enqueue {} runs with `producer enqueue`",
+        cli.runs
+    ));
     let started = Instant::now();
     // A long run first, so that starting it again shows dedupe.
     let long_inputs = r#"{"batch":"nightly","sleep_ms":4000,"items":50}"#;
     let first = enqueue(&bin, &stack, 1, "demo.succeed", long_inputs)?;
-    println!("  $ producer enqueue --tenant 1 --type demo.succeed --inputs '{long_inputs}' --user-id 7 --initiator-name Ada\n  {first}");
+    println!(
+        "  $ producer enqueue --tenant 1 --type demo.succeed --inputs '{long_inputs}' --user-id 7 --initiator-name Ada\n  {first}"
+    );
     let again = enqueue(&bin, &stack, 1, "demo.succeed", long_inputs)?;
     println!(
         "  the same identity again while it is active → deduplicated: {}, run_id {} (no new run, no new dispatch)",
@@ -85,22 +104,35 @@ async fn main() -> Result<()> {
             _ => "demo.fail",
         };
         let tenant = 1 + (i % 3) as i64;
-        let inputs = format!(r#"{{"batch":{i},"sleep_ms":{},"items":{}}}"#, 300 + (i * 137) % 1200, 10 + i % 7);
+        let inputs = format!(
+            r#"{{"batch":{i},"sleep_ms":{},"items":{}}}"#,
+            300 + (i * 137) % 1200,
+            10 + i % 7
+        );
         let out = enqueue(&bin, &stack, tenant, run_type, &inputs)?;
         if shown < 3 {
-            println!("  $ producer enqueue --tenant {tenant} --type {run_type} --inputs '{inputs}' --user-id 7 --initiator-name Ada\n  {out}");
+            println!(
+                "  $ producer enqueue --tenant {tenant} --type {run_type} --inputs '{inputs}' --user-id 7 --initiator-name Ada\n  {out}"
+            );
             shown += 1;
         }
     }
 
     step("progress");
     loop {
-        let counts: Vec<(String, i64)> = opsrun::sqlx::query_as("SELECT status, count(*) FROM operation_runs GROUP BY status")
-            .fetch_all(&pool)
-            .await?;
+        let counts: Vec<(String, i64)> =
+            opsrun::sqlx::query_as("SELECT status, count(*) FROM operation_runs GROUP BY status")
+                .fetch_all(&pool)
+                .await?;
         let counts: BTreeMap<String, i64> = counts.into_iter().collect();
         let get = |s: &str| counts.get(s).copied().unwrap_or(0);
-        println!("  {:>5.1}s  queued {:>3}  running {:>3}  completed {:>3}", started.elapsed().as_secs_f64(), get("queued"), get("running"), get("completed"));
+        println!(
+            "  {:>5.1}s  queued {:>3}  running {:>3}  completed {:>3}",
+            started.elapsed().as_secs_f64(),
+            get("queued"),
+            get("running"),
+            get("completed")
+        );
         if get("queued") + get("running") == 0 {
             break;
         }
@@ -111,8 +143,11 @@ async fn main() -> Result<()> {
     }
 
     step("summary by outcome");
-    let outcomes: Vec<(String, i64)> =
-        opsrun::sqlx::query_as("SELECT outcome, count(*) FROM operation_runs GROUP BY outcome ORDER BY outcome").fetch_all(&pool).await?;
+    let outcomes: Vec<(String, i64)> = opsrun::sqlx::query_as(
+        "SELECT outcome, count(*) FROM operation_runs GROUP BY outcome ORDER BY outcome",
+    )
+    .fetch_all(&pool)
+    .await?;
     for (outcome, count) in &outcomes {
         println!("  {outcome:<20} {count}");
     }
@@ -122,13 +157,22 @@ async fn main() -> Result<()> {
     .fetch_optional(&pool)
     .await?;
     if let Some((id, tenant, failures)) = sample {
-        let run = ledger.get(tenant, opsrun::RunId(id)).await?.context("sample run")?;
+        let run = ledger
+            .get(tenant, opsrun::RunId(id))
+            .await?
+            .context("sample run")?;
         println!("  a failed run ({id}) stores only sanitized failures:\n    {failures}");
-        println!("  view: {}", opsrun::service::view_url("http://127.0.0.1:8080", &run));
+        println!(
+            "  view: {}",
+            opsrun::service::view_url("http://127.0.0.1:8080", &run)
+        );
     }
 
     step("inspect");
-    println!("  psql {} -c \"SELECT id, tenant_id, type, status, outcome, summary_counts FROM operation_runs ORDER BY id DESC LIMIT 10\"", stack.database_url);
+    println!(
+        "  psql {} -c \"SELECT id, tenant_id, type, status, outcome, summary_counts FROM operation_runs ORDER BY id DESC LIMIT 10\"",
+        stack.database_url
+    );
     let redis_cli = redis_cli_args(&stack.redis_url);
     println!("  redis-cli {redis_cli} XLEN opsrun:queue:default");
     println!("  redis-cli {redis_cli} XINFO GROUPS opsrun:queue:default");
@@ -139,21 +183,18 @@ async fn main() -> Result<()> {
         println!("\nservers and workers keep running; press Ctrl-C to stop");
         tokio::signal::ctrl_c().await?;
     } else if stack.postgres.is_some() || stack.redis.is_some() {
-        println!("\n(the ephemeral servers stop with this demo; run `make demo ARGS=--keep` to keep them for inspection)");
+        println!(
+            "\n(the ephemeral servers stop with this demo; run `make demo ARGS=--keep` to keep them for inspection)"
+        );
     }
     for worker in &mut workers {
         // SAFETY: signalling our own child; SIGTERM asks it to drain and exit.
-        unsafe { libc_kill(worker.id() as i32, 15) };
+        unsafe { libc::kill(worker.id() as i32, 15) };
     }
     for worker in &mut workers {
         let _ = worker.wait();
     }
     Ok(())
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
 }
 
 fn step(title: &str) {
@@ -162,25 +203,52 @@ fn step(title: &str) {
 
 fn command(bin: &std::path::Path, name: &str, stack: &Stack) -> Command {
     let mut cmd = Command::new(PathBuf::from(bin).join(name));
-    cmd.env("DATABASE_URL", &stack.database_url).env("REDIS_URL", &stack.redis_url);
+    cmd.env("DATABASE_URL", &stack.database_url)
+        .env("REDIS_URL", &stack.redis_url);
     cmd
 }
 
-fn enqueue(bin: &std::path::Path, stack: &Stack, tenant: i64, run_type: &str, inputs: &str) -> Result<Value> {
+fn enqueue(
+    bin: &std::path::Path,
+    stack: &Stack,
+    tenant: i64,
+    run_type: &str,
+    inputs: &str,
+) -> Result<Value> {
     let out = command(bin, "producer", stack)
-        .args(["enqueue", "--tenant", &tenant.to_string(), "--type", run_type, "--inputs", inputs])
+        .args([
+            "enqueue",
+            "--tenant",
+            &tenant.to_string(),
+            "--type",
+            run_type,
+            "--inputs",
+            inputs,
+        ])
         .args(["--user-id", "7", "--initiator-name", "Ada"])
         .output()?;
     if !out.status.success() {
-        bail!("producer exited with {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "producer exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// `-h HOST -p PORT` for redis-cli from a redis:// URL (credentials left out).
 fn redis_cli_args(url: &str) -> String {
-    let rest = url.trim_start_matches("redis://").trim_start_matches("rediss://");
-    let host_port = rest.rsplit('@').next().unwrap_or(rest).split('/').next().unwrap_or("127.0.0.1:6379");
+    let rest = url
+        .trim_start_matches("redis://")
+        .trim_start_matches("rediss://");
+    let host_port = rest
+        .rsplit('@')
+        .next()
+        .unwrap_or(rest)
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379");
     let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "6379"));
     format!("-h {host} -p {port}")
 }

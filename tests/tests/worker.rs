@@ -95,7 +95,7 @@ command = {stdin}
 
     fn signal(&self, signal: i32) {
         // SAFETY: signalling our own child.
-        unsafe { libc_kill(self.child.id() as i32, signal) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 }
 
@@ -104,11 +104,6 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
 }
 
 async fn enqueue(service: &RunService, tenant: i64, run_type: &str) -> Run {
