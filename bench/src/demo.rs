@@ -99,7 +99,7 @@ async fn main() -> Result<()> {
     let mut shown = 1;
     for i in 0..cli.runs {
         let run_type = match i % 6 {
-            0 | 1 | 2 => "demo.succeed",
+            0..=2 => "demo.succeed",
             3 | 4 => "demo.partial",
             _ => "demo.fail",
         };

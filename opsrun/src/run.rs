@@ -240,7 +240,7 @@ mod tests {
             count: 1,
         };
         assert_eq!(
-            Outcome::derive(&SummaryCounts::default(), &[f.clone()]),
+            Outcome::derive(&SummaryCounts::default(), std::slice::from_ref(&f)),
             Outcome::Failed
         );
         assert_eq!(

@@ -44,7 +44,7 @@ struct Cli {
 enum Command {
     /// Create a run (or return the active one with the same identity) and dispatch it.
     #[command(after_help = EXIT_CODES)]
-    Enqueue(EnqueueArgs),
+    Enqueue(Box<EnqueueArgs>),
     /// Apply the database migrations.
     #[command(after_help = EXIT_CODES)]
     Migrate(DatabaseArgs),
@@ -165,7 +165,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Enqueue(args) => enqueue(args).await,
+            Command::Enqueue(args) => enqueue(*args).await,
             Command::Migrate(args) => migrate(args).await,
         }
     });

@@ -59,7 +59,7 @@ async fn enqueue_creates_then_deduplicates_and_prints_the_run() {
     let base = env
         .command("producer")
         .env("OPSRUN_MONITOR_URL", "https://ops.example/")
-        .args(&args)
+        .args(args)
         .output()
         .unwrap();
     assert_eq!(

@@ -106,6 +106,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A job's panic message is job data: log it sanitized, like every failure.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %opsrun::sanitize::redact(&info.to_string()), "a task panicked");
+    }));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

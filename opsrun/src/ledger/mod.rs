@@ -21,6 +21,20 @@ const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status,
 /// between the insert and the read.
 const DEDUPE_ROUNDS: usize = 8;
 
+/// A worker's hold on a running run: completion is fenced on all of it, so a
+/// worker whose run was reclaimed (new holder or attempt) writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim<'a> {
+    /// The run's tenant.
+    pub tenant_id: i64,
+    /// The run.
+    pub run_id: RunId,
+    /// The consumer holding it.
+    pub holder: &'a str,
+    /// The attempt it is running.
+    pub attempt: i32,
+}
+
 /// The run ledger over a Postgres pool.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -190,10 +204,7 @@ impl Ledger {
     /// a worker that lost its run changes nothing and gets `None`.
     pub async fn complete(
         &self,
-        tenant_id: i64,
-        id: RunId,
-        holder: &str,
-        attempt: i32,
+        claim: &Claim<'_>,
         outcome: Outcome,
         counts: &SummaryCounts,
         failures: &[Failure],
@@ -203,10 +214,10 @@ impl Ledger {
                  completed_at = now() \
              WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND holder = $3 AND attempt = $4 \
              RETURNING {cols}"))
-        .bind(tenant_id)
-        .bind(id)
-        .bind(holder)
-        .bind(attempt)
+        .bind(claim.tenant_id)
+        .bind(claim.run_id)
+        .bind(claim.holder)
+        .bind(claim.attempt)
         .bind(outcome)
         .bind(Json(counts))
         .bind(Json(failures))

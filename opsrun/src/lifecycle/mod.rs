@@ -19,7 +19,7 @@ pub use heartbeat::{InFlight, heartbeat_loop};
 pub use middleware::{Middleware, Next};
 
 use crate::error::{Error, Result};
-use crate::ledger::Ledger;
+use crate::ledger::{Claim, Ledger};
 use crate::run::{Outcome, Run, fold_failures};
 use crate::sanitize;
 use crate::transport::{Delivery, Transport};
@@ -45,7 +45,7 @@ pub enum SkipReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Processed {
     /// The job ran and its terminal state was written.
-    Completed(Run),
+    Completed(Box<Run>),
     /// Nothing ran; the entry was acknowledged.
     Skipped(SkipReason),
     /// The job ran but the claim had been taken over; its result was dropped.
@@ -164,16 +164,14 @@ impl Lifecycle {
         tracing::info!(parent: &span, "run started");
         let result = self.execute(Job { run: run.clone() }).await;
         let (outcome, counts, failures) = terminal_state(result);
+        let claim = Claim {
+            tenant_id: run.tenant_id,
+            run_id: run.id,
+            holder: &self.holder,
+            attempt: run.attempt,
+        };
         let completion = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || {
-            self.ledger.complete(
-                run.tenant_id,
-                run.id,
-                &self.holder,
-                run.attempt,
-                outcome,
-                &counts,
-                &failures,
-            )
+            self.ledger.complete(&claim, outcome, &counts, &failures)
         })
         .await;
         self.in_flight.remove(run.id);
@@ -183,7 +181,7 @@ impl Lifecycle {
                 tracing::info!(parent: &span, outcome = done.outcome.as_str(), "run completed");
                 self.ack(&delivery.queue, &delivery.entry_id).await;
                 self.stats.completed.fetch_add(1, Ordering::Relaxed);
-                Processed::Completed(done)
+                Processed::Completed(Box::new(done))
             }
             Ok(None) => {
                 // Another holder took the run over; it owns the result now.
