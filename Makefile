@@ -10,7 +10,7 @@ servers:
 	@scripts/ensure-servers.sh
 
 build:
-	$(CARGO) build --bins
+	$(CARGO) build --bins --examples
 
 ## Run the main job end to end: servers, workers, a mixed batch, a summary.
 demo: servers build
