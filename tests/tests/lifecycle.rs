@@ -282,8 +282,15 @@ async fn completion_is_fenced_on_holder_and_attempt() {
 #[test]
 fn the_embedded_example_runs_a_run_to_completion() {
     let example = support::bin_path("examples/embedded");
-    let out = std::process::Command::new(example).env_remove("RUST_LOG").output().unwrap();
+    let out = std::process::Command::new(example)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stdout {stdout}\nstderr {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout {stdout}\nstderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("succeeded with 12 of 12 items"), "{stdout}");
 }

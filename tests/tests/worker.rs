@@ -103,6 +103,9 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = self.log.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -346,6 +349,28 @@ async fn worker_keeps_working_after_redis_restarts_without_data() {
 
     redis.restart_empty().unwrap();
     let after = enqueue(&service, 1, "test.succeed").await;
+    let done = completed(&env, &after).await;
+    assert_eq!(done.outcome, Outcome::Succeeded);
+    assert_eq!(worker.executions_of(after.id), 1);
+}
+
+#[tokio::test]
+async fn worker_recovers_when_postgres_restarts() {
+    let mut postgres = devstack::Postgres::start(devstack::PostgresOptions::fast()).unwrap();
+    let url = postgres.create_database("opsrun").await.unwrap();
+    let env = TestEnv::on_database(&url).await;
+    let worker = Worker::spawn(&env, &env.redis_url, &[]);
+    let before = enqueue(&env.service, 1, "test.succeed").await;
+    completed(&env, &before).await;
+
+    postgres.crash_restart().unwrap();
+    // The test's own pool reconnects too; the first use after the crash may fail.
+    let after = wait_until(Duration::from_secs(10), || async {
+        let request = RunRequest::new(1, "test.succeed").inputs(json!({"after": "restart"}));
+        env.service.ensure_run(&request).await.ok().map(|e| e.run)
+    })
+    .await
+    .expect("enqueue after the restart");
     let done = completed(&env, &after).await;
     assert_eq!(done.outcome, Outcome::Succeeded);
     assert_eq!(worker.executions_of(after.id), 1);

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use opsrun::lifecycle::{Handler, Job, JobReport, JobResult, Lifecycle, Route};
-use opsrun::{Initiator, Ledger, RunRequest, RunService, Status, SummaryCounts, Transport, TransportConfig};
+use opsrun::{
+    Initiator, Ledger, RunRequest, RunService, Status, SummaryCounts, Transport, TransportConfig,
+};
 use opsrun_worker::consumer::{self, WorkerConfig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +27,12 @@ impl Handler for InventorySync {
     async fn handle(&self, job: Job) -> JobResult {
         let items = job.inputs()["items"].as_u64().unwrap_or(0);
         JobResult::Finished(JobReport {
-            summary_counts: SummaryCounts { total: items, success: items, failed: 0, skipped: 0 },
+            summary_counts: SummaryCounts {
+                total: items,
+                success: items,
+                failed: 0,
+                skipped: 0,
+            },
             ..Default::default()
         })
     }
@@ -33,7 +40,9 @@ impl Handler for InventorySync {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let stack = devstack::Stack::from_env_or_start("opsrun_example", devstack::PostgresOptions::fast()).await?;
+    let stack =
+        devstack::Stack::from_env_or_start("opsrun_example", devstack::PostgresOptions::fast())
+            .await?;
 
     // The ledger (Postgres) and the transport (Redis Streams).
     let ledger = Ledger::new(opsrun::sqlx::PgPool::connect(&stack.database_url).await?);
@@ -44,8 +53,12 @@ async fn main() -> anyhow::Result<()> {
     transport.ensure_group("inventory").await?;
 
     // A worker in this process, with your handler for your run type.
-    let route = Route { handler: Arc::new(InventorySync), time_limit: Duration::from_secs(60) };
-    let lifecycle = Lifecycle::new(ledger.clone(), transport.clone(), consumer::consumer_name()).route("inventory.sync", route);
+    let route = Route {
+        handler: Arc::new(InventorySync),
+        time_limit: Duration::from_secs(60),
+    };
+    let lifecycle = Lifecycle::new(ledger.clone(), transport.clone(), consumer::consumer_name())
+        .route("inventory.sync", route);
     let stop = CancellationToken::new();
     let worker = tokio::spawn(consumer::run(
         Arc::new(lifecycle),
@@ -62,11 +75,18 @@ async fn main() -> anyhow::Result<()> {
         .inputs(json!({"site": "paris", "items": 12}))
         .initiator(Initiator::user(7, "Ada"));
     let ensured = service.ensure_run(&request).await?;
-    println!("started run {} (deduplicated: {})", ensured.run.id, ensured.deduplicated());
+    println!(
+        "started run {} (deduplicated: {})",
+        ensured.run.id,
+        ensured.deduplicated()
+    );
 
     // Wait for the canonical record to say how it ended.
     let run = loop {
-        let run = ledger.get(42, ensured.run.id).await?.expect("the run exists");
+        let run = ledger
+            .get(42, ensured.run.id)
+            .await?
+            .expect("the run exists");
         if run.status == Status::Completed {
             break run;
         }

@@ -160,7 +160,6 @@ impl Lifecycle {
 
         self.in_flight.insert(run.id);
         let span = tracing::info_span!("run", run_id = %run.id, tenant_id = run.tenant_id, r#type = %run.run_type, attempt = run.attempt, queue = %run.queue);
-        let _ = &span;
         tracing::info!(parent: &span, "run started");
         let result = self.execute(Job { run: run.clone() }).await;
         let (outcome, counts, failures) = terminal_state(result);

@@ -50,7 +50,14 @@ impl TestEnv {
             .execute(&mut admin)
             .await
             .unwrap();
-        let database_url = devstack::with_database(&stack.database_url, &name);
+        Self::on_database(&devstack::with_database(&stack.database_url, &name)).await
+    }
+
+    /// A test environment on an existing database (migrated here).
+    pub async fn on_database(database_url: &str) -> TestEnv {
+        let stack = stack().await;
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let database_url = database_url.to_string();
         let pool = PgPoolOptions::new()
             .max_connections(20)
             .connect(&database_url)
