@@ -7,22 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use opsrun::config::{DEFAULT_CONNECT_TIMEOUT, connect_postgres, postgres_options, resolve_secret};
 use opsrun::request::{parse_json_object, parse_positive_id, validate_queue, validate_type};
 use opsrun::service::view_url;
-use opsrun::{
-    Dispatch, Error, Initiator, Ledger, RunRequest, RunService, Transport, TransportConfig,
-};
+use opsrun::{Dispatch, Initiator, Ledger, RunRequest, RunService, Transport};
+use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, duration, exit};
 use serde_json::json;
-
-/// Documented exit codes.
-mod exit {
-    pub const OK: u8 = 0;
-    pub const INTERNAL: u8 = 1;
-    pub const INVALID: u8 = 2;
-    pub const DISPATCH_FAILED: u8 = 3;
-    pub const DATABASE_UNAVAILABLE: u8 = 4;
-}
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -48,19 +37,6 @@ enum Command {
     /// Apply the database migrations.
     #[command(after_help = EXIT_CODES)]
     Migrate(DatabaseArgs),
-}
-
-#[derive(Args)]
-struct DatabaseArgs {
-    /// Postgres URL. Prefer the environment or --database-url-file: argv is visible to every user.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-    /// File holding the Postgres URL (for mounted secrets).
-    #[arg(long, env = "DATABASE_URL_FILE")]
-    database_url_file: Option<PathBuf>,
-    /// How long to wait for Postgres, e.g. "5s".
-    #[arg(long, env = "OPSRUN_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime_duration)]
-    connect_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -90,17 +66,8 @@ struct EnqueueArgs {
     #[arg(long, env = "OPSRUN_QUEUE", default_value = opsrun::request::DEFAULT_QUEUE,
           value_parser = |s: &str| validate_queue(s).map(|_| s.to_string()).map_err(|e| e.to_string()))]
     queue: String,
-    /// Redis URL. Prefer the environment or --redis-url-file.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
-    /// File holding the Redis URL.
-    #[arg(long, env = "REDIS_URL_FILE")]
-    redis_url_file: Option<PathBuf>,
-    /// Redis key prefix.
-    #[arg(long, env = "OPSRUN_PREFIX", default_value = opsrun::transport::DEFAULT_PREFIX)]
-    prefix: String,
-    /// How long the XADD may take before the dispatch counts as failed, e.g. "2s".
-    #[arg(long, env = "OPSRUN_DISPATCH_TIMEOUT", default_value = "2s", value_parser = humantime_duration)]
+    /// How long the XADD may take before the dispatch counts as failed.
+    #[arg(long, env = "OPSRUN_DISPATCH_TIMEOUT", default_value = "2s", value_parser = duration)]
     dispatch_timeout: Duration,
     /// Base URL of Monitoring → Operations, for view_url.
     #[arg(
@@ -110,57 +77,22 @@ struct EnqueueArgs {
     )]
     monitor_url: String,
     #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
     database: DatabaseArgs,
-}
-
-fn humantime_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 250ms, 2s or 5m: {e}"))
-}
-
-/// A failure with the exit code it maps to and its message (one line; the
-/// library's errors already include their causes).
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        let code = match &e {
-            Error::Invalid { .. } => exit::INVALID,
-            e if e.is_database_unavailable() => exit::DATABASE_UNAVAILABLE,
-            _ => exit::INTERNAL,
-        };
-        let message = match &e {
-            Error::Database {
-                source: opsrun::sqlx::Error::Database(db),
-                ..
-            } if db.code().as_deref() == Some("42P01") => {
-                format!("{e} (the schema is missing: run `producer migrate` first)")
-            }
-            _ => e.to_string(),
-        };
-        Failure { code, message }
-    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    opsrun_cli::init_logging("warn");
+    // One thread: a producer does one thing, and starts fast.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::from(exit::INTERNAL);
+            return Failure::new(exit::INTERNAL, format!("starting the runtime: {e}")).report();
         }
     };
     let result = runtime.block_on(async {
@@ -171,32 +103,12 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(Failure { code, message }) => {
-            eprintln!("error: {}", opsrun::sanitize::redact(&message));
-            ExitCode::from(code)
-        }
+        Err(failure) => failure.report(),
     }
 }
 
-async fn connect(args: &DatabaseArgs, max_connections: u32) -> Result<Ledger, Failure> {
-    let url = resolve_secret(
-        "database_url",
-        args.database_url.as_deref(),
-        args.database_url_file.as_deref(),
-    )?;
-    let options = postgres_options(&url)?;
-    let timeout = if args.connect_timeout.is_zero() {
-        DEFAULT_CONNECT_TIMEOUT
-    } else {
-        args.connect_timeout
-    };
-    Ok(Ledger::new(
-        connect_postgres(options, max_connections, timeout).await?,
-    ))
-}
-
 async fn migrate(args: DatabaseArgs) -> Result<u8, Failure> {
-    let ledger = connect(&args, 1).await?;
+    let ledger = Ledger::new(args.connect(1).await?);
     ledger.migrate().await?;
     eprintln!("migrations applied");
     Ok(exit::OK)
@@ -204,6 +116,7 @@ async fn migrate(args: DatabaseArgs) -> Result<u8, Failure> {
 
 /// Everything is validated before the first connection is opened.
 fn build_request(args: &EnqueueArgs) -> Result<RunRequest, Failure> {
+    let invalid = |message: String| Failure::new(exit::INVALID, message);
     let inputs_text = match (&args.inputs, &args.inputs_file) {
         (Some(text), _) => Some(text.clone()),
         (None, Some(path)) if path.as_os_str() == "-" => Some(
@@ -238,27 +151,14 @@ fn build_request(args: &EnqueueArgs) -> Result<RunRequest, Failure> {
     Ok(request)
 }
 
-fn invalid(message: String) -> Failure {
-    Failure {
-        code: exit::INVALID,
-        message,
-    }
-}
-
 async fn enqueue(args: EnqueueArgs) -> Result<u8, Failure> {
     let request = build_request(&args)?;
-    let redis_url = resolve_secret(
-        "redis_url",
-        args.redis_url.as_deref(),
-        args.redis_url_file.as_deref(),
-    )?;
-    let mut transport_config = TransportConfig::new(redis_url);
-    transport_config.prefix = args.prefix.clone();
+    let mut transport_config = args.redis.transport_config()?;
     transport_config.command_timeout = args.dispatch_timeout;
     transport_config.pool_size = 1;
     // Opens no connection: Redis is contacted only when there is something to send.
     let transport = Transport::new(&transport_config)?;
-    let ledger = connect(&args.database, 1).await?;
+    let ledger = Ledger::new(args.database.connect(1).await?);
     let service = RunService::new(ledger, transport);
 
     let ensured = service.ensure_run(&request).await?;

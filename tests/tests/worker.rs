@@ -375,3 +375,45 @@ async fn worker_recovers_when_postgres_restarts() {
     assert_eq!(done.outcome, Outcome::Succeeded);
     assert_eq!(worker.executions_of(after.id), 1);
 }
+
+#[tokio::test]
+async fn bad_configuration_exits_2_and_unreachable_postgres_exits_4() {
+    let env = TestEnv::new().await;
+    let dir = std::env::temp_dir().join(format!("opsrun-worker-config-{}", env.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[types.\"a.b\"]\ncommand = [\"x\"]\ntime_limit = \"soon\"\n",
+    )
+    .unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--handlers", bad.to_str().unwrap()], "time_limit"),
+        (&["--handlers", "/nonexistent/handlers.toml"], "cannot read"),
+        (&["--queues", "Bad Queue"], "queue"),
+        (&["--concurrency", "0"], "concurrency"),
+    ];
+    for (args, expected) in cases {
+        let out = env.command("worker").args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let closed = format!(
+        "postgres://opsrun@127.0.0.1:{}/x",
+        devstack::free_port().unwrap()
+    );
+    let out = env
+        .command("worker")
+        .env("DATABASE_URL", closed)
+        .args(["--startup-timeout", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -7,19 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use opsrun::config::{connect_postgres, postgres_options, resolve_secret};
-use opsrun::{Error, Ledger, Transport, TransportConfig};
+use opsrun::config::connect_postgres;
+use opsrun::{Ledger, Transport};
+use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, duration, exit};
 use opsrun_worker::consumer::{self, WorkerConfig};
 use opsrun_worker::handlers::HandlersFile;
 use tokio_util::sync::CancellationToken;
-
-mod exit {
-    pub const OK: u8 = 0;
-    pub const INTERNAL: u8 = 1;
-    pub const INVALID: u8 = 2;
-    pub const DATABASE_UNAVAILABLE: u8 = 4;
-    pub const REDIS_UNAVAILABLE: u8 = 5;
-}
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -45,21 +38,6 @@ struct Cli {
     /// Do not apply migrations at start.
     #[arg(long, env = "OPSRUN_NO_MIGRATE")]
     no_migrate: bool,
-    /// Postgres URL. Prefer the environment or --database-url-file.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-    /// File holding the Postgres URL.
-    #[arg(long, env = "DATABASE_URL_FILE")]
-    database_url_file: Option<PathBuf>,
-    /// Redis URL. Prefer the environment or --redis-url-file.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
-    /// File holding the Redis URL.
-    #[arg(long, env = "REDIS_URL_FILE")]
-    redis_url_file: Option<PathBuf>,
-    /// Redis key prefix.
-    #[arg(long, env = "OPSRUN_PREFIX", default_value = opsrun::transport::DEFAULT_PREFIX)]
-    prefix: String,
     /// Postgres connections (claims, heartbeats and completions are short).
     #[arg(long, env = "OPSRUN_DB_POOL_SIZE", default_value_t = 10)]
     db_pool_size: u32,
@@ -75,37 +53,15 @@ struct Cli {
     /// How long to keep trying Postgres and Redis at start.
     #[arg(long, env = "OPSRUN_STARTUP_TIMEOUT", default_value = "60s", value_parser = duration)]
     startup_timeout: Duration,
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err("must be longer than zero".into()),
-        Err(e) => Err(format!("{s:?} is not a duration like 500ms, 5s or 1m: {e}")),
-    }
-}
-
-struct Failure(u8, String);
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        let code = match &e {
-            Error::Invalid { .. } => exit::INVALID,
-            e if e.is_database_unavailable() => exit::DATABASE_UNAVAILABLE,
-            _ => exit::INTERNAL,
-        };
-        Failure(code, opsrun::sanitize::redact(&e.to_string()))
-    }
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    opsrun_cli::init_logging("info");
     // A job's panic message is job data: log it sanitized, like every failure.
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %opsrun::sanitize::redact(&info.to_string()), "a task panicked");
@@ -113,16 +69,12 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::from(exit::INTERNAL);
+            return Failure::new(exit::INTERNAL, format!("starting the runtime: {e}")).report();
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::from(exit::OK),
-        Err(Failure(code, message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(code)
-        }
+        Err(failure) => failure.report(),
     }
 }
 
@@ -130,9 +82,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     // Configuration is validated whole before anything is contacted.
     let handlers = match &cli.handlers {
         Some(path) => {
-            HandlersFile::load(path).map_err(|e| Failure(exit::INVALID, e.to_string()))?
+            HandlersFile::load(path).map_err(|e| Failure::new(exit::INVALID, e.to_string()))?
         }
-        None => HandlersFile::parse("").map_err(|e| Failure(exit::INVALID, e))?,
+        None => HandlersFile::parse("").map_err(|e| Failure::new(exit::INVALID, e))?,
     };
     let mut queues = cli.queues.clone();
     if queues.is_empty() {
@@ -144,20 +96,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     for queue in &queues {
         opsrun::request::validate_queue(queue)?;
     }
-    let database_url = resolve_secret(
-        "database_url",
-        cli.database_url.as_deref(),
-        cli.database_url_file.as_deref(),
-    )?;
-    let pg_options = postgres_options(&database_url)?;
-    let redis_url = resolve_secret(
-        "redis_url",
-        cli.redis_url.as_deref(),
-        cli.redis_url_file.as_deref(),
-    )?;
-    let mut transport_config = TransportConfig::new(redis_url);
-    transport_config.prefix = cli.prefix.clone();
-    let transport = Transport::new(&transport_config)?;
+    let pg_options = cli.database.options()?;
+    let transport = Transport::new(&cli.redis.transport_config()?)?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
@@ -166,11 +106,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         connect_postgres(
             pg_options.clone(),
             cli.db_pool_size.max(2),
-            Duration::from_secs(5),
+            cli.database.timeout(),
         )
     })
     .await
-    .map_err(|e| Failure(exit::DATABASE_UNAVAILABLE, e.to_string()))?;
+    .map_err(|e| Failure::new(exit::DATABASE_UNAVAILABLE, e.to_string()))?;
     let ledger = Ledger::new(pool);
     if !cli.no_migrate {
         ledger.migrate().await?;
@@ -180,7 +120,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             transport.ensure_group(queue)
         })
         .await
-        .map_err(|e| Failure(exit::REDIS_UNAVAILABLE, e.to_string()))?;
+        .map_err(|e| Failure::new(exit::REDIS_UNAVAILABLE, e.to_string()))?;
     }
     match transport.maxmemory_policy().await {
         Ok(policy) if policy != "noeviction" => tracing::warn!(

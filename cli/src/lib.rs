@@ -1,0 +1,169 @@
+//! What the opsrun binaries share on their command line: the connection
+//! flags (each with its environment variable; secrets may come from `*_FILE`
+//! so they never need to be on argv), durations, the documented exit codes
+//! and how library errors map to them, and logging. The library itself never
+//! reads argv or the environment.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use opsrun::config::{DEFAULT_CONNECT_TIMEOUT, connect_postgres, postgres_options, resolve_secret};
+use opsrun::sqlx::PgPool;
+use opsrun::sqlx::postgres::PgConnectOptions;
+use opsrun::{Error, TransportConfig};
+
+/// Exit codes shared by every binary (each documents the ones it uses).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Unexpected error.
+    pub const INTERNAL: u8 = 1;
+    /// Invalid input or configuration; nothing was written.
+    pub const INVALID: u8 = 2;
+    /// The run was recorded but its dispatch failed (`queue.dispatch_failed`).
+    pub const DISPATCH_FAILED: u8 = 3;
+    /// Postgres unreachable.
+    pub const DATABASE_UNAVAILABLE: u8 = 4;
+    /// Redis unreachable.
+    pub const REDIS_UNAVAILABLE: u8 = 5;
+}
+
+/// Where Postgres is.
+#[derive(Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// Postgres URL. Prefer the environment or --database-url-file: argv is visible to every user.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// File holding the Postgres URL (for mounted secrets).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// How long to wait for a Postgres connection.
+    #[arg(long, env = "OPSRUN_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub connect_timeout: Duration,
+}
+
+impl DatabaseArgs {
+    /// The parsed connection options (no I/O).
+    pub fn options(&self) -> Result<PgConnectOptions, Failure> {
+        let url = resolve_secret(
+            "database_url",
+            self.database_url.as_deref(),
+            self.database_url_file.as_deref(),
+        )?;
+        Ok(postgres_options(&url)?)
+    }
+
+    /// Connect a pool of at most `max_connections`.
+    pub async fn connect(&self, max_connections: u32) -> Result<PgPool, Failure> {
+        Ok(connect_postgres(self.options()?, max_connections, self.timeout()).await?)
+    }
+
+    /// The connect timeout.
+    pub fn timeout(&self) -> Duration {
+        if self.connect_timeout.is_zero() {
+            DEFAULT_CONNECT_TIMEOUT
+        } else {
+            self.connect_timeout
+        }
+    }
+}
+
+/// Where Redis is, and the key prefix.
+#[derive(Args, Debug, Clone)]
+pub struct RedisArgs {
+    /// Redis URL. Prefer the environment or --redis-url-file.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// File holding the Redis URL.
+    #[arg(long, env = "REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
+    /// Redis key prefix.
+    #[arg(long, env = "OPSRUN_PREFIX", default_value = opsrun::transport::DEFAULT_PREFIX)]
+    pub prefix: String,
+}
+
+impl RedisArgs {
+    /// A transport configuration with default timeouts (no I/O).
+    pub fn transport_config(&self) -> Result<TransportConfig, Failure> {
+        let url = resolve_secret(
+            "redis_url",
+            self.redis_url.as_deref(),
+            self.redis_url_file.as_deref(),
+        )?;
+        let mut config = TransportConfig::new(url);
+        config.prefix = self.prefix.clone();
+        Ok(config)
+    }
+}
+
+/// Parse a positive duration such as `250ms`, `5s` or `15m`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be longer than zero".into()),
+        Err(e) => Err(format!(
+            "{s:?} is not a duration like 250ms, 5s or 15m: {e}"
+        )),
+    }
+}
+
+/// A failure with its exit code and a one-line, sanitized message.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with `code`.
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Print the message to stderr and return the exit code.
+    pub fn report(self) -> ExitCode {
+        eprintln!("error: {}", opsrun::sanitize::redact(&self.message));
+        ExitCode::from(self.code)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Invalid { .. } => exit::INVALID,
+            e if e.is_database_unavailable() => exit::DATABASE_UNAVAILABLE,
+            Error::Redis { .. } | Error::RedisPool { .. } | Error::RedisTimeout { .. } => {
+                exit::REDIS_UNAVAILABLE
+            }
+            _ => exit::INTERNAL,
+        };
+        let message = match &e {
+            Error::Database {
+                source: opsrun::sqlx::Error::Database(db),
+                ..
+            } if db.code().as_deref() == Some("42P01") => {
+                format!("{e} (the schema is missing: run `producer migrate` first)")
+            }
+            _ => e.to_string(),
+        };
+        Failure { code, message }
+    }
+}
+
+/// Log to stderr, filtered by `RUST_LOG` or `default_filter`.
+pub fn init_logging(default_filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
