@@ -25,8 +25,9 @@ use crate::sanitize;
 use crate::transport::{Delivery, Transport};
 
 /// How long a claim keeps retrying while Postgres is unreachable before the
-/// entry is left pending for the reaper.
-pub const CLAIM_RETRY_BUDGET: Duration = Duration::from_secs(5);
+/// entry is left pending for the reaper. Generous: while Postgres is down no
+/// worker can make progress anyway, and a pending entry waits for a reclaim.
+pub const CLAIM_RETRY_BUDGET: Duration = Duration::from_secs(60);
 /// How long a terminal write keeps retrying while Postgres is unreachable.
 /// Kept below the default lease so a reclaim does not race a late write.
 pub const COMPLETE_RETRY_BUDGET: Duration = Duration::from_secs(30);
