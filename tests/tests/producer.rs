@@ -294,3 +294,71 @@ async fn migrate_is_idempotent_and_help_documents_exit_codes() {
         assert!(text.contains(code), "--help lacks {code:?}");
     }
 }
+
+#[tokio::test]
+async fn inputs_from_stdin_and_secrets_from_files() {
+    use std::io::Write;
+    let env = TestEnv::new().await;
+    let dir = std::env::temp_dir().join(format!("opsrun-producer-{}", env.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db_file = dir.join("database_url");
+    let redis_file = dir.join("redis_url");
+    std::fs::write(&db_file, format!("{}\n", env.database_url)).unwrap();
+    std::fs::write(&redis_file, &env.redis_url).unwrap();
+    let mut child = env
+        .command("producer")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("DATABASE_URL_FILE", &db_file)
+        .env("REDIS_URL_FILE", &redis_file)
+        .args([
+            "enqueue",
+            "--tenant",
+            "3",
+            "--type",
+            "backup.run",
+            "--inputs-file",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"scope":"mailboxes"}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = json_stdout(&out);
+    let inputs: serde_json::Value =
+        sqlx::query_scalar("SELECT inputs FROM operation_runs WHERE id = $1")
+            .bind(run["run_id"].as_i64().unwrap())
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(inputs["scope"], "mailboxes");
+    assert_eq!(
+        run["run_identity_hash"],
+        opsrun::identity::identity_hash(3, "backup.run", &inputs)
+    );
+
+    // The same secret both in the environment and in a file is ambiguous: refused.
+    let both = env
+        .command("producer")
+        .env("DATABASE_URL_FILE", &db_file)
+        .args(["enqueue", "--tenant", "3", "--type", "a.b"])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("database_url"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
