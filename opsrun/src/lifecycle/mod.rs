@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tracing::Instrument;
+
 pub use handler::{Handler, Job, JobReport, JobResult, Route};
 pub use heartbeat::{InFlight, heartbeat_loop};
 pub use middleware::{Middleware, Next};
@@ -162,7 +164,11 @@ impl Lifecycle {
         self.in_flight.insert(run.id);
         let span = tracing::info_span!("run", run_id = %run.id, tenant_id = run.tenant_id, r#type = %run.run_type, attempt = run.attempt, queue = %run.queue);
         tracing::info!(parent: &span, "run started");
-        let result = self.execute(Job { run: run.clone() }).await;
+        // The span follows the job into its task, so handler logs carry the run's fields.
+        let result = self
+            .execute(Job { run: run.clone() })
+            .instrument(span.clone())
+            .await;
         let (outcome, counts, failures) = terminal_state(result);
         let claim = Claim {
             tenant_id: run.tenant_id,
@@ -213,14 +219,15 @@ impl Lifecycle {
             );
         };
         let middleware = Arc::clone(&self.middleware);
-        let mut task = tokio::spawn(async move {
+        let stack = async move {
             Next {
                 rest: &middleware,
                 handler: route.handler.as_ref(),
             }
             .run(job)
             .await
-        });
+        };
+        let mut task = tokio::spawn(stack.in_current_span());
         match tokio::time::timeout(route.time_limit, &mut task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) if join.is_panic() => {
