@@ -47,7 +47,7 @@ pub mod transport;
 pub use error::{Error, Result};
 pub use ledger::Ledger;
 pub use request::{Initiator, RunRequest};
-pub use run::{Failure, Outcome, Run, RunId, Status, SummaryCounts};
+pub use run::{Failure, Outcome, Reclaim, ReclaimReason, Run, RunId, Status, SummaryCounts};
 pub use service::{Dispatch, EnsuredRun, RunService};
 pub use transport::{Transport, TransportConfig};
 

@@ -156,6 +156,44 @@ pub fn fold_failures(failures: impl IntoIterator<Item = Failure>) -> Vec<Failure
     folded
 }
 
+/// Why the reaper took a run back or dispatched it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReclaimReason {
+    /// A running run stopped heartbeating for longer than its lease.
+    LeaseExpired,
+    /// A queued run's stream entry is gone (Redis lost it, or a crash fell
+    /// between the insert and the XADD).
+    DispatchMissing,
+    /// A queued run's entry was delivered to a consumer that never claimed it.
+    DeliveryStalled,
+}
+
+impl ReclaimReason {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReclaimReason::LeaseExpired => "lease_expired",
+            ReclaimReason::DispatchMissing => "dispatch_missing",
+            ReclaimReason::DeliveryStalled => "delivery_stalled",
+        }
+    }
+}
+
+/// One entry of a run's `reclaims`: what the reaper did, at which attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reclaim {
+    /// Why.
+    pub reason: ReclaimReason,
+    /// The run's attempt count when it happened.
+    pub attempt: i32,
+    /// The holder that lost the run, for `lease_expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// When (Postgres clock).
+    pub at: DateTime<Utc>,
+}
+
 /// One row of `operation_runs`.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Run {
@@ -199,6 +237,8 @@ pub struct Run {
     pub dispatch_entry_id: Option<String>,
     /// When the latest dispatch was sent.
     pub dispatched_at: Option<DateTime<Utc>>,
+    /// Reclaims and re-dispatches by the reaper, oldest first.
+    pub reclaims: Json<Vec<Reclaim>>,
     /// When the latest attempt started.
     pub started_at: Option<DateTime<Utc>>,
     /// When the run completed.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use opsrun::ledger::Claim;
+use opsrun::ledger::{Claim, Fence, Terminal};
 use opsrun::lifecycle::{Handler, Job, JobResult, Lifecycle, Middleware, Next, Route};
 use opsrun::{Outcome, RunRequest, Status};
 use opsrun_worker::consumer::{self, WorkerConfig};
@@ -251,27 +251,39 @@ async fn completion_is_fenced_on_holder_and_attempt() {
     };
     assert!(
         ledger
-            .complete(&claim("w:2", 1), Outcome::Succeeded, &counts, &[])
+            .complete(
+                Fence::Claim(claim("w:2", 1)),
+                done_as(Outcome::Succeeded, &counts)
+            )
             .await
             .unwrap()
             .is_none()
     );
     assert!(
         ledger
-            .complete(&claim("w:1", 0), Outcome::Succeeded, &counts, &[])
+            .complete(
+                Fence::Claim(claim("w:1", 0)),
+                done_as(Outcome::Succeeded, &counts)
+            )
             .await
             .unwrap()
             .is_none()
     );
     let done = ledger
-        .complete(&claim("w:1", 1), Outcome::Succeeded, &counts, &[])
+        .complete(
+            Fence::Claim(claim("w:1", 1)),
+            done_as(Outcome::Succeeded, &counts),
+        )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(done.status, Status::Completed);
     assert!(
         ledger
-            .complete(&claim("w:1", 1), Outcome::Failed, &counts, &[])
+            .complete(
+                Fence::Claim(claim("w:1", 1)),
+                done_as(Outcome::Failed, &counts)
+            )
             .await
             .unwrap()
             .is_none(),
@@ -293,4 +305,13 @@ fn the_embedded_example_runs_a_run_to_completion() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("succeeded with 12 of 12 items"), "{stdout}");
+}
+
+fn done_as(outcome: Outcome, counts: &opsrun::SummaryCounts) -> Terminal<'_> {
+    Terminal {
+        outcome,
+        counts,
+        failures: &[],
+        reclaim: None,
+    }
 }

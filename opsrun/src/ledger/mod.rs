@@ -7,7 +7,7 @@ use sqlx::types::Json;
 
 use crate::error::{Result, db};
 use crate::request::RunRequest;
-use crate::run::{Failure, Outcome, Run, RunId, Status, SummaryCounts};
+use crate::run::{Failure, Outcome, Reclaim, Run, RunId, Status, SummaryCounts};
 
 /// The embedded schema migrations (`migrations/` at the workspace root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -15,7 +15,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Columns of [`Run`], for `SELECT` and `RETURNING`.
 const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status, outcome, run_identity_hash, \
      summary_counts, failure_summary, context, inputs, queue, attempt, max_attempts, holder, heartbeat_at, \
-     dispatch_entry_id, dispatched_at, started_at, completed_at, created_at, updated_at";
+     dispatch_entry_id, dispatched_at, reclaims, started_at, completed_at, created_at, updated_at";
 
 /// How often `insert_or_get_active` retries when the active twin completes
 /// between the insert and the read.
@@ -33,6 +33,51 @@ pub struct Claim<'a> {
     pub holder: &'a str,
     /// The attempt it is running.
     pub attempt: i32,
+}
+
+/// What a terminal write is fenced on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence<'a> {
+    /// The worker holding the claim completes its own run.
+    Claim(Claim<'a>),
+    /// The reaper ends a run whose holder stopped heartbeating: the claim
+    /// must be unchanged and its heartbeat older than `lease`, so a run that
+    /// still heartbeats is never taken.
+    Expired {
+        /// The claim the reaper saw.
+        claim: Claim<'a>,
+        /// How long without a heartbeat counts as stuck.
+        lease: std::time::Duration,
+    },
+}
+
+impl<'a> Fence<'a> {
+    fn claim(&self) -> &Claim<'a> {
+        match self {
+            Fence::Claim(claim) | Fence::Expired { claim, .. } => claim,
+        }
+    }
+
+    /// The lease in seconds, or `None` for a live claim.
+    fn lease_secs(&self) -> Option<f64> {
+        match self {
+            Fence::Claim(_) => None,
+            Fence::Expired { lease, .. } => Some(lease.as_secs_f64()),
+        }
+    }
+}
+
+/// The terminal state of a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Terminal<'a> {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Item counts.
+    pub counts: &'a SummaryCounts,
+    /// Sanitized, folded failures.
+    pub failures: &'a [Failure],
+    /// A reclaim to record with it (the reaper's `lease_expired`).
+    pub reclaim: Option<&'a Reclaim>,
 }
 
 /// The run ledger over a Postgres pool.
@@ -182,48 +227,154 @@ impl Ledger {
     }
 
     /// Refresh the heartbeat of every listed run `holder` still holds, in one
-    /// statement. Returns how many were refreshed.
-    pub async fn heartbeat(&self, holder: &str, ids: &[RunId]) -> Result<u64> {
+    /// statement. Returns the runs refreshed; a listed run missing from it is
+    /// no longer held by `holder`.
+    pub async fn heartbeat(&self, holder: &str, ids: &[RunId]) -> Result<Vec<RunId>> {
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-        let done = sqlx::query(
+        sqlx::query_scalar::<_, RunId>(
             "UPDATE operation_runs SET heartbeat_at = now() \
-             WHERE id = ANY($1) AND status = 'running' AND holder = $2",
+             WHERE id = ANY($1) AND status = 'running' AND holder = $2 RETURNING id",
         )
         .bind(&ids)
         .bind(holder)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .map_err(db("heartbeating runs"))?;
-        Ok(done.rows_affected())
+        .map_err(db("heartbeating runs"))
     }
 
-    /// Write the terminal state, fenced on the claim (`holder`, `attempt`):
-    /// a worker that lost its run changes nothing and gets `None`.
-    pub async fn complete(
-        &self,
-        claim: &Claim<'_>,
-        outcome: Outcome,
-        counts: &SummaryCounts,
-        failures: &[Failure],
-    ) -> Result<Option<Run>> {
+    /// Write the terminal state: the one terminal path of workers and the
+    /// reaper alike. Fenced on the claim (holder and attempt), and for the
+    /// reaper also on an expired heartbeat; a writer that lost the run changes
+    /// nothing and gets `None`.
+    pub async fn complete(&self, fence: Fence<'_>, terminal: Terminal<'_>) -> Result<Option<Run>> {
+        let claim = fence.claim();
         sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
-             SET status = 'completed', outcome = $5, summary_counts = $6, failure_summary = $7, \
+             SET status = 'completed', outcome = $5, summary_counts = $6, \
+                 failure_summary = CASE WHEN $8::float8 IS NULL THEN $7 ELSE failure_summary || $7 END, \
+                 reclaims = CASE WHEN $9::jsonb IS NULL THEN reclaims ELSE reclaims || $9 END, \
                  completed_at = now() \
              WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND holder = $3 AND attempt = $4 \
+               AND ($8::float8 IS NULL OR heartbeat_at < now() - make_interval(secs => $8)) \
              RETURNING {cols}"))
         .bind(claim.tenant_id)
         .bind(claim.run_id)
         .bind(claim.holder)
         .bind(claim.attempt)
-        .bind(outcome)
-        .bind(Json(counts))
-        .bind(Json(failures))
+        .bind(terminal.outcome)
+        .bind(Json(terminal.counts))
+        .bind(Json(terminal.failures))
+        .bind(fence.lease_secs())
+        .bind(terminal.reclaim.map(|r| Json([r])))
         .fetch_optional(&self.pool)
         .await
         .map_err(db("completing run"))
+    }
+
+    /// Running runs whose heartbeat is older than `lease` (Postgres clock),
+    /// stalest first.
+    pub async fn stale_running(&self, lease: std::time::Duration, limit: i64) -> Result<Vec<Run>> {
+        sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM operation_runs \
+             WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
+             ORDER BY heartbeat_at LIMIT $2"))
+        .bind(lease.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("finding stale running runs"))
+    }
+
+    /// Take a stuck run back (`running → queued`), recording the reclaim, if
+    /// its claim is unchanged and its heartbeat still older than `lease`. The
+    /// caller dispatches it again. `None` when someone else got there first
+    /// or the run heartbeated meanwhile.
+    pub async fn requeue_expired(
+        &self,
+        claim: &Claim<'_>,
+        lease: std::time::Duration,
+    ) -> Result<Option<Run>> {
+        sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
+             SET status = 'queued', holder = NULL, dispatch_entry_id = NULL, dispatched_at = NULL, \
+                 reclaims = reclaims || jsonb_build_array(jsonb_build_object( \
+                     'reason', 'lease_expired', 'attempt', attempt, 'holder', holder, 'at', now())) \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND holder = $3 AND attempt = $4 \
+               AND heartbeat_at < now() - make_interval(secs => $5) \
+             RETURNING {cols}"))
+        .bind(claim.tenant_id)
+        .bind(claim.run_id)
+        .bind(claim.holder)
+        .bind(claim.attempt)
+        .bind(lease.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("requeueing expired run"))
+    }
+
+    /// Queued runs whose latest dispatch (or creation, if none was recorded)
+    /// is older than `age`, oldest first.
+    pub async fn queued_dispatched_before(
+        &self,
+        age: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<Run>> {
+        sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM operation_runs \
+             WHERE status = 'queued' AND COALESCE(dispatched_at, created_at) < now() - make_interval(secs => $1) \
+             ORDER BY COALESCE(dispatched_at, created_at) LIMIT $2"))
+        .bind(age.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("finding queued runs with old dispatches"))
+    }
+
+    /// Claim the right to dispatch a queued run again: only the caller that
+    /// sees the same latest entry wins, so two reapers never both send it.
+    /// Records the reason and stamps `dispatched_at`.
+    pub async fn begin_redispatch(
+        &self,
+        run: &Run,
+        reason: crate::run::ReclaimReason,
+    ) -> Result<Option<Run>> {
+        sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
+             SET dispatched_at = now(), \
+                 reclaims = reclaims || jsonb_build_array(jsonb_build_object( \
+                     'reason', $4::text, 'attempt', attempt, 'at', now())) \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'queued' \
+               AND dispatch_entry_id IS NOT DISTINCT FROM $3 AND attempt = $5 \
+             RETURNING {cols}"))
+        .bind(run.tenant_id)
+        .bind(run.id)
+        .bind(&run.dispatch_entry_id)
+        .bind(reason.as_str())
+        .bind(run.attempt)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("claiming a re-dispatch"))
+    }
+
+    /// Delete up to `batch` runs completed before `age` ago, in one short
+    /// statement; rows another deleter holds are skipped. Active runs are
+    /// never touched. Returns how many were deleted.
+    pub async fn delete_completed_before(
+        &self,
+        age: std::time::Duration,
+        batch: i64,
+    ) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM operation_runs WHERE id IN ( \
+                 SELECT id FROM operation_runs \
+                 WHERE status = 'completed' AND completed_at < now() - make_interval(secs => $1) \
+                 ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             AND status = 'completed'",
+        )
+        .bind(age.as_secs_f64())
+        .bind(batch)
+        .execute(&self.pool)
+        .await
+        .map_err(db("deleting completed runs"))?;
+        Ok(done.rows_affected())
     }
 
     /// Move a run from `expected` to `status` with the given outcome, counts

@@ -2,7 +2,7 @@
 //! interval however many are in flight. The Postgres heartbeat, not the Redis
 //! pending list, is what proves a run is alive.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,16 +11,22 @@ use tokio_util::sync::CancellationToken;
 use crate::ledger::Ledger;
 use crate::run::RunId;
 
-/// The runs this process currently holds.
+/// The runs this process currently holds, each with a token cancelled when
+/// the run turns out to be held by someone else (its job is then stopped).
 #[derive(Debug, Clone, Default)]
 pub struct InFlight {
-    runs: Arc<Mutex<HashSet<RunId>>>,
+    runs: Arc<Mutex<HashMap<RunId, CancellationToken>>>,
 }
 
 impl InFlight {
-    /// Start heartbeating `id`.
-    pub fn insert(&self, id: RunId) {
-        self.runs.lock().expect("in-flight set").insert(id);
+    /// Start heartbeating `id`; the token is cancelled if the claim is lost.
+    pub fn insert(&self, id: RunId) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.runs
+            .lock()
+            .expect("in-flight set")
+            .insert(id, token.clone());
+        token
     }
 
     /// Stop heartbeating `id`.
@@ -42,9 +48,23 @@ impl InFlight {
         self.runs
             .lock()
             .expect("in-flight set")
-            .iter()
+            .keys()
             .copied()
             .collect()
+    }
+
+    /// Cancel the jobs of held runs that were not refreshed: their claim was
+    /// taken over (or they just completed, which makes this a no-op).
+    fn lost(&self, held: &[RunId], refreshed: &[RunId]) -> usize {
+        let runs = self.runs.lock().expect("in-flight set");
+        let mut lost = 0;
+        for id in held.iter().filter(|id| !refreshed.contains(id)) {
+            if let Some(token) = runs.get(id) {
+                token.cancel();
+                lost += 1;
+            }
+        }
+        lost
     }
 }
 
@@ -67,12 +87,14 @@ pub async fn heartbeat_loop(
         }
         let ids = in_flight.snapshot();
         match ledger.heartbeat(&holder, &ids).await {
-            Ok(n) if (n as usize) < ids.len() => {
-                tracing::debug!(
-                    held = ids.len(),
-                    refreshed = n,
-                    "some runs were completed or taken over since the last beat"
-                )
+            Ok(refreshed) if refreshed.len() < ids.len() => {
+                let lost = in_flight.lost(&ids, &refreshed);
+                if lost > 0 {
+                    tracing::warn!(
+                        lost,
+                        "runs were taken over (reclaimed); stopping their jobs"
+                    );
+                }
             }
             Ok(_) => {}
             Err(e) => {

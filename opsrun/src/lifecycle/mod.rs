@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use handler::{Handler, Job, JobReport, JobResult, Route};
@@ -21,7 +22,7 @@ pub use heartbeat::{InFlight, heartbeat_loop};
 pub use middleware::{Middleware, Next};
 
 use crate::error::{Error, Result};
-use crate::ledger::{Claim, Ledger};
+use crate::ledger::{Claim, Fence, Ledger, Terminal};
 use crate::run::{Outcome, Run, fold_failures};
 use crate::sanitize;
 use crate::transport::{Delivery, Transport};
@@ -161,12 +162,12 @@ impl Lifecycle {
             }
         };
 
-        self.in_flight.insert(run.id);
+        let lost = self.in_flight.insert(run.id);
         let span = tracing::info_span!("run", run_id = %run.id, tenant_id = run.tenant_id, r#type = %run.run_type, attempt = run.attempt, queue = %run.queue);
         tracing::info!(parent: &span, "run started");
         // The span follows the job into its task, so handler logs carry the run's fields.
         let result = self
-            .execute(Job { run: run.clone() })
+            .execute(Job { run: run.clone() }, lost)
             .instrument(span.clone())
             .await;
         let (outcome, counts, failures) = terminal_state(result);
@@ -177,7 +178,15 @@ impl Lifecycle {
             attempt: run.attempt,
         };
         let completion = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || {
-            self.ledger.complete(&claim, outcome, &counts, &failures)
+            self.ledger.complete(
+                Fence::Claim(claim),
+                Terminal {
+                    outcome,
+                    counts: &counts,
+                    failures: &failures,
+                    reclaim: None,
+                },
+            )
         })
         .await;
         self.in_flight.remove(run.id);
@@ -206,7 +215,7 @@ impl Lifecycle {
 
     /// Run the middleware stack and handler in their own task, under the
     /// route's time limit, turning panics and timeouts into failures.
-    async fn execute(&self, job: Job) -> JobResult {
+    async fn execute(&self, job: Job, lost: CancellationToken) -> JobResult {
         let Some(route) = self
             .routes
             .get(&job.run.run_type)
@@ -228,32 +237,37 @@ impl Lifecycle {
             .await
         };
         let mut task = tokio::spawn(stack.in_current_span());
-        match tokio::time::timeout(route.time_limit, &mut task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) if join.is_panic() => {
-                let payload = join.into_panic();
-                let text = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-text panic payload".to_string());
-                JobResult::failed("job.panicked", format!("the job panicked: {text}"))
+        let stopped = |code: &str, message: String| (code.to_string(), message);
+        let stop = tokio::select! {
+            joined = &mut task => {
+                return match joined {
+                    Ok(result) => result,
+                    Err(join) if join.is_panic() => {
+                        let payload = join.into_panic();
+                        let text = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "non-text panic payload".to_string());
+                        JobResult::failed("job.panicked", format!("the job panicked: {text}"))
+                    }
+                    Err(_) => JobResult::failed("job.cancelled", "the job task was cancelled"),
+                };
             }
-            Ok(Err(_)) => JobResult::failed("job.cancelled", "the job task was cancelled"),
-            Err(_) => {
-                // Dropping the task drops the handler future, which kills an
-                // exec job's process group.
-                task.abort();
-                let _ = task.await;
-                JobResult::failed(
-                    "job.timeout",
-                    format!(
-                        "the job exceeded its time limit of {}s and was stopped",
-                        route.time_limit.as_secs_f64()
-                    ),
-                )
-            }
-        }
+            _ = tokio::time::sleep(route.time_limit) => stopped(
+                "job.timeout",
+                format!("the job exceeded its time limit of {}s and was stopped", route.time_limit.as_secs_f64()),
+            ),
+            _ = lost.cancelled() => stopped(
+                "job.lease_lost",
+                "the run was taken over by another worker; this attempt was stopped".to_string(),
+            ),
+        };
+        // Dropping the task drops the handler future, which kills an exec
+        // job's process group.
+        task.abort();
+        let _ = task.await;
+        JobResult::failed(stop.0, stop.1)
     }
 
     async fn ack(&self, queue: &str, entry_id: &str) {

@@ -87,6 +87,39 @@ pub struct Delivery {
     pub entry: Option<Entry>,
 }
 
+/// An entry delivered but not yet acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEntry {
+    /// The stream entry id.
+    pub entry_id: String,
+    /// The consumer it was delivered to.
+    pub consumer: String,
+    /// Time since it was last delivered (Redis clock).
+    pub idle: Duration,
+    /// How many times it was delivered.
+    pub deliveries: u64,
+}
+
+/// A stream id as `(ms, seq)`.
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// The smallest id after `id`.
+fn successor(id: &str) -> String {
+    let (ms, seq) = parse_id(id);
+    format!("{ms}-{}", seq + 1)
+}
+
+fn min_id(a: String, b: String) -> String {
+    if parse_id(&a) <= parse_id(&b) { a } else { b }
+}
+
+fn text(value: &redis::Value) -> Option<String> {
+    redis::FromRedisValue::from_redis_value(value.clone()).ok()
+}
+
 /// Connection settings for the transport.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -260,6 +293,181 @@ impl Transport {
             .await
     }
 
+    /// The entry `entry_id` of `queue`'s stream, if it still exists. `Some(None)`
+    /// when it exists but its fields do not parse.
+    pub async fn entry(&self, queue: &str, entry_id: &str) -> Result<Option<Option<Entry>>> {
+        let stream = self.keys.queue_stream(queue);
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(&stream)
+            .arg(entry_id)
+            .arg(entry_id)
+            .arg("COUNT")
+            .arg(1);
+        let reply: redis::streams::StreamRangeReply = self
+            .run(|| format!("reading entry of stream {stream}"), &cmd)
+            .await?;
+        Ok(reply.ids.first().map(Entry::from_stream_id))
+    }
+
+    /// Entries of `queue` delivered to some consumer and not acknowledged for
+    /// at least `min_idle`, oldest first, at most `count`.
+    pub async fn pending_idle(
+        &self,
+        queue: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<PendingEntry>> {
+        let stream = self.keys.queue_stream(queue);
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&stream)
+            .arg(GROUP)
+            .arg("IDLE")
+            .arg(min_idle.as_millis() as u64)
+            .arg("-")
+            .arg("+")
+            .arg(count);
+        match self
+            .run::<Vec<(String, String, u64, u64)>>(
+                || format!("listing pending entries of {stream}"),
+                &cmd,
+            )
+            .await
+        {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .map(|(entry_id, consumer, idle_ms, deliveries)| PendingEntry {
+                    entry_id,
+                    consumer,
+                    idle: Duration::from_millis(idle_ms),
+                    deliveries,
+                })
+                .collect()),
+            // No stream or no group yet: nothing is pending.
+            Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copy an entry to `queue`'s dead-letter stream with why it was given up.
+    /// Done before the acknowledgement, so a crash in between leaves a
+    /// duplicate dead letter, never a lost one.
+    pub async fn dead_letter(
+        &self,
+        queue: &str,
+        entry_id: &str,
+        entry: Option<&Entry>,
+        reason: &str,
+    ) -> Result<String> {
+        let stream = self.keys.dead_stream(queue);
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream)
+            .arg("*")
+            .arg("entry_id")
+            .arg(entry_id)
+            .arg("reason")
+            .arg(reason);
+        if let Some(e) = entry {
+            cmd.arg("run_id")
+                .arg(e.run_id.0)
+                .arg("tenant_id")
+                .arg(e.tenant_id)
+                .arg("type")
+                .arg(&e.run_type)
+                .arg("attempt")
+                .arg(e.attempt);
+        }
+        self.run(|| format!("dead-lettering to stream {stream}"), &cmd)
+            .await
+    }
+
+    /// The queues that have a stream under this prefix.
+    pub async fn queues(&self) -> Result<Vec<String>> {
+        let pattern = self.keys.queue_stream("*");
+        let prefix_len = pattern.len() - 1;
+        let mut queues = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg("stream");
+            let (next, keys): (u64, Vec<String>) = self
+                .run(|| "listing queue streams".to_string(), &cmd)
+                .await?;
+            queues.extend(keys.into_iter().map(|k| k[prefix_len..].to_string()));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        queues.sort();
+        queues.dedup();
+        Ok(queues)
+    }
+
+    /// Trim `queue`'s stream below the oldest entry that may still matter:
+    /// the oldest pending entry, the first undelivered one, and anything newer
+    /// than `keep` (kept for inspection). A stream without the group is left
+    /// alone: its entries were never delivered. Returns entries removed.
+    pub async fn trim(&self, queue: &str, keep: Duration) -> Result<u64> {
+        let stream = self.keys.queue_stream(queue);
+        let mut info = redis::cmd("XINFO");
+        info.arg("GROUPS").arg(&stream);
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> = match self
+            .run(|| format!("reading groups of {stream}"), &info)
+            .await
+        {
+            Ok(groups) => groups,
+            Err(Error::Redis { source, .. })
+                if source.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                return Ok(0);
+            }
+            Err(e) => Err(e)?,
+        };
+        let Some(group) = groups
+            .iter()
+            .find(|g| g.get("name").and_then(text) == Some(GROUP.to_string()))
+        else {
+            return Ok(0);
+        };
+        let last_delivered = group
+            .get("last-delivered-id")
+            .and_then(text)
+            .unwrap_or_else(|| "0-0".to_string());
+        let mut floor = successor(&last_delivered);
+        let mut summary = redis::cmd("XPENDING");
+        summary.arg(&stream).arg(GROUP);
+        let (pending, oldest, _, _): (u64, Option<String>, Option<String>, redis::Value) = self
+            .run(
+                || format!("summarizing pending entries of {stream}"),
+                &summary,
+            )
+            .await?;
+        if pending > 0
+            && let Some(oldest) = oldest
+        {
+            floor = min_id(floor, oldest);
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        floor = min_id(
+            floor,
+            format!("{}-0", now_ms.saturating_sub(keep.as_millis() as u64)),
+        );
+        let mut trim = redis::cmd("XTRIM");
+        trim.arg(&stream).arg("MINID").arg("~").arg(&floor);
+        self.run(|| format!("trimming stream {stream}"), &trim)
+            .await
+    }
+
     /// The `maxmemory-policy` of the server; streams need `noeviction`.
     pub async fn maxmemory_policy(&self) -> Result<String> {
         let mut cmd = redis::cmd("CONFIG");
@@ -280,6 +488,13 @@ mod tests {
         let keys = Keys::new("opsrun");
         assert_eq!(keys.queue_stream("default"), "opsrun:queue:default");
         assert_eq!(keys.dead_stream("inventory"), "opsrun:dead:inventory");
+    }
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        assert_eq!(successor("1700-5"), "1700-6");
+        assert_eq!(min_id("999-9".into(), "1000-0".into()), "999-9");
+        assert_eq!(min_id("1000-10".into(), "1000-9".into()), "1000-9");
     }
 
     #[test]
