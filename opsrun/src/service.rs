@@ -97,22 +97,8 @@ impl RunService {
                 dispatch: Dispatch::Deduplicated,
             });
         }
-        let entry = Entry {
-            run_id: run.id,
-            tenant_id: run.tenant_id,
-            run_type: run.run_type.clone(),
-            attempt: run.attempt + 1,
-        };
-        match self.transport.publish(&run.queue, &entry).await {
+        match self.dispatch(&run).await {
             Ok(entry_id) => {
-                // Bookkeeping for the reaper; the run is dispatched either way.
-                if let Err(e) = self
-                    .ledger
-                    .record_dispatch(run.tenant_id, run.id, &entry_id)
-                    .await
-                {
-                    tracing::warn!(run_id = %run.id, error = %e, "dispatch sent but not recorded");
-                }
                 run.dispatch_entry_id = Some(entry_id.clone());
                 Ok(EnsuredRun {
                     run,
@@ -154,6 +140,23 @@ impl RunService {
                 })
             }
         }
+    }
+
+    /// Send a queued run's entry (for its next attempt) and record it. The
+    /// record is bookkeeping for the reaper: if it fails, the run is still
+    /// dispatched, and at worst the reaper sends a harmless duplicate.
+    pub async fn dispatch(&self, run: &Run) -> Result<String> {
+        let entry = Entry {
+            run_id: run.id,
+            tenant_id: run.tenant_id,
+            run_type: run.run_type.clone(),
+            attempt: run.attempt + 1,
+        };
+        let entry_id = self.transport.publish(&run.queue, &entry).await?;
+        if let Err(e) = self.ledger.record_dispatch(run.tenant_id, run.id, &entry_id).await {
+            tracing::warn!(run_id = %run.id, error = %e, "dispatch sent but not recorded");
+        }
+        Ok(entry_id)
     }
 
     /// Move `run` to `status` with `outcome`, counts and failures

@@ -102,6 +102,17 @@ impl Handler for ExecHandler {
         for name in WITHHELD_ENV {
             cmd.env_remove(name);
         }
+        // If the worker dies (SIGKILL, OOM), its job must not run on unseen:
+        // the reaper will reclaim the run and may start it elsewhere.
+        // SAFETY: prctl is async-signal-safe and only affects the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if let Some(dir) = &self.working_dir {
             cmd.current_dir(dir);
         }

@@ -7,7 +7,7 @@ use sqlx::types::Json;
 
 use crate::error::{Result, db};
 use crate::request::RunRequest;
-use crate::run::{Failure, Outcome, Reclaim, Run, RunId, Status, SummaryCounts};
+use crate::run::{Failure, Outcome, ReclaimReason, Run, RunId, Status, SummaryCounts};
 
 /// The embedded schema migrations (`migrations/` at the workspace root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -76,8 +76,9 @@ pub struct Terminal<'a> {
     pub counts: &'a SummaryCounts,
     /// Sanitized, folded failures.
     pub failures: &'a [Failure],
-    /// A reclaim to record with it (the reaper's `lease_expired`).
-    pub reclaim: Option<&'a Reclaim>,
+    /// A reclaim to record with it (the reaper's `lease_expired`), stamped
+    /// with the holder, the attempt and the Postgres clock.
+    pub reclaim: Option<ReclaimReason>,
 }
 
 /// The run ledger over a Postgres pool.
@@ -254,7 +255,8 @@ impl Ledger {
         sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
              SET status = 'completed', outcome = $5, summary_counts = $6, \
                  failure_summary = CASE WHEN $8::float8 IS NULL THEN $7 ELSE failure_summary || $7 END, \
-                 reclaims = CASE WHEN $9::jsonb IS NULL THEN reclaims ELSE reclaims || $9 END, \
+                 reclaims = CASE WHEN $9::text IS NULL THEN reclaims ELSE reclaims || jsonb_build_array( \
+                     jsonb_build_object('reason', $9::text, 'attempt', attempt, 'holder', holder, 'at', now())) END, \
                  completed_at = now() \
              WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND holder = $3 AND attempt = $4 \
                AND ($8::float8 IS NULL OR heartbeat_at < now() - make_interval(secs => $8)) \
@@ -267,7 +269,7 @@ impl Ledger {
         .bind(Json(terminal.counts))
         .bind(Json(terminal.failures))
         .bind(fence.lease_secs())
-        .bind(terminal.reclaim.map(|r| Json([r])))
+        .bind(terminal.reclaim.map(ReclaimReason::as_str))
         .fetch_optional(&self.pool)
         .await
         .map_err(db("completing run"))

@@ -100,6 +100,24 @@ pub struct PendingEntry {
     pub deliveries: u64,
 }
 
+/// Where a dispatched entry stands in its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryState {
+    /// Gone: trimmed, deleted, or lost with Redis.
+    Missing,
+    /// In the stream, not yet delivered to any consumer.
+    Waiting,
+    /// Delivered and not acknowledged.
+    Pending {
+        /// Time since its last delivery (Redis clock).
+        idle: Duration,
+        /// Deliveries so far.
+        deliveries: u64,
+    },
+    /// Delivered and acknowledged.
+    Acknowledged,
+}
+
 /// A stream id as `(ms, seq)`.
 fn parse_id(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
@@ -409,46 +427,61 @@ impl Transport {
         Ok(queues)
     }
 
+    /// The group's last-delivered id on `queue`'s stream, or `None` when the
+    /// stream or the group does not exist.
+    async fn last_delivered(&self, queue: &str) -> Result<Option<String>> {
+        let stream = self.keys.queue_stream(queue);
+        let mut info = redis::cmd("XINFO");
+        info.arg("GROUPS").arg(&stream);
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+            match self.run(|| format!("reading groups of {stream}"), &info).await {
+                Ok(groups) => groups,
+                // "ERR no such key": no stream, so no group either.
+                Err(Error::Redis { source, .. }) if source.code() == Some("ERR") => return Ok(None),
+                Err(e) => return Err(e),
+            };
+        Ok(groups
+            .iter()
+            .find(|g| g.get("name").and_then(text).as_deref() == Some(GROUP))
+            .map(|g| g.get("last-delivered-id").and_then(text).unwrap_or_else(|| "0-0".to_string())))
+    }
+
+    /// Where entry `entry_id` of `queue` stands.
+    pub async fn entry_state(&self, queue: &str, entry_id: &str) -> Result<EntryState> {
+        if self.entry(queue, entry_id).await?.is_none() {
+            return Ok(EntryState::Missing);
+        }
+        let stream = self.keys.queue_stream(queue);
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&stream).arg(GROUP).arg(entry_id).arg(entry_id).arg(1);
+        let rows: Vec<(String, String, u64, u64)> = match self.run(|| format!("reading a pending entry of {stream}"), &cmd).await {
+            Ok(rows) => rows,
+            Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        if let Some((_, _, idle_ms, deliveries)) = rows.first() {
+            return Ok(EntryState::Pending { idle: Duration::from_millis(*idle_ms), deliveries: *deliveries });
+        }
+        match self.last_delivered(queue).await? {
+            Some(last) if parse_id(entry_id) <= parse_id(&last) => Ok(EntryState::Acknowledged),
+            _ => Ok(EntryState::Waiting),
+        }
+    }
+
     /// Trim `queue`'s stream below the oldest entry that may still matter:
     /// the oldest pending entry, the first undelivered one, and anything newer
     /// than `keep` (kept for inspection). A stream without the group is left
     /// alone: its entries were never delivered. Returns entries removed.
     pub async fn trim(&self, queue: &str, keep: Duration) -> Result<u64> {
-        let stream = self.keys.queue_stream(queue);
-        let mut info = redis::cmd("XINFO");
-        info.arg("GROUPS").arg(&stream);
-        let groups: Vec<std::collections::HashMap<String, redis::Value>> = match self
-            .run(|| format!("reading groups of {stream}"), &info)
-            .await
-        {
-            Ok(groups) => groups,
-            Err(Error::Redis { source, .. })
-                if source.kind()
-                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
-            {
-                return Ok(0);
-            }
-            Err(e) => Err(e)?,
-        };
-        let Some(group) = groups
-            .iter()
-            .find(|g| g.get("name").and_then(text) == Some(GROUP.to_string()))
-        else {
+        let Some(last_delivered) = self.last_delivered(queue).await? else {
             return Ok(0);
         };
-        let last_delivered = group
-            .get("last-delivered-id")
-            .and_then(text)
-            .unwrap_or_else(|| "0-0".to_string());
+        let stream = self.keys.queue_stream(queue);
         let mut floor = successor(&last_delivered);
         let mut summary = redis::cmd("XPENDING");
         summary.arg(&stream).arg(GROUP);
-        let (pending, oldest, _, _): (u64, Option<String>, Option<String>, redis::Value) = self
-            .run(
-                || format!("summarizing pending entries of {stream}"),
-                &summary,
-            )
-            .await?;
+        let (pending, oldest, _, _): (u64, Option<String>, Option<String>, redis::Value) =
+            self.run(|| format!("summarizing pending entries of {stream}"), &summary).await?;
         if pending > 0
             && let Some(oldest) = oldest
         {
@@ -458,14 +491,10 @@ impl Transport {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        floor = min_id(
-            floor,
-            format!("{}-0", now_ms.saturating_sub(keep.as_millis() as u64)),
-        );
+        floor = min_id(floor, format!("{}-0", now_ms.saturating_sub(keep.as_millis() as u64)));
         let mut trim = redis::cmd("XTRIM");
         trim.arg(&stream).arg("MINID").arg("~").arg(&floor);
-        self.run(|| format!("trimming stream {stream}"), &trim)
-            .await
+        self.run(|| format!("trimming stream {stream}"), &trim).await
     }
 
     /// The `maxmemory-policy` of the server; streams need `noeviction`.

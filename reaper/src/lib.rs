@@ -1,0 +1,94 @@
+//! The opsrun reaper: the passes that keep the promise that an accepted run
+//! always reaches a terminal state and never finishes twice. Each pass is
+//! idempotent, safe with several reapers running, and reports counts:
+//!
+//! - [`stuck`]: running runs that stopped heartbeating are requeued or failed;
+//! - [`lost_dispatch`]: queued runs whose entry is gone are dispatched again;
+//! - [`pending`]: stale pending entries acknowledged, poison dead-lettered;
+//! - [`trim`]: streams trimmed below the oldest entry that still matters;
+//! - [`retention`]: completed runs past retention deleted in batches.
+//!
+//! Staleness is judged on the Postgres clock (and Redis idle times on the
+//! Redis clock), never on this host's.
+
+pub mod lost_dispatch;
+pub mod pending;
+pub mod retention;
+pub mod stuck;
+pub mod trim;
+
+use opsrun::RunService;
+use serde::Serialize;
+
+/// Options of every pass.
+#[derive(Debug, Clone, Default)]
+pub struct ReaperConfig {
+    /// Queues whose streams the Redis passes visit; empty: every queue stream
+    /// under the prefix.
+    pub queues: Vec<String>,
+    /// Stuck-running pass.
+    pub stuck: stuck::StuckConfig,
+    /// Lost-dispatch pass.
+    pub lost_dispatch: lost_dispatch::LostDispatchConfig,
+    /// Pending-entries pass.
+    pub pending: pending::PendingConfig,
+    /// Trim pass.
+    pub trim: trim::TrimConfig,
+    /// Retention pass.
+    pub retention: retention::RetentionConfig,
+}
+
+/// What one round of every pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RoundReport {
+    /// Stuck-running pass.
+    pub stuck: stuck::StuckReport,
+    /// Lost-dispatch pass.
+    pub lost_dispatch: lost_dispatch::LostDispatchReport,
+    /// Pending-entries pass.
+    pub pending: pending::PendingReport,
+    /// Trim pass.
+    pub trim: trim::TrimReport,
+    /// Retention pass.
+    pub retention: retention::RetentionReport,
+    /// Passes that stopped on an error (logged); the others still ran.
+    pub failed_passes: Vec<&'static str>,
+}
+
+/// Run every pass once, in order: reclaim first (so requeued runs get a fresh
+/// dispatch), then dispatch repair, pending-list hygiene, trimming, retention.
+pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundReport {
+    let mut failed_passes = Vec::new();
+    let mut failed = |pass: &'static str, error: opsrun::Error| {
+        tracing::error!(pass, error = %opsrun::sanitize::redact(&error.to_string()), "reaper pass failed; the next round retries");
+        failed_passes.push(pass);
+    };
+    let queues = match &config.queues {
+        q if !q.is_empty() => q.clone(),
+        _ => service.transport().queues().await.unwrap_or_else(|e| {
+            failed("queues", e);
+            Vec::new()
+        }),
+    };
+    let stuck = stuck::run_once(service, &config.stuck).await.unwrap_or_else(|e| {
+        failed("stuck", e);
+        Default::default()
+    });
+    let lost_dispatch = lost_dispatch::run_once(service, &config.lost_dispatch).await.unwrap_or_else(|e| {
+        failed("lost_dispatch", e);
+        Default::default()
+    });
+    let pending = pending::run_once(service, &queues, &config.pending).await.unwrap_or_else(|e| {
+        failed("pending", e);
+        Default::default()
+    });
+    let trim = trim::run_once(service.transport(), &queues, &config.trim).await.unwrap_or_else(|e| {
+        failed("trim", e);
+        Default::default()
+    });
+    let retention = retention::run_once(service.ledger(), &config.retention).await.unwrap_or_else(|e| {
+        failed("retention", e);
+        Default::default()
+    });
+    RoundReport { stuck, lost_dispatch, pending, trim, retention, failed_passes }
+}

@@ -1,0 +1,133 @@
+//! `reaper`: runs the reaper passes on an interval (`--once`: one round,
+//! counts printed as JSON). Several reapers may run at once.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use opsrun::{Ledger, RunService, Transport};
+use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, duration, exit};
+use opsrun_reaper::{ReaperConfig, lost_dispatch, pending, retention, stuck, trim};
+use tokio_util::sync::CancellationToken;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  --once: every pass ran; otherwise: stopped by SIGTERM/SIGINT
+  1  --once: a pass failed (see failed_passes in the report and the log)
+  2  invalid configuration
+  4  Postgres unreachable at start
+  5  Redis unreachable at start";
+
+#[derive(Parser)]
+#[command(name = "reaper", version, about = "Retention, reclaiming stuck runs, re-dispatching lost ones, trimming streams", after_help = EXIT_CODES)]
+struct Cli {
+    /// Run one round, print its counts as JSON, and exit.
+    #[arg(long)]
+    once: bool,
+    /// Time between rounds.
+    #[arg(long, env = "OPSRUN_REAPER_INTERVAL", default_value = "15s", value_parser = duration)]
+    interval: Duration,
+    /// Queues whose streams are checked, comma-separated (default: every queue stream).
+    #[arg(long, env = "OPSRUN_QUEUES", value_delimiter = ',')]
+    queues: Vec<String>,
+    /// Time without a heartbeat after which a running run is reclaimed.
+    #[arg(long, env = "OPSRUN_LEASE", default_value = "60s", value_parser = duration)]
+    lease: Duration,
+    /// Age of a queued run's dispatch before its stream entry is checked.
+    #[arg(long, env = "OPSRUN_REDISPATCH_AFTER", default_value = "60s", value_parser = duration)]
+    redispatch_after: Duration,
+    /// Idle time before a pending entry is examined.
+    #[arg(long, env = "OPSRUN_PENDING_IDLE", default_value = "5m", value_parser = duration)]
+    pending_idle: Duration,
+    /// Deliveries after which an entry is dead-lettered.
+    #[arg(long, env = "OPSRUN_POISON_DELIVERIES", default_value_t = pending::DEFAULT_POISON_DELIVERIES)]
+    poison_deliveries: u64,
+    /// Acknowledged stream entries newer than this are kept for inspection.
+    #[arg(long, env = "OPSRUN_TRIM_KEEP", default_value = "1h", value_parser = duration)]
+    trim_keep: Duration,
+    /// Completed runs older than this are deleted.
+    #[arg(long, env = "OPSRUN_RETENTION", default_value = "90days", value_parser = duration)]
+    retention: Duration,
+    /// Rows per retention delete statement.
+    #[arg(long, env = "OPSRUN_RETENTION_BATCH", default_value_t = retention::DEFAULT_BATCH,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    retention_batch: i64,
+    /// Runs examined per round by the stuck and lost-dispatch passes.
+    #[arg(long, env = "OPSRUN_REAPER_BATCH", default_value_t = stuck::DEFAULT_BATCH,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    batch: i64,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    opsrun_cli::init_logging("info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return Failure::new(exit::INTERNAL, format!("starting the runtime: {e}")).report(),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => failure.report(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    for queue in &cli.queues {
+        opsrun::request::validate_queue(queue)?;
+    }
+    let config = ReaperConfig {
+        queues: cli.queues.clone(),
+        stuck: stuck::StuckConfig { lease: cli.lease, batch: cli.batch },
+        lost_dispatch: lost_dispatch::LostDispatchConfig { after: cli.redispatch_after, batch: cli.batch },
+        pending: pending::PendingConfig {
+            idle: cli.pending_idle,
+            poison_deliveries: cli.poison_deliveries,
+            batch: cli.batch as usize,
+        },
+        trim: trim::TrimConfig { keep: cli.trim_keep },
+        retention: retention::RetentionConfig {
+            after: cli.retention,
+            batch: cli.retention_batch,
+            max_batches: retention::DEFAULT_MAX_BATCHES,
+        },
+    };
+    let transport = Transport::new(&cli.redis.transport_config()?)?;
+    let ledger = Ledger::new(cli.database.connect(4).await?);
+    let service = RunService::new(ledger, transport);
+
+    if cli.once {
+        let report = opsrun_reaper::run_once(&service, &config).await;
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        return Ok(if report.failed_passes.is_empty() { exit::OK } else { exit::INTERNAL });
+    }
+
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        token.cancel();
+    });
+    tracing::info!(interval_s = cli.interval.as_secs(), "reaper started");
+    loop {
+        let report = opsrun_reaper::run_once(&service, &config).await;
+        let json = serde_json::to_string(&report).unwrap_or_default();
+        if report == Default::default() {
+            tracing::debug!(report = %json, "reaper round: nothing to do");
+        } else {
+            tracing::info!(report = %json, "reaper round");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(cli.interval) => {}
+        }
+    }
+    tracing::info!("reaper stopped");
+    Ok(exit::OK)
+}
