@@ -153,7 +153,11 @@ impl RunService {
             attempt: run.attempt + 1,
         };
         let entry_id = self.transport.publish(&run.queue, &entry).await?;
-        if let Err(e) = self.ledger.record_dispatch(run.tenant_id, run.id, &entry_id).await {
+        if let Err(e) = self
+            .ledger
+            .record_dispatch(run.tenant_id, run.id, &entry_id)
+            .await
+        {
             tracing::warn!(run_id = %run.id, error = %e, "dispatch sent but not recorded");
         }
         Ok(entry_id)

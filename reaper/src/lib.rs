@@ -70,25 +70,42 @@ pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundRepor
             Vec::new()
         }),
     };
-    let stuck = stuck::run_once(service, &config.stuck).await.unwrap_or_else(|e| {
-        failed("stuck", e);
-        Default::default()
-    });
-    let lost_dispatch = lost_dispatch::run_once(service, &config.lost_dispatch).await.unwrap_or_else(|e| {
-        failed("lost_dispatch", e);
-        Default::default()
-    });
-    let pending = pending::run_once(service, &queues, &config.pending).await.unwrap_or_else(|e| {
-        failed("pending", e);
-        Default::default()
-    });
-    let trim = trim::run_once(service.transport(), &queues, &config.trim).await.unwrap_or_else(|e| {
-        failed("trim", e);
-        Default::default()
-    });
-    let retention = retention::run_once(service.ledger(), &config.retention).await.unwrap_or_else(|e| {
-        failed("retention", e);
-        Default::default()
-    });
-    RoundReport { stuck, lost_dispatch, pending, trim, retention, failed_passes }
+    let stuck = stuck::run_once(service, &config.stuck)
+        .await
+        .unwrap_or_else(|e| {
+            failed("stuck", e);
+            Default::default()
+        });
+    let lost_dispatch = lost_dispatch::run_once(service, &config.lost_dispatch)
+        .await
+        .unwrap_or_else(|e| {
+            failed("lost_dispatch", e);
+            Default::default()
+        });
+    let pending = pending::run_once(service, &queues, &config.pending)
+        .await
+        .unwrap_or_else(|e| {
+            failed("pending", e);
+            Default::default()
+        });
+    let trim = trim::run_once(service.transport(), &queues, &config.trim)
+        .await
+        .unwrap_or_else(|e| {
+            failed("trim", e);
+            Default::default()
+        });
+    let retention = retention::run_once(service.ledger(), &config.retention)
+        .await
+        .unwrap_or_else(|e| {
+            failed("retention", e);
+            Default::default()
+        });
+    RoundReport {
+        stuck,
+        lost_dispatch,
+        pending,
+        trim,
+        retention,
+        failed_passes,
+    }
 }

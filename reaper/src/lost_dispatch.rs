@@ -34,7 +34,10 @@ pub struct LostDispatchConfig {
 
 impl Default for LostDispatchConfig {
     fn default() -> Self {
-        LostDispatchConfig { after: DEFAULT_AFTER, batch: DEFAULT_BATCH }
+        LostDispatchConfig {
+            after: DEFAULT_AFTER,
+            batch: DEFAULT_BATCH,
+        }
     }
 }
 
@@ -54,12 +57,24 @@ pub struct LostDispatchReport {
 }
 
 /// Run one round.
-pub async fn run_once(service: &RunService, config: &LostDispatchConfig) -> Result<LostDispatchReport> {
+pub async fn run_once(
+    service: &RunService,
+    config: &LostDispatchConfig,
+) -> Result<LostDispatchReport> {
     let mut report = LostDispatchReport::default();
-    for run in service.ledger().queued_dispatched_before(config.after, config.batch).await? {
+    for run in service
+        .ledger()
+        .queued_dispatched_before(config.after, config.batch)
+        .await?
+    {
         let state = match &run.dispatch_entry_id {
             None => EntryState::Missing,
-            Some(entry_id) => service.transport().entry_state(&run.queue, entry_id).await?,
+            Some(entry_id) => {
+                service
+                    .transport()
+                    .entry_state(&run.queue, entry_id)
+                    .await?
+            }
         };
         let reason = match state {
             EntryState::Waiting => {

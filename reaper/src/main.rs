@@ -67,7 +67,9 @@ fn main() -> ExitCode {
     opsrun_cli::init_logging("info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
-        Err(e) => return Failure::new(exit::INTERNAL, format!("starting the runtime: {e}")).report(),
+        Err(e) => {
+            return Failure::new(exit::INTERNAL, format!("starting the runtime: {e}")).report();
+        }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
@@ -81,14 +83,22 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     }
     let config = ReaperConfig {
         queues: cli.queues.clone(),
-        stuck: stuck::StuckConfig { lease: cli.lease, batch: cli.batch },
-        lost_dispatch: lost_dispatch::LostDispatchConfig { after: cli.redispatch_after, batch: cli.batch },
+        stuck: stuck::StuckConfig {
+            lease: cli.lease,
+            batch: cli.batch,
+        },
+        lost_dispatch: lost_dispatch::LostDispatchConfig {
+            after: cli.redispatch_after,
+            batch: cli.batch,
+        },
         pending: pending::PendingConfig {
             idle: cli.pending_idle,
             poison_deliveries: cli.poison_deliveries,
             batch: cli.batch as usize,
         },
-        trim: trim::TrimConfig { keep: cli.trim_keep },
+        trim: trim::TrimConfig {
+            keep: cli.trim_keep,
+        },
         retention: retention::RetentionConfig {
             after: cli.retention,
             batch: cli.retention_batch,
@@ -102,14 +112,21 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     if cli.once {
         let report = opsrun_reaper::run_once(&service, &config).await;
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
-        return Ok(if report.failed_passes.is_empty() { exit::OK } else { exit::INTERNAL });
+        return Ok(if report.failed_passes.is_empty() {
+            exit::OK
+        } else {
+            exit::INTERNAL
+        });
     }
 
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         }
         token.cancel();

@@ -35,7 +35,11 @@ pub struct PendingConfig {
 
 impl Default for PendingConfig {
     fn default() -> Self {
-        PendingConfig { idle: DEFAULT_IDLE, poison_deliveries: DEFAULT_POISON_DELIVERIES, batch: DEFAULT_BATCH }
+        PendingConfig {
+            idle: DEFAULT_IDLE,
+            poison_deliveries: DEFAULT_POISON_DELIVERIES,
+            batch: DEFAULT_BATCH,
+        }
     }
 }
 
@@ -51,11 +55,18 @@ pub struct PendingReport {
 }
 
 /// Run one round over `queues`.
-pub async fn run_once(service: &RunService, queues: &[String], config: &PendingConfig) -> Result<PendingReport> {
+pub async fn run_once(
+    service: &RunService,
+    queues: &[String],
+    config: &PendingConfig,
+) -> Result<PendingReport> {
     let mut report = PendingReport::default();
     let transport = service.transport();
     for queue in queues {
-        for pending in transport.pending_idle(queue, config.idle, config.batch).await? {
+        for pending in transport
+            .pending_idle(queue, config.idle, config.batch)
+            .await?
+        {
             let entry = transport.entry(queue, &pending.entry_id).await?.flatten();
             let run = match &entry {
                 Some(e) => service.ledger().get(e.tenant_id, e.run_id).await?,
@@ -71,14 +82,26 @@ pub async fn run_once(service: &RunService, queues: &[String], config: &PendingC
                 _ => false,
             };
             if live && pending.deliveries > config.poison_deliveries {
-                let (Some(e), Some(r)) = (&entry, &run) else { continue };
+                let (Some(e), Some(r)) = (&entry, &run) else {
+                    continue;
+                };
                 if r.status == Status::Queued {
                     let failure = sanitize::failure(
                         "queue.poison",
-                        &format!("the entry was delivered {} times without completing", pending.deliveries),
+                        &format!(
+                            "the entry was delivered {} times without completing",
+                            pending.deliveries
+                        ),
                     );
-                    if service.ledger().fail_queued(r.tenant_id, r.id, &failure).await?.is_some() {
-                        transport.dead_letter(queue, &pending.entry_id, Some(e), "poison").await?;
+                    if service
+                        .ledger()
+                        .fail_queued(r.tenant_id, r.id, &failure)
+                        .await?
+                        .is_some()
+                    {
+                        transport
+                            .dead_letter(queue, &pending.entry_id, Some(e), "poison")
+                            .await?;
                         transport.ack(queue, &[&pending.entry_id]).await?;
                         tracing::error!(run_id = %r.id, tenant_id = r.tenant_id, deliveries = pending.deliveries, "poison entry dead-lettered; run failed");
                         report.dead_lettered += 1;

@@ -31,7 +31,11 @@ pub struct RetentionConfig {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { after: DEFAULT_AFTER, batch: DEFAULT_BATCH, max_batches: DEFAULT_MAX_BATCHES }
+        RetentionConfig {
+            after: DEFAULT_AFTER,
+            batch: DEFAULT_BATCH,
+            max_batches: DEFAULT_MAX_BATCHES,
+        }
     }
 }
 
@@ -48,7 +52,9 @@ pub struct RetentionReport {
 pub async fn run_once(ledger: &Ledger, config: &RetentionConfig) -> Result<RetentionReport> {
     let mut report = RetentionReport::default();
     while report.batches < config.max_batches {
-        let deleted = ledger.delete_completed_before(config.after, config.batch).await?;
+        let deleted = ledger
+            .delete_completed_before(config.after, config.batch)
+            .await?;
         report.batches += 1;
         report.deleted += deleted;
         if deleted < config.batch as u64 {

@@ -32,7 +32,10 @@ pub struct StuckConfig {
 
 impl Default for StuckConfig {
     fn default() -> Self {
-        StuckConfig { lease: DEFAULT_LEASE, batch: DEFAULT_BATCH }
+        StuckConfig {
+            lease: DEFAULT_LEASE,
+            batch: DEFAULT_BATCH,
+        }
     }
 }
 
@@ -52,9 +55,20 @@ pub struct StuckReport {
 /// Run one round.
 pub async fn run_once(service: &RunService, config: &StuckConfig) -> Result<StuckReport> {
     let mut report = StuckReport::default();
-    for run in service.ledger().stale_running(config.lease, config.batch).await? {
-        let Some(holder) = run.holder.clone() else { continue };
-        let claim = Claim { tenant_id: run.tenant_id, run_id: run.id, holder: &holder, attempt: run.attempt };
+    for run in service
+        .ledger()
+        .stale_running(config.lease, config.batch)
+        .await?
+    {
+        let Some(holder) = run.holder.clone() else {
+            continue;
+        };
+        let claim = Claim {
+            tenant_id: run.tenant_id,
+            run_id: run.id,
+            holder: &holder,
+            attempt: run.attempt,
+        };
         if run.attempt >= run.max_attempts {
             match fail_exhausted(service, &run, claim, config.lease).await? {
                 true => report.failed += 1,
@@ -62,7 +76,11 @@ pub async fn run_once(service: &RunService, config: &StuckConfig) -> Result<Stuc
             }
             continue;
         }
-        let Some(requeued) = service.ledger().requeue_expired(&claim, config.lease).await? else {
+        let Some(requeued) = service
+            .ledger()
+            .requeue_expired(&claim, config.lease)
+            .await?
+        else {
             report.skipped += 1;
             continue;
         };
@@ -80,7 +98,12 @@ pub async fn run_once(service: &RunService, config: &StuckConfig) -> Result<Stuc
 
 /// End a run that used its last attempt, through the same terminal write as
 /// a worker, then dead-letter its entry. Returns whether this reaper did it.
-async fn fail_exhausted(service: &RunService, run: &Run, claim: Claim<'_>, lease: Duration) -> Result<bool> {
+async fn fail_exhausted(
+    service: &RunService,
+    run: &Run,
+    claim: Claim<'_>,
+    lease: Duration,
+) -> Result<bool> {
     let failure = sanitize::failure(
         "job.attempts_exhausted",
         &format!(
@@ -97,7 +120,12 @@ async fn fail_exhausted(service: &RunService, run: &Run, claim: Claim<'_>, lease
         failures: &failures,
         reclaim: Some(ReclaimReason::LeaseExpired),
     };
-    if service.ledger().complete(Fence::Expired { claim, lease }, terminal).await?.is_none() {
+    if service
+        .ledger()
+        .complete(Fence::Expired { claim, lease }, terminal)
+        .await?
+        .is_none()
+    {
         return Ok(false);
     }
     tracing::error!(run_id = %run.id, tenant_id = run.tenant_id, attempt = run.attempt,
@@ -109,7 +137,11 @@ async fn fail_exhausted(service: &RunService, run: &Run, claim: Claim<'_>, lease
         run_type: run.run_type.clone(),
         attempt: run.attempt,
     };
-    if let Err(e) = service.transport().dead_letter(&run.queue, entry_id, Some(&entry), "attempts_exhausted").await {
+    if let Err(e) = service
+        .transport()
+        .dead_letter(&run.queue, entry_id, Some(&entry), "attempts_exhausted")
+        .await
+    {
         tracing::warn!(run_id = %run.id, error = %e, "dead letter not written; the run is failed in Postgres regardless");
     }
     ack_old_entry(service, run).await;

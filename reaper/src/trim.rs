@@ -35,7 +35,11 @@ pub struct TrimReport {
 }
 
 /// Run one round over `queues`.
-pub async fn run_once(transport: &Transport, queues: &[String], config: &TrimConfig) -> Result<TrimReport> {
+pub async fn run_once(
+    transport: &Transport,
+    queues: &[String],
+    config: &TrimConfig,
+) -> Result<TrimReport> {
     let mut report = TrimReport::default();
     for queue in queues {
         report.trimmed += transport.trim(queue, config.keep).await?;

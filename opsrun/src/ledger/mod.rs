@@ -332,7 +332,8 @@ impl Ledger {
     }
 
     /// Claim the right to dispatch a queued run again: only the caller that
-    /// sees the same latest entry wins, so two reapers never both send it.
+    /// saw the same latest dispatch (entry and time) wins, so two reapers
+    /// never both send it.
     /// Records the reason and stamps `dispatched_at`.
     pub async fn begin_redispatch(
         &self,
@@ -343,14 +344,15 @@ impl Ledger {
              SET dispatched_at = now(), \
                  reclaims = reclaims || jsonb_build_array(jsonb_build_object( \
                      'reason', $4::text, 'attempt', attempt, 'at', now())) \
-             WHERE tenant_id = $1 AND id = $2 AND status = 'queued' \
-               AND dispatch_entry_id IS NOT DISTINCT FROM $3 AND attempt = $5 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'queued' AND attempt = $5 \
+               AND dispatch_entry_id IS NOT DISTINCT FROM $3 AND dispatched_at IS NOT DISTINCT FROM $6 \
              RETURNING {cols}"))
         .bind(run.tenant_id)
         .bind(run.id)
         .bind(&run.dispatch_entry_id)
         .bind(reason.as_str())
         .bind(run.attempt)
+        .bind(run.dispatched_at)
         .fetch_optional(&self.pool)
         .await
         .map_err(db("claiming a re-dispatch"))

@@ -433,17 +433,23 @@ impl Transport {
         let stream = self.keys.queue_stream(queue);
         let mut info = redis::cmd("XINFO");
         info.arg("GROUPS").arg(&stream);
-        let groups: Vec<std::collections::HashMap<String, redis::Value>> =
-            match self.run(|| format!("reading groups of {stream}"), &info).await {
-                Ok(groups) => groups,
-                // "ERR no such key": no stream, so no group either.
-                Err(Error::Redis { source, .. }) if source.code() == Some("ERR") => return Ok(None),
-                Err(e) => return Err(e),
-            };
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> = match self
+            .run(|| format!("reading groups of {stream}"), &info)
+            .await
+        {
+            Ok(groups) => groups,
+            // "ERR no such key": no stream, so no group either.
+            Err(Error::Redis { source, .. }) if source.code() == Some("ERR") => return Ok(None),
+            Err(e) => return Err(e),
+        };
         Ok(groups
             .iter()
             .find(|g| g.get("name").and_then(text).as_deref() == Some(GROUP))
-            .map(|g| g.get("last-delivered-id").and_then(text).unwrap_or_else(|| "0-0".to_string())))
+            .map(|g| {
+                g.get("last-delivered-id")
+                    .and_then(text)
+                    .unwrap_or_else(|| "0-0".to_string())
+            }))
     }
 
     /// Where entry `entry_id` of `queue` stands.
@@ -453,14 +459,24 @@ impl Transport {
         }
         let stream = self.keys.queue_stream(queue);
         let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&stream).arg(GROUP).arg(entry_id).arg(entry_id).arg(1);
-        let rows: Vec<(String, String, u64, u64)> = match self.run(|| format!("reading a pending entry of {stream}"), &cmd).await {
+        cmd.arg(&stream)
+            .arg(GROUP)
+            .arg(entry_id)
+            .arg(entry_id)
+            .arg(1);
+        let rows: Vec<(String, String, u64, u64)> = match self
+            .run(|| format!("reading a pending entry of {stream}"), &cmd)
+            .await
+        {
             Ok(rows) => rows,
             Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") => Vec::new(),
             Err(e) => return Err(e),
         };
         if let Some((_, _, idle_ms, deliveries)) = rows.first() {
-            return Ok(EntryState::Pending { idle: Duration::from_millis(*idle_ms), deliveries: *deliveries });
+            return Ok(EntryState::Pending {
+                idle: Duration::from_millis(*idle_ms),
+                deliveries: *deliveries,
+            });
         }
         match self.last_delivered(queue).await? {
             Some(last) if parse_id(entry_id) <= parse_id(&last) => Ok(EntryState::Acknowledged),
@@ -480,8 +496,12 @@ impl Transport {
         let mut floor = successor(&last_delivered);
         let mut summary = redis::cmd("XPENDING");
         summary.arg(&stream).arg(GROUP);
-        let (pending, oldest, _, _): (u64, Option<String>, Option<String>, redis::Value) =
-            self.run(|| format!("summarizing pending entries of {stream}"), &summary).await?;
+        let (pending, oldest, _, _): (u64, Option<String>, Option<String>, redis::Value) = self
+            .run(
+                || format!("summarizing pending entries of {stream}"),
+                &summary,
+            )
+            .await?;
         if pending > 0
             && let Some(oldest) = oldest
         {
@@ -491,10 +511,14 @@ impl Transport {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        floor = min_id(floor, format!("{}-0", now_ms.saturating_sub(keep.as_millis() as u64)));
+        floor = min_id(
+            floor,
+            format!("{}-0", now_ms.saturating_sub(keep.as_millis() as u64)),
+        );
         let mut trim = redis::cmd("XTRIM");
         trim.arg(&stream).arg("MINID").arg("~").arg(&floor);
-        self.run(|| format!("trimming stream {stream}"), &trim).await
+        self.run(|| format!("trimming stream {stream}"), &trim)
+            .await
     }
 
     /// The `maxmemory-policy` of the server; streams need `noeviction`.

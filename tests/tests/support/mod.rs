@@ -5,12 +5,13 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use devstack::{PostgresOptions, Stack};
-use opsrun::{Ledger, RunService, Transport, TransportConfig};
+use opsrun::{Ledger, Run, RunId, RunRequest, RunService, Status, Transport, TransportConfig};
+use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 use tokio::sync::OnceCell;
@@ -78,6 +79,11 @@ impl TestEnv {
         }
     }
 
+    /// Where this test's job processes log their executions.
+    pub fn job_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("opsrun-worker-test-{}", self.prefix))
+    }
+
     pub fn ledger(&self) -> &Ledger {
         self.service.ledger()
     }
@@ -131,6 +137,17 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Kept when a test failed, with the workers' logs, for diagnosis.
+        if std::thread::panicking() {
+            eprintln!("job and worker logs kept in {}", self.job_dir().display());
+            return;
+        }
+        let _ = std::fs::remove_dir_all(self.job_dir());
+    }
+}
+
 /// Path of a workspace binary; `make test` builds them before the tests.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -178,4 +195,116 @@ pub fn json_stdout(out: &Output) -> serde_json::Value {
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// A worker process with a handlers file whose jobs log each execution.
+pub struct Worker {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    pub fn spawn(env: &TestEnv, redis_url: &str, extra: &[&str]) -> Worker {
+        let dir = env.job_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("executions.log");
+        let handlers = dir.join("handlers.toml");
+        // Each job appends "<run_id> <attempt>" to the log, then behaves as its type says.
+        let record = format!(
+            "echo \"$OPSRUN_RUN_ID $OPSRUN_ATTEMPT\" >> {}",
+            log.display()
+        );
+        let script = |body: &str| format!("[\"sh\", \"-c\", '''{record}; {body}''']");
+        std::fs::write(
+            &handlers,
+            format!(
+                r#"
+[types."test.succeed"]
+command = {succeed}
+[types."test.partial"]
+command = {partial}
+[types."test.fail"]
+command = {fail}
+[types."test.slow"]
+command = {slow}
+[types."test.timeout"]
+command = {timeout}
+time_limit = "1s"
+[types."test.stdin"]
+command = {stdin}
+[types."test.long"]
+command = {long}
+[types."test.poison"]
+command = {poison}
+"#,
+                succeed = script("exit 0"),
+                partial = script(r#"echo progress; echo '{"summary_counts":{"total":10,"success":8,"failed":2,"skipped":0}}'"#),
+                fail = script("echo 'connect postgres://app:hunter2secret@db/x failed, password=hunter2secret' >&2; exit 3"),
+                slow = script("sleep 2"),
+                long = script("sleep 3"),
+                poison = script("kill -9 $PPID; sleep 5"),
+                timeout = script("sleep 30"),
+                stdin = script(&format!("cat > {}/stdin-$OPSRUN_RUN_ID.json; env | grep -c '^DATABASE_URL=' > {}/dburl-$OPSRUN_RUN_ID || true", dir.display(), dir.display())),
+            ),
+        )
+        .unwrap();
+        let child = env
+            .command("worker")
+            .env("REDIS_URL", redis_url)
+            // Defaults through the environment, so `extra` flags override them.
+            .env("OPSRUN_CONCURRENCY", "4")
+            .env("OPSRUN_HEARTBEAT_INTERVAL", "1s")
+            .env("OPSRUN_BLOCK", "500ms")
+            .args(["--handlers", handlers.to_str().unwrap()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("worker-{}.log", nanos()))).unwrap())
+            .spawn()
+            .expect("spawning worker");
+        Worker { child, log }
+    }
+
+    pub fn executions(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn executions_of(&self, id: RunId) -> usize {
+        self.executions()
+            .iter()
+            .filter(|l| l.split(' ').next() == Some(&id.to_string()))
+            .count()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn enqueue(service: &RunService, tenant: i64, run_type: &str) -> Run {
+    let request = RunRequest::new(tenant, run_type).inputs(json!({"n": nanos() as u64}));
+    service.ensure_run(&request).await.unwrap().run
+}
+
+pub async fn completed(env: &TestEnv, run: &Run) -> Run {
+    wait_until(Duration::from_secs(20), || async {
+        env.ledger()
+            .get(run.tenant_id, run.id)
+            .await
+            .unwrap()
+            .filter(|r| r.status == Status::Completed)
+    })
+    .await
+    .unwrap_or_else(|| panic!("run {} did not complete", run.id))
 }
