@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: demo test lint bench build servers
+.PHONY: demo test lint bench chaos build servers
 
 servers:
 	@scripts/ensure-servers.sh
@@ -28,3 +28,8 @@ lint:
 bench: servers
 	$(CARGO) build --release --bins
 	target/release/bench $(ARGS)
+
+## Mixed load while killing workers, the reaper and Redis; prints the audit (lost must be 0).
+chaos: servers
+	$(CARGO) build --release --bins
+	target/release/chaos $(ARGS)
