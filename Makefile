@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: demo test lint bench chaos build servers
+.PHONY: demo test lint bench bench-retention chaos build servers
 
 servers:
 	@scripts/ensure-servers.sh
@@ -33,3 +33,8 @@ bench: servers
 chaos: servers
 	$(CARGO) build --release --bins
 	target/release/chaos $(ARGS)
+
+## Retention at scale: 1M completed runs over 120 days, delete rate and worker write latency.
+bench-retention: servers
+	$(CARGO) build --release --bins
+	target/release/bench-retention $(ARGS)

@@ -328,7 +328,7 @@ async fn main() -> Result<()> {
     for (outcome, count) in &audit.outcomes {
         println!("  completed {outcome:<22} {count}");
     }
-    println!("lost (not completed after {drain_secs:.0}s)   {active}");
+    println!("lost (still active after a {drain_secs:.0}s drain) {active}");
     println!(
         "executed more than once            {} (max {} executions of one run)",
         audit.executed_twice, audit.max_executions

@@ -290,7 +290,8 @@ impl Ledger {
 
     /// Take a stuck run back (`running → queued`), recording the reclaim, if
     /// its claim is unchanged and its heartbeat still older than `lease`. The
-    /// caller dispatches it again. `None` when someone else got there first
+    /// caller dispatches it again; `dispatched_at` is stamped now so the
+    /// lost-dispatch pass gives that dispatch its full grace period. `None` when someone else got there first
     /// or the run heartbeated meanwhile.
     pub async fn requeue_expired(
         &self,
@@ -298,7 +299,7 @@ impl Ledger {
         lease: std::time::Duration,
     ) -> Result<Option<Run>> {
         sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
-             SET status = 'queued', holder = NULL, dispatch_entry_id = NULL, dispatched_at = NULL, \
+             SET status = 'queued', holder = NULL, dispatch_entry_id = NULL, dispatched_at = now(), \
                  reclaims = reclaims || jsonb_build_array(jsonb_build_object( \
                      'reason', 'lease_expired', 'attempt', attempt, 'holder', holder, 'at', now())) \
              WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND holder = $3 AND attempt = $4 \
