@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Parser;
 use devstack::{PostgresOptions, Stack};
-use opsrun::ledger::{Claim, Fence, Terminal};
+use opsrun::ledger::{Claim, Fence, NewRun, Terminal};
+use opsrun::registry::IdentityRule;
 use opsrun::{Ledger, Outcome, RunRequest, SummaryCounts};
 use opsrun_reaper::retention::{self, RetentionConfig};
 use serde_json::json;
@@ -174,7 +175,15 @@ async fn write_loop(
         let request = RunRequest::new(100 + writer as i64, "bench.write").inputs(json!({"n": n}));
         let identity =
             opsrun::identity::identity_hash(request.tenant_id, &request.run_type, &request.inputs);
-        let (run, _) = ledger.insert_or_get_active(&request, &identity).await?;
+        let new = NewRun {
+            request: &request,
+            queue: "bench",
+            identity: &identity,
+            rule: &IdentityRule::Deterministic,
+            max_attempts: 3,
+            lease_seconds: 60,
+        };
+        let (run, _) = ledger.insert_or_get(&new).await?;
         let t = Instant::now();
         let claimed = ledger
             .mark_running(run.tenant_id, run.id, 1, &holder)

@@ -98,6 +98,24 @@ impl RedisArgs {
     }
 }
 
+/// Where the type registry is.
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Type registry (TOML): queue, identity rule, time limit, lease, attempts, backoff and handler per type.
+    #[arg(long, env = "OPSRUN_REGISTRY", visible_alias = "handlers")]
+    pub registry: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// The validated registry, or the defaults when none is given.
+    pub fn load(&self) -> Result<opsrun::registry::Registry, Failure> {
+        match &self.registry {
+            Some(path) => Ok(opsrun::registry::Registry::load(path)?),
+            None => Ok(opsrun::registry::Registry::default()),
+        }
+    }
+}
+
 /// Parse a positive duration such as `250ms`, `5s` or `15m`.
 pub fn duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {

@@ -62,6 +62,43 @@ pub fn identity_hash(tenant_id: i64, run_type: &str, inputs: &Value) -> String {
     hasher.update(tenant_id.to_string().as_bytes());
     hasher.update(run_type.as_bytes());
     hasher.update(canonical_json(inputs).as_bytes());
+    hex(hasher)
+}
+
+/// Identity of a `nonce` run: the deterministic bytes followed by `#` and
+/// the nonce, so every start has its own identity.
+pub fn nonce_identity_hash(tenant_id: i64, run_type: &str, inputs: &Value, nonce: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(tenant_id.to_string().as_bytes());
+    hasher.update(run_type.as_bytes());
+    hasher.update(canonical_json(inputs).as_bytes());
+    hasher.update(b"#");
+    hasher.update(nonce.as_bytes());
+    hex(hasher)
+}
+
+/// Identity of a `strict` run: the deterministic hash of only the named
+/// input keys (e.g. a schedule id and its scheduled time). `Err` names the
+/// first key the inputs lack.
+pub fn strict_identity_hash(
+    tenant_id: i64,
+    run_type: &str,
+    inputs: &Value,
+    keys: &[String],
+) -> Result<String, String> {
+    let mut selected = serde_json::Map::new();
+    for key in keys {
+        match inputs.get(key) {
+            Some(value) if !value.is_null() => {
+                selected.insert(key.clone(), value.clone());
+            }
+            _ => return Err(key.clone()),
+        }
+    }
+    Ok(identity_hash(tenant_id, run_type, &Value::Object(selected)))
+}
+
+fn hex(hasher: Sha256) -> String {
     hasher
         .finalize()
         .iter()
@@ -116,6 +153,39 @@ mod tests {
                 "{tenant} {ty} {canonical}"
             );
         }
+    }
+
+    #[test]
+    fn strict_identities_use_only_the_named_keys_and_nonces_differ() {
+        let keys = vec!["schedule".to_string(), "at".to_string()];
+        let a = json!({"schedule": 4, "at": "2026-11-22T02:00:00Z", "note": "x"});
+        let b = json!({"at": "2026-11-22T02:00:00Z", "schedule": 4, "note": "y"});
+        let strict = strict_identity_hash(1, "backup.run", &a, &keys).unwrap();
+        assert_eq!(
+            strict,
+            strict_identity_hash(1, "backup.run", &b, &keys).unwrap()
+        );
+        assert_eq!(
+            strict,
+            identity_hash(
+                1,
+                "backup.run",
+                &json!({"schedule": 4, "at": "2026-11-22T02:00:00Z"})
+            )
+        );
+        assert_eq!(
+            strict_identity_hash(1, "backup.run", &json!({"schedule": 4}), &keys).unwrap_err(),
+            "at"
+        );
+        assert_ne!(
+            nonce_identity_hash(1, "a.b", &a, "n1"),
+            nonce_identity_hash(1, "a.b", &a, "n2")
+        );
+        // "42inventory.sync{}#n1"
+        assert_eq!(
+            nonce_identity_hash(42, "inventory.sync", &json!({}), "n1"),
+            "1e75b86c7e3512716f6a5c05aa52ee03b29746345b12023289c50eb0c6bc8db9"
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod error;
 pub mod identity;
 pub mod ledger;
 pub mod lifecycle;
+pub mod registry;
 pub mod request;
 pub mod run;
 pub mod sanitize;

@@ -68,8 +68,10 @@ pub struct RunRequest {
     pub context: Value,
     /// Who starts it.
     pub initiator: Initiator,
-    /// Queue to dispatch on.
-    pub queue: String,
+    /// Queue to dispatch on; `None`: the type's queue from the registry.
+    pub queue: Option<String>,
+    /// Do not start before this time (a scheduled run); `None`: now.
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl RunRequest {
@@ -81,7 +83,8 @@ impl RunRequest {
             inputs: Value::Object(Map::new()),
             context: Value::Object(Map::new()),
             initiator: Initiator::system(),
-            queue: DEFAULT_QUEUE.to_string(),
+            queue: None,
+            not_before: None,
         }
     }
 
@@ -103,9 +106,15 @@ impl RunRequest {
         self
     }
 
-    /// Set the queue.
+    /// Set the queue (overriding the type's).
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
-        self.queue = queue.into();
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Schedule the run: it is not dispatched before `at`.
+    pub fn not_before(mut self, at: chrono::DateTime<chrono::Utc>) -> Self {
+        self.not_before = Some(at);
         self
     }
 
@@ -115,7 +124,9 @@ impl RunRequest {
             return Err(Error::invalid("tenant_id", "must be a positive integer"));
         }
         validate_type(&self.run_type)?;
-        validate_queue(&self.queue)?;
+        if let Some(queue) = &self.queue {
+            validate_queue(queue)?;
+        }
         check_json_object("inputs", &self.inputs)?;
         check_json_object("context", &self.context)?;
         if let Some(user_id) = self.initiator.user_id

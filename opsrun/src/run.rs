@@ -239,6 +239,12 @@ pub struct Run {
     pub dispatched_at: Option<DateTime<Utc>>,
     /// Reclaims and re-dispatches by the reaper, oldest first.
     pub reclaims: Json<Vec<Reclaim>>,
+    /// How the identity was computed: `deterministic`, `nonce` or `strict`.
+    pub identity_rule: String,
+    /// Time without a heartbeat before the reaper reclaims the run.
+    pub lease_seconds: i32,
+    /// Not dispatched before this time (scheduled runs, retries in backoff).
+    pub not_before: Option<DateTime<Utc>>,
     /// When the latest attempt started.
     pub started_at: Option<DateTime<Utc>>,
     /// When the run completed.

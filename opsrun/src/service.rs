@@ -4,8 +4,11 @@
 //! ends the run) live here.
 
 use crate::error::Result;
-use crate::identity::identity_hash;
-use crate::ledger::Ledger;
+use std::sync::Arc;
+
+use crate::identity::{identity_hash, nonce_identity_hash, strict_identity_hash};
+use crate::ledger::{Ledger, NewRun};
+use crate::registry::{IdentityRule, Registry};
 use crate::request::RunRequest;
 use crate::run::{Failure, Outcome, Run, Status, SummaryCounts, fold_failures};
 use crate::sanitize;
@@ -27,6 +30,9 @@ pub enum Dispatch {
     /// Sending failed; the run was ended with [`DISPATCH_FAILED`] (unless a
     /// worker had already claimed it, in which case `run` shows that).
     Failed(Failure),
+    /// A scheduled run: created, and dispatched by the due pass when its
+    /// `not_before` comes.
+    Scheduled,
 }
 
 /// The result of [`RunService::ensure_run`].
@@ -65,12 +71,29 @@ pub fn view_url(monitor_base: &str, run: &Run) -> String {
 pub struct RunService {
     ledger: Ledger,
     transport: Transport,
+    registry: Arc<Registry>,
 }
 
 impl RunService {
-    /// A service over a ledger and a transport.
+    /// A service over a ledger and a transport, every type on the registry's
+    /// defaults.
     pub fn new(ledger: Ledger, transport: Transport) -> Self {
-        RunService { ledger, transport }
+        RunService {
+            ledger,
+            transport,
+            registry: Arc::new(Registry::default()),
+        }
+    }
+
+    /// Use `registry` for types' queues, identity rules, leases and attempts.
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The registry in use.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The ledger.
@@ -83,18 +106,60 @@ impl RunService {
         &self.transport
     }
 
-    /// Validate `request`, then return the active run with its identity or
-    /// create a queued one and dispatch it. The row is committed before the
-    /// XADD; if the XADD fails the run is completed as failed with
-    /// `queue.dispatch_failed`, so no queued run is left undispatched.
+    /// Validate `request` and resolve its type in the registry, then return
+    /// the run holding its identity (per the type's identity rule) or create
+    /// a queued one and dispatch it (a scheduled one waits for the due pass).
+    /// The row is committed before the XADD; if the XADD fails the run is
+    /// completed as failed with `queue.dispatch_failed`, so no queued run is
+    /// left undispatched.
     pub async fn ensure_run(&self, request: &RunRequest) -> Result<EnsuredRun> {
         request.validate()?;
-        let identity = identity_hash(request.tenant_id, &request.run_type, &request.inputs);
-        let (mut run, created) = self.ledger.insert_or_get_active(request, &identity).await?;
+        let spec = self.registry.spec(&request.run_type)?;
+        let identity = match &spec.identity {
+            IdentityRule::Deterministic => {
+                identity_hash(request.tenant_id, &request.run_type, &request.inputs)
+            }
+            IdentityRule::Nonce => {
+                let nonce = format!("{:032x}", rand::random::<u128>());
+                nonce_identity_hash(
+                    request.tenant_id,
+                    &request.run_type,
+                    &request.inputs,
+                    &nonce,
+                )
+            }
+            IdentityRule::Strict { keys } => {
+                strict_identity_hash(request.tenant_id, &request.run_type, &request.inputs, keys)
+                    .map_err(|key| {
+                        crate::Error::invalid(
+                            "inputs",
+                            format!(
+                                "type {} has a strict identity and needs the input key {key:?}",
+                                request.run_type
+                            ),
+                        )
+                    })?
+            }
+        };
+        let new = NewRun {
+            request,
+            queue: request.queue.as_deref().unwrap_or(&spec.queue),
+            identity: &identity,
+            rule: &spec.identity,
+            max_attempts: spec.max_attempts,
+            lease_seconds: spec.lease.as_secs().clamp(1, i32::MAX as u64) as i32,
+        };
+        let (mut run, created) = self.ledger.insert_or_get(&new).await?;
         if !created {
             return Ok(EnsuredRun {
                 run,
                 dispatch: Dispatch::Deduplicated,
+            });
+        }
+        if run.not_before.is_some() {
+            return Ok(EnsuredRun {
+                run,
+                dispatch: Dispatch::Scheduled,
             });
         }
         match self.dispatch(&run).await {

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use opsrun::request::{parse_json_object, parse_positive_id, validate_queue, validate_type};
 use opsrun::service::view_url;
 use opsrun::{Dispatch, Initiator, Ledger, RunRequest, RunService, Transport};
-use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, duration, exit};
+use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
 use serde_json::json;
 
 const EXIT_CODES: &str = "\
@@ -62,10 +62,17 @@ struct EnqueueArgs {
     /// Context as a JSON object (links, scopes; not part of the identity).
     #[arg(long)]
     context: Option<String>,
-    /// Queue to dispatch on.
-    #[arg(long, env = "OPSRUN_QUEUE", default_value = opsrun::request::DEFAULT_QUEUE,
+    /// Queue to dispatch on (default: the type's queue in the registry, else "default").
+    #[arg(long, env = "OPSRUN_QUEUE",
           value_parser = |s: &str| validate_queue(s).map(|_| s.to_string()).map_err(|e| e.to_string()))]
-    queue: String,
+    queue: Option<String>,
+    /// Start no earlier than this time (RFC 3339, e.g. 2026-11-23T02:00:00Z).
+    #[arg(long, conflicts_with = "in_", value_parser = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>()
+          .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-11-23T02:00:00Z: {e}")))]
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Start no earlier than this long from now (e.g. 90s, 15m, 2h).
+    #[arg(long = "in", id = "in_", value_parser = duration)]
+    in_: Option<Duration>,
     /// How long the XADD may take before the dispatch counts as failed.
     #[arg(long, env = "OPSRUN_DISPATCH_TIMEOUT", default_value = "2s", value_parser = duration)]
     dispatch_timeout: Duration,
@@ -76,6 +83,8 @@ struct EnqueueArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     monitor_url: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
     #[command(flatten)]
     redis: RedisArgs,
     #[command(flatten)]
@@ -129,7 +138,21 @@ fn build_request(args: &EnqueueArgs) -> Result<RunRequest, Failure> {
         ),
         (None, None) => None,
     };
-    let mut request = RunRequest::new(args.tenant, &args.run_type).queue(&args.queue);
+    let mut request = RunRequest::new(args.tenant, &args.run_type);
+    if let Some(queue) = &args.queue {
+        request = request.queue(queue);
+    }
+    let now = chrono::Utc::now();
+    let not_before = match (args.at, args.in_) {
+        (Some(at), _) => Some(at),
+        (None, Some(delay)) => chrono::TimeDelta::from_std(delay)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d)),
+        (None, None) => None,
+    };
+    if let Some(at) = not_before {
+        request = request.not_before(at);
+    }
     if let Some(text) = inputs_text {
         request = request.inputs(parse_json_object("inputs", &text)?);
     }
@@ -153,13 +176,16 @@ fn build_request(args: &EnqueueArgs) -> Result<RunRequest, Failure> {
 
 async fn enqueue(args: EnqueueArgs) -> Result<u8, Failure> {
     let request = build_request(&args)?;
+    let registry = std::sync::Arc::new(args.registry.load()?);
+    // Refuse an undeclared type (strict_types) before anything is contacted.
+    registry.spec(&request.run_type)?;
     let mut transport_config = args.redis.transport_config()?;
     transport_config.command_timeout = args.dispatch_timeout;
     transport_config.pool_size = 1;
     // Opens no connection: Redis is contacted only when there is something to send.
     let transport = Transport::new(&transport_config)?;
     let ledger = Ledger::new(args.database.connect(1).await?);
-    let service = RunService::new(ledger, transport);
+    let service = RunService::new(ledger, transport).with_registry(registry);
 
     let ensured = service.ensure_run(&request).await?;
     let run = &ensured.run;
@@ -177,6 +203,10 @@ async fn enqueue(args: EnqueueArgs) -> Result<u8, Failure> {
         "user_id": run.user_id,
         "created_at": run.created_at,
         "dispatch_entry_id": run.dispatch_entry_id,
+        "identity_rule": run.identity_rule,
+        "not_before": run.not_before,
+        "attempt": run.attempt,
+        "max_attempts": run.max_attempts,
     });
     let code = match &ensured.dispatch {
         Dispatch::Failed(failure) => {

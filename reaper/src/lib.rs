@@ -2,6 +2,7 @@
 //! always reaches a terminal state and never finishes twice. Each pass is
 //! idempotent, safe with several reapers running, and reports counts:
 //!
+//! - [`due`]: scheduled runs and retries are dispatched when their time comes;
 //! - [`stuck`]: running runs that stopped heartbeating are requeued or failed;
 //! - [`lost_dispatch`]: queued runs whose entry is gone are dispatched again;
 //! - [`pending`]: stale pending entries acknowledged, poison dead-lettered;
@@ -11,6 +12,7 @@
 //! Staleness is judged on the Postgres clock (and Redis idle times on the
 //! Redis clock), never on this host's.
 
+pub mod due;
 pub mod lost_dispatch;
 pub mod pending;
 pub mod retention;
@@ -26,6 +28,8 @@ pub struct ReaperConfig {
     /// Queues whose streams the Redis passes visit; empty: every queue stream
     /// under the prefix.
     pub queues: Vec<String>,
+    /// Due pass.
+    pub due: due::DueConfig,
     /// Stuck-running pass.
     pub stuck: stuck::StuckConfig,
     /// Lost-dispatch pass.
@@ -41,6 +45,8 @@ pub struct ReaperConfig {
 /// What one round of every pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RoundReport {
+    /// Due pass.
+    pub due: due::DueReport,
     /// Stuck-running pass.
     pub stuck: stuck::StuckReport,
     /// Lost-dispatch pass.
@@ -55,7 +61,7 @@ pub struct RoundReport {
     pub failed_passes: Vec<&'static str>,
 }
 
-/// Run every pass once, in order: reclaim first (so requeued runs get a fresh
+/// Run every pass once, in order: due runs, then reclaim (so requeued runs get a fresh
 /// dispatch), then dispatch repair, pending-list hygiene, trimming, retention.
 pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundReport {
     let mut failed_passes = Vec::new();
@@ -70,6 +76,12 @@ pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundRepor
             Vec::new()
         }),
     };
+    let due = due::run_once(service, &config.due)
+        .await
+        .unwrap_or_else(|e| {
+            failed("due", e);
+            Default::default()
+        });
     let stuck = stuck::run_once(service, &config.stuck)
         .await
         .unwrap_or_else(|e| {
@@ -101,6 +113,7 @@ pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundRepor
             Default::default()
         });
     RoundReport {
+        due,
         stuck,
         lost_dispatch,
         pending,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use opsrun::{Ledger, RunService, Transport};
 use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, duration, exit};
-use opsrun_reaper::{ReaperConfig, lost_dispatch, pending, retention, stuck, trim};
+use opsrun_reaper::{ReaperConfig, due, lost_dispatch, pending, retention, stuck, trim};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_CODES: &str = "\
@@ -30,9 +30,9 @@ struct Cli {
     /// Queues whose streams are checked, comma-separated (default: every queue stream).
     #[arg(long, env = "OPSRUN_QUEUES", value_delimiter = ',')]
     queues: Vec<String>,
-    /// Time without a heartbeat after which a running run is reclaimed.
-    #[arg(long, env = "OPSRUN_LEASE", default_value = "60s", value_parser = duration)]
-    lease: Duration,
+    /// Time between due-pass rounds (scheduled runs and retries).
+    #[arg(long, env = "OPSRUN_DUE_INTERVAL", default_value = "1s", value_parser = duration)]
+    due_interval: Duration,
     /// Age of a queued run's dispatch before its stream entry is checked.
     #[arg(long, env = "OPSRUN_REDISPATCH_AFTER", default_value = "60s", value_parser = duration)]
     redispatch_after: Duration,
@@ -83,10 +83,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     }
     let config = ReaperConfig {
         queues: cli.queues.clone(),
-        stuck: stuck::StuckConfig {
-            lease: cli.lease,
-            batch: cli.batch,
-        },
+        due: due::DueConfig { batch: cli.batch },
+        stuck: stuck::StuckConfig { batch: cli.batch },
         lost_dispatch: lost_dispatch::LostDispatchConfig {
             after: cli.redispatch_after,
             batch: cli.batch,
@@ -132,17 +130,37 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         token.cancel();
     });
     tracing::info!(interval_s = cli.interval.as_secs(), "reaper started");
+    // The due pass runs often so delays are honoured to about a second; the
+    // full round (which includes it) every --interval.
+    let mut last_round: Option<tokio::time::Instant> = None;
     loop {
-        let report = opsrun_reaper::run_once(&service, &config).await;
-        let json = serde_json::to_string(&report).unwrap_or_default();
-        if report == Default::default() {
-            tracing::debug!(report = %json, "reaper round: nothing to do");
+        if last_round.is_none_or(|at| at.elapsed() >= cli.interval) {
+            last_round = Some(tokio::time::Instant::now());
+            let report = opsrun_reaper::run_once(&service, &config).await;
+            let json = serde_json::to_string(&report).unwrap_or_default();
+            if report == Default::default() {
+                tracing::debug!(report = %json, "reaper round: nothing to do");
+            } else {
+                tracing::info!(report = %json, "reaper round");
+            }
         } else {
-            tracing::info!(report = %json, "reaper round");
+            match due::run_once(&service, &config.due).await {
+                Ok(report) if report.dispatched + report.dispatch_failed > 0 => {
+                    tracing::info!(
+                        dispatched = report.dispatched,
+                        failed = report.dispatch_failed,
+                        "due runs dispatched"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %opsrun::sanitize::redact(&e.to_string()), "due pass failed")
+                }
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(cli.interval) => {}
+            _ = tokio::time::sleep(cli.due_interval.min(cli.interval)) => {}
         }
     }
     tracing::info!("reaper stopped");

@@ -1,5 +1,6 @@
 //! Stuck running: a running run whose heartbeat (Postgres clock) is older
-//! than the lease lost its worker. It is requeued and dispatched again
+//! than its lease (per type, from the registry, stamped on the run) lost its
+//! worker. It is requeued and dispatched again
 //! (reason `lease_expired`), or failed with `job.attempts_exhausted` and
 //! dead-lettered once it used its attempts. A run that still heartbeats is
 //! never taken, however long it runs: every write re-checks the heartbeat and
@@ -15,17 +16,12 @@ use opsrun::ledger::{Claim, Fence, Terminal};
 use opsrun::{Outcome, ReclaimReason, Result, Run, RunService, sanitize};
 use serde::Serialize;
 
-/// Default lease: how long without a heartbeat a run is considered stuck.
-/// Workers beat every 5 s by default, so this tolerates eleven missed beats.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// Default runs examined per round.
 pub const DEFAULT_BATCH: i64 = 500;
 
 /// Options of the stuck-running pass.
 #[derive(Debug, Clone)]
 pub struct StuckConfig {
-    /// Time without a heartbeat after which a run is reclaimed.
-    pub lease: Duration,
     /// Runs examined per round.
     pub batch: i64,
 }
@@ -33,7 +29,6 @@ pub struct StuckConfig {
 impl Default for StuckConfig {
     fn default() -> Self {
         StuckConfig {
-            lease: DEFAULT_LEASE,
             batch: DEFAULT_BATCH,
         }
     }
@@ -55,11 +50,7 @@ pub struct StuckReport {
 /// Run one round.
 pub async fn run_once(service: &RunService, config: &StuckConfig) -> Result<StuckReport> {
     let mut report = StuckReport::default();
-    for run in service
-        .ledger()
-        .stale_running(config.lease, config.batch)
-        .await?
-    {
+    for run in service.ledger().stale_running(config.batch).await? {
         let Some(holder) = run.holder.clone() else {
             continue;
         };
@@ -70,7 +61,8 @@ pub async fn run_once(service: &RunService, config: &StuckConfig) -> Result<Stuc
             attempt: run.attempt,
         };
         if run.attempt >= run.max_attempts {
-            match fail_exhausted(service, &run, claim, config.lease).await? {
+            let lease = Duration::from_secs(run.lease_seconds.max(1) as u64);
+            match fail_exhausted(service, &run, claim, lease).await? {
                 true => report.failed += 1,
                 false => report.skipped += 1,
             }
@@ -78,7 +70,7 @@ pub async fn run_once(service: &RunService, config: &StuckConfig) -> Result<Stuc
         }
         let Some(requeued) = service
             .ledger()
-            .requeue_expired(&claim, config.lease)
+            .requeue_expired(&claim, Duration::from_secs(run.lease_seconds.max(1) as u64))
             .await?
         else {
             report.skipped += 1;

@@ -11,13 +11,12 @@ use opsrun_reaper::{ReaperConfig, RoundReport};
 use serde_json::json;
 use support::{TestEnv, Worker, completed, enqueue, wait_until};
 
-/// One reaper round with a given lease (rows are aged, so any lease works).
-async fn reap(service: &RunService, lease: Duration) -> RoundReport {
-    let mut config = ReaperConfig {
+/// One reaper round (leases are per run; tests age rows instead of waiting).
+async fn reap(service: &RunService) -> RoundReport {
+    let config = ReaperConfig {
         queues: vec!["default".into()],
         ..Default::default()
     };
-    config.stuck.lease = lease;
     let report = opsrun_reaper::run_once(service, &config).await;
     assert!(report.failed_passes.is_empty(), "{report:?}");
     report
@@ -77,10 +76,13 @@ async fn worker_killed_mid_job_is_reclaimed_and_completes() {
     drop(worker);
 
     // Its heartbeat stops; once the lease has passed the reaper requeues it.
-    let report = reap(&env.service, Duration::from_secs(3600)).await;
-    assert_eq!(report.stuck.requeued, 0, "a fresh heartbeat is never taken");
+    let report = reap(&env.service).await;
+    assert_eq!(
+        report.stuck.requeued, 0,
+        "a heartbeat within the lease is never taken"
+    );
     age(&env).await;
-    let report = reap(&env.service, Duration::from_secs(60)).await;
+    let report = reap(&env.service).await;
     assert_eq!(report.stuck.requeued, 1);
 
     let worker = Worker::spawn(&env, &env.redis_url, &[]);
@@ -118,7 +120,7 @@ async fn redis_restarted_without_data_loses_no_run() {
     // entries are gone until the reaper dispatches them again.
     completed(&env, &running).await;
     age(&env).await;
-    let report = reap(&service, Duration::from_secs(60)).await;
+    let report = reap(&service).await;
     assert_eq!(report.lost_dispatch.missing, 5, "{report:?}");
     for run in &queued {
         let done = completed(&env, run).await;
@@ -250,7 +252,7 @@ async fn postgres_restarted_mid_load_loses_no_run() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if active > 0 {
             age(&env).await;
-            reap(&env.service, Duration::from_secs(60)).await;
+            reap(&env.service).await;
         }
     }
     let (total, outcomes) = audit(&env).await;
@@ -278,7 +280,7 @@ async fn poison_job_fails_after_exactly_the_attempt_limit_and_is_dead_lettered()
             "the job kills its worker (attempt {attempt})"
         );
         age(&env).await;
-        reap(&env.service, Duration::from_secs(60)).await;
+        reap(&env.service).await;
     }
     let done = env.ledger().get(2, poison.id).await.unwrap().unwrap();
     assert_eq!(
@@ -320,12 +322,14 @@ async fn a_job_longer_than_the_lease_that_keeps_heartbeating_runs_once() {
     .await
     .expect("job started");
     // Reaper rounds with a 1 s lease throughout the 3 s job.
+    sqlx::query("UPDATE operation_runs SET lease_seconds = 1 WHERE id = $1")
+        .bind(run.id)
+        .execute(&env.pool)
+        .await
+        .unwrap();
     let mut requeued = 0;
     for _ in 0..12 {
-        requeued += reap(&env.service, Duration::from_secs(1))
-            .await
-            .stuck
-            .requeued;
+        requeued += reap(&env.service).await.stuck.requeued;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let done = completed(&env, &run).await;

@@ -58,10 +58,10 @@ struct Running {
 
 fn start(env: &TestEnv, trace: &Trace) -> Running {
     let transport = env.service.transport().clone();
-    let route = Route {
-        handler: Arc::new(TestHandler(trace.clone())),
-        time_limit: Duration::from_secs(10),
-    };
+    let route = Route::new(
+        Arc::new(TestHandler(trace.clone())),
+        &opsrun::registry::Registry::default().defaults,
+    );
     let lifecycle = Lifecycle::new(env.ledger().clone(), transport.clone(), "test-worker:1")
         .fallback(route)
         .layer(Recording("outer", trace.clone()))

@@ -53,10 +53,10 @@ async fn main() -> anyhow::Result<()> {
     transport.ensure_group("inventory").await?;
 
     // A worker in this process, with your handler for your run type.
-    let route = Route {
-        handler: Arc::new(InventorySync),
-        time_limit: Duration::from_secs(60),
-    };
+    let route = Route::new(
+        Arc::new(InventorySync),
+        &opsrun::registry::Registry::default().defaults,
+    );
     let lifecycle = Lifecycle::new(ledger.clone(), transport.clone(), consumer::consumer_name())
         .route("inventory.sync", route);
     let stop = CancellationToken::new();

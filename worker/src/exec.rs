@@ -5,7 +5,9 @@
 //! ids in `OPSRUN_RUN_ID`, `OPSRUN_TENANT_ID`, `OPSRUN_TYPE`,
 //! `OPSRUN_ATTEMPT`, `OPSRUN_QUEUE`. Its last non-empty stdout line may be a
 //! JSON result `{"summary_counts":{..},"failures":[..],"outcome":".."}`.
-//! Exit 0 succeeds unless the result says otherwise; a non-zero exit fails
+//! Exit 0 succeeds unless the result says otherwise; exit 75 (EX_TEMPFAIL)
+//! asks for a retry (`job.retry`) after the type's backoff, or after
+//! `retry_after_seconds` from the result line; any other non-zero exit fails
 //! the run with `job.exit_nonzero` and the sanitized tail of stderr. When the
 //! time limit passes the whole process group is killed.
 
@@ -19,12 +21,12 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::handlers::ExecSpec;
-
 /// How much of stdout is kept to find the result line.
 const STDOUT_KEEP: usize = 256 * 1024;
 /// How much of stderr is kept for the failure message.
 const STDERR_KEEP: usize = 2 * 1024;
+/// Exit code that asks for a retry (sysexits' EX_TEMPFAIL).
+pub const EXIT_RETRY: i32 = 75;
 /// Worker variables a job never inherits: they hold the worker's secrets.
 const WITHHELD_ENV: &[&str] = &[
     "DATABASE_URL",
@@ -42,16 +44,16 @@ pub struct ExecHandler {
 }
 
 impl ExecHandler {
-    /// A handler for `spec`.
-    pub fn new(spec: &ExecSpec) -> Self {
+    /// A handler running `command` (program and arguments, no shell).
+    pub fn new(
+        command: Vec<String>,
+        working_dir: Option<PathBuf>,
+        env: std::collections::BTreeMap<String, String>,
+    ) -> Self {
         ExecHandler {
-            command: spec.command.clone(),
-            working_dir: spec.working_dir.clone(),
-            env: spec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            command,
+            working_dir,
+            env: env.into_iter().collect(),
         }
     }
 }
@@ -65,6 +67,8 @@ struct ExecResult {
     summary_counts: SummaryCounts,
     #[serde(default)]
     failures: Vec<Failure>,
+    /// With exit 75: how long to wait before the next attempt.
+    retry_after_seconds: Option<f64>,
 }
 
 /// Kills the job's process group when dropped before the job exited
@@ -186,6 +190,22 @@ impl Handler for ExecHandler {
             "" => format!("the job {how}"),
             tail => format!("the job {how}: {tail}"),
         };
+        if status.code() == Some(EXIT_RETRY) {
+            let delay = result
+                .as_ref()
+                .and_then(|r| r.retry_after_seconds)
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(|s| std::time::Duration::from_secs_f64(s.min(86_400.0)));
+            let message = match stderr.trim() {
+                "" => "the job asked to be retried (exit 75)".to_string(),
+                tail => tail.to_string(),
+            };
+            return JobResult::Retry {
+                code: "job.retry".into(),
+                message,
+                delay,
+            };
+        }
         let mut report = result
             .map(|r| JobReport {
                 outcome: None,

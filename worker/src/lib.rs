@@ -1,49 +1,68 @@
 //! The opsrun worker as a library: the consumer loop ([`consumer`]), the
-//! exec handler ([`exec`]) configured by a handlers file ([`handlers`]), and
-//! the built-in demo types ([`demo`]). The `worker` binary is thin over it;
-//! Rust services can embed it with their own [`opsrun::lifecycle::Handler`]s.
+//! exec handler ([`exec`]) configured by the type registry
+//! ([`opsrun::registry`]), and the built-in demo types ([`demo`]). The
+//! `worker` binary is thin over it; Rust services can embed it with their own
+//! [`opsrun::lifecycle::Handler`]s.
 
 pub mod consumer;
 pub mod demo;
 pub mod exec;
-pub mod handlers;
 
 use std::sync::Arc;
 
-use opsrun::lifecycle::{Lifecycle, Route};
+use opsrun::lifecycle::{Handler, Lifecycle, Route};
+use opsrun::registry::{HandlerSpec, Registry};
 use opsrun::{Ledger, Transport};
 
-/// A lifecycle with a route for every type of `handlers` (exec) and for the
-/// built-in demo types.
+/// Rust handlers this binary can run by name (`handler = "demo"` in the registry).
+pub const RUST_HANDLERS: &[&str] = &["demo"];
+
+/// Check that every Rust handler the registry names exists in this worker.
+pub fn check_handlers(registry: &Registry) -> Result<(), String> {
+    for (name, spec) in &registry.types {
+        if let Some(HandlerSpec::Rust { name: handler }) = &spec.handler
+            && !RUST_HANDLERS.contains(&handler.as_str())
+        {
+            return Err(format!(
+                "types.\"{name}\".handler: no Rust handler named {handler:?} in this worker (it has: {})",
+                RUST_HANDLERS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A lifecycle with a route for every declared type of `registry` (exec
+/// commands and the named Rust handlers) and for the built-in demo types.
+/// `Err` names a type whose Rust handler this worker does not have.
 pub fn lifecycle_for(
     ledger: Ledger,
     transport: Transport,
     holder: &str,
-    handlers: &handlers::HandlersFile,
-) -> Lifecycle {
+    registry: &Registry,
+) -> Result<Lifecycle, String> {
+    check_handlers(registry)?;
     let mut lifecycle = Lifecycle::new(ledger, transport, holder);
-    let demo_limit = if handlers.default_time_limit.is_zero() {
-        handlers::DEFAULT_TIME_LIMIT
-    } else {
-        handlers.default_time_limit
-    };
     for name in demo::DEMO_TYPES {
-        lifecycle = lifecycle.route(
-            *name,
-            Route {
-                handler: Arc::new(demo::DemoHandler),
-                time_limit: demo_limit,
-            },
-        );
+        let spec = registry.spec(name).unwrap_or(&registry.defaults);
+        lifecycle = lifecycle.route(*name, Route::new(Arc::new(demo::DemoHandler), spec));
     }
-    for (name, spec) in &handlers.types {
-        lifecycle = lifecycle.route(
-            name.clone(),
-            Route {
-                handler: Arc::new(exec::ExecHandler::new(spec)),
-                time_limit: spec.time_limit,
-            },
-        );
+    for (name, spec) in &registry.types {
+        let handler: Arc<dyn Handler> = match &spec.handler {
+            None => continue,
+            Some(HandlerSpec::Exec {
+                command,
+                working_dir,
+                env,
+            }) => Arc::new(exec::ExecHandler::new(
+                command.clone(),
+                working_dir.clone(),
+                env.clone(),
+            )),
+            // check_handlers made sure the name is one of RUST_HANDLERS.
+            Some(HandlerSpec::Rust { .. }) => Arc::new(demo::DemoHandler),
+        };
+        lifecycle = lifecycle.route(name.clone(), Route::new(handler, spec));
     }
-    lifecycle
+    Ok(lifecycle)
 }

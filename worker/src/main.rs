@@ -1,7 +1,6 @@
 //! `worker`: joins the consumer group of its queues and runs jobs inside the
 //! run lifecycle until SIGTERM/SIGINT, then drains.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,32 +8,30 @@ use std::time::Duration;
 use clap::Parser;
 use opsrun::config::connect_postgres;
 use opsrun::{Ledger, Transport};
-use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, duration, exit};
+use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
 use opsrun_worker::consumer::{self, WorkerConfig};
-use opsrun_worker::handlers::HandlersFile;
 use tokio_util::sync::CancellationToken;
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  stopped by SIGTERM/SIGINT after draining in-flight jobs
   1  unexpected error
-  2  invalid configuration (flags, environment or handlers file)
+  2  invalid configuration (flags, environment or type registry)
   4  Postgres unreachable for the whole --startup-timeout
   5  Redis unreachable for the whole --startup-timeout";
 
 #[derive(Parser)]
 #[command(name = "worker", version, about = "Run opsrun jobs from Redis Streams inside the run lifecycle", after_help = EXIT_CODES)]
 struct Cli {
-    /// Queues to consume, comma-separated (default: the handlers file's queues and "default").
+    /// Queues to consume, comma-separated (default: every queue of the registry).
     #[arg(long, env = "OPSRUN_QUEUES", value_delimiter = ',')]
     queues: Vec<String>,
     /// Jobs run at once.
     #[arg(long, env = "OPSRUN_CONCURRENCY", default_value_t = consumer::DEFAULT_CONCURRENCY as u16,
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     concurrency: u16,
-    /// Handlers file (TOML): exec command, time limit and queue per run type.
-    #[arg(long, env = "OPSRUN_HANDLERS")]
-    handlers: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Do not apply migrations at start.
     #[arg(long, env = "OPSRUN_NO_MIGRATE")]
     no_migrate: bool,
@@ -80,16 +77,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     // Configuration is validated whole before anything is contacted.
-    let handlers = match &cli.handlers {
-        Some(path) => {
-            HandlersFile::load(path).map_err(|e| Failure::new(exit::INVALID, e.to_string()))?
-        }
-        None => HandlersFile::parse("").map_err(|e| Failure::new(exit::INVALID, e))?,
-    };
+    let registry = cli.registry.load()?;
+    opsrun_worker::check_handlers(&registry).map_err(|e| Failure::new(exit::INVALID, e))?;
     let mut queues = cli.queues.clone();
     if queues.is_empty() {
-        queues.push(handlers.default_queue.clone());
-        queues.extend(handlers.types.values().map(|t| t.queue.clone()));
+        queues = registry.queues();
     }
     queues.sort();
     queues.dedup();
@@ -132,12 +124,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 
     let holder = consumer::consumer_name();
-    let lifecycle = Arc::new(opsrun_worker::lifecycle_for(
-        ledger.clone(),
-        transport.clone(),
-        &holder,
-        &handlers,
-    ));
+    let lifecycle =
+        opsrun_worker::lifecycle_for(ledger.clone(), transport.clone(), &holder, &registry)
+            .map_err(|e| Failure::new(exit::INVALID, e))?;
+    let lifecycle = Arc::new(lifecycle);
     let config = WorkerConfig {
         queues,
         concurrency: usize::from(cli.concurrency),

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use sqlx::types::Json;
 
 use crate::error::{Result, db};
+use crate::registry::IdentityRule;
 use crate::request::RunRequest;
 use crate::run::{Failure, Outcome, ReclaimReason, Run, RunId, Status, SummaryCounts};
 
@@ -15,11 +16,29 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Columns of [`Run`], for `SELECT` and `RETURNING`.
 const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status, outcome, run_identity_hash, \
      summary_counts, failure_summary, context, inputs, queue, attempt, max_attempts, holder, heartbeat_at, \
-     dispatch_entry_id, dispatched_at, reclaims, started_at, completed_at, created_at, updated_at";
+     dispatch_entry_id, dispatched_at, reclaims, identity_rule, lease_seconds, not_before, \
+     started_at, completed_at, created_at, updated_at";
 
 /// How often `insert_or_get_active` retries when the active twin completes
 /// between the insert and the read.
 const DEDUPE_ROUNDS: usize = 8;
+
+/// A run to insert: a validated request resolved against the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRun<'a> {
+    /// The caller's request.
+    pub request: &'a RunRequest,
+    /// The queue it goes to.
+    pub queue: &'a str,
+    /// Its identity hash.
+    pub identity: &'a str,
+    /// How the identity was computed.
+    pub rule: &'a IdentityRule,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Lease in seconds.
+    pub lease_seconds: i32,
+}
 
 /// A worker's hold on a running run: completion is fenced on all of it, so a
 /// worker whose run was reclaimed (new holder or attempt) writes nothing.
@@ -110,46 +129,63 @@ impl Ledger {
         Ok(())
     }
 
-    /// Create a queued run for `request`, or return the active run that holds
-    /// the same identity (unchanged: its initiator is never replaced). The
-    /// partial unique index decides races; each statement runs with a fresh
-    /// snapshot, and the loop covers a twin completing in between.
-    /// Returns the run and whether it was created.
-    pub async fn insert_or_get_active(
-        &self,
-        request: &RunRequest,
-        identity: &str,
-    ) -> Result<(Run, bool)> {
-        const INSERT: &str = "INSERT INTO operation_runs \
-               (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+    /// Create a queued run, or return the run that holds its identity:
+    /// for `deterministic` the active run (unchanged: its initiator is never
+    /// replaced), for `strict` the run in any state (that occurrence runs
+    /// once); `nonce` identities never collide. The unique indexes decide
+    /// races; each statement runs with a fresh snapshot, and the loop covers
+    /// a twin completing in between. Returns the run and whether it was created.
+    pub async fn insert_or_get(&self, new: &NewRun<'_>) -> Result<(Run, bool)> {
+        // Deterministic and nonce runs conflict only on the active-identity
+        // index; a strict run may also conflict on the strict index, in any
+        // state, hence no conflict target there.
+        const INSERT_ACTIVE: &str = "INSERT INTO operation_runs \
+               (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
+                identity_rule, max_attempts, lease_seconds, not_before) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE status IN ('queued', 'running') DO NOTHING \
              RETURNING {cols}";
-        const SELECT: &str = "SELECT {cols} FROM operation_runs \
+        const INSERT_STRICT: &str = "INSERT INTO operation_runs \
+               (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
+                identity_rule, max_attempts, lease_seconds, not_before) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT DO NOTHING RETURNING {cols}";
+        const SELECT_ACTIVE: &str = "SELECT {cols} FROM operation_runs \
              WHERE tenant_id = $1 AND run_identity_hash = $2 AND status IN ('queued', 'running')";
+        const SELECT_STRICT: &str = "SELECT {cols} FROM operation_runs \
+             WHERE tenant_id = $1 AND run_identity_hash = $2 AND (identity_rule = 'strict' OR status IN ('queued', 'running')) \
+             ORDER BY status = 'completed', id LIMIT 1";
+        let strict = matches!(new.rule, IdentityRule::Strict { .. });
+        let request = new.request;
         for _ in 0..DEDUPE_ROUNDS {
-            let created = sqlx::query_as::<_, Run>(sql(INSERT))
-                .bind(request.tenant_id)
-                .bind(request.initiator.user_id)
-                .bind(&request.initiator.name)
-                .bind(&request.run_type)
-                .bind(identity)
-                .bind(Json(&request.context))
-                .bind(Json(&request.inputs))
-                .bind(&request.queue)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("inserting run"))?;
+            let created =
+                sqlx::query_as::<_, Run>(sql(if strict { INSERT_STRICT } else { INSERT_ACTIVE }))
+                    .bind(request.tenant_id)
+                    .bind(request.initiator.user_id)
+                    .bind(&request.initiator.name)
+                    .bind(&request.run_type)
+                    .bind(new.identity)
+                    .bind(Json(&request.context))
+                    .bind(Json(&request.inputs))
+                    .bind(new.queue)
+                    .bind(new.rule.as_str())
+                    .bind(new.max_attempts)
+                    .bind(new.lease_seconds)
+                    .bind(request.not_before)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db("inserting run"))?;
             if let Some(run) = created {
                 return Ok((run, true));
             }
-            let active = sqlx::query_as::<_, Run>(sql(SELECT))
-                .bind(request.tenant_id)
-                .bind(identity)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("reading active run"))?;
-            if let Some(run) = active {
+            let existing =
+                sqlx::query_as::<_, Run>(sql(if strict { SELECT_STRICT } else { SELECT_ACTIVE }))
+                    .bind(request.tenant_id)
+                    .bind(new.identity)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db("reading the run with this identity"))?;
+            if let Some(run) = existing {
                 return Ok((run, false));
             }
         }
@@ -217,6 +253,7 @@ impl Ledger {
              SET status = 'running', attempt = attempt + 1, holder = $4, \
                  heartbeat_at = now(), started_at = now() \
              WHERE tenant_id = $1 AND id = $2 AND status = 'queued' AND attempt = $3 - 1 \
+               AND (not_before IS NULL OR not_before <= now()) \
              RETURNING {cols}"))
         .bind(tenant_id)
         .bind(id)
@@ -275,13 +312,54 @@ impl Ledger {
         .map_err(db("completing run"))
     }
 
-    /// Running runs whose heartbeat is older than `lease` (Postgres clock),
-    /// stalest first.
-    pub async fn stale_running(&self, lease: std::time::Duration, limit: i64) -> Result<Vec<Run>> {
+    /// Put a run whose attempt failed retryably back in the queue, fenced on
+    /// the claim: not due before `delay` from now (Postgres clock), with the
+    /// failures so far. The due pass dispatches it when it comes.
+    pub async fn retry(
+        &self,
+        claim: &Claim<'_>,
+        delay: std::time::Duration,
+        failures: &[Failure],
+    ) -> Result<Option<Run>> {
+        sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
+             SET status = 'queued', holder = NULL, dispatch_entry_id = NULL, dispatched_at = NULL, \
+                 not_before = now() + make_interval(secs => $5), failure_summary = $6 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND holder = $3 AND attempt = $4 \
+             RETURNING {cols}"))
+        .bind(claim.tenant_id)
+        .bind(claim.run_id)
+        .bind(claim.holder)
+        .bind(claim.attempt)
+        .bind(delay.as_secs_f64())
+        .bind(Json(failures))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("scheduling a retry"))
+    }
+
+    /// Take up to `limit` queued runs that have come due and were never
+    /// dispatched, earliest first, marking them as being dispatched. Rows
+    /// another scheduler holds are skipped, so each due run is taken once.
+    pub async fn take_due(&self, limit: i64) -> Result<Vec<Run>> {
+        sqlx::query_as::<_, Run>(sql("UPDATE operation_runs SET dispatched_at = now() \
+             WHERE id IN (SELECT id FROM operation_runs \
+                 WHERE status = 'queued' AND dispatch_entry_id IS NULL AND dispatched_at IS NULL \
+                   AND not_before <= now() \
+                 ORDER BY not_before, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+               AND status = 'queued' AND dispatched_at IS NULL \
+             RETURNING {cols}"))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("taking due runs"))
+    }
+
+    /// Running runs whose heartbeat is older than their lease (Postgres
+    /// clock), stalest first.
+    pub async fn stale_running(&self, limit: i64) -> Result<Vec<Run>> {
         sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM operation_runs \
-             WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
-             ORDER BY heartbeat_at LIMIT $2"))
-        .bind(lease.as_secs_f64())
+             WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => lease_seconds) \
+             ORDER BY heartbeat_at LIMIT $1"))
         .bind(limit)
         .fetch_all(&self.pool)
         .await

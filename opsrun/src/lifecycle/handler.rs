@@ -37,6 +37,17 @@ pub struct JobReport {
 pub enum JobResult {
     /// The job ran to the end and reports what happened.
     Finished(JobReport),
+    /// The attempt failed in a way worth retrying (a throttled remote API,
+    /// a timeout upstream): the run goes back to the queue until its type's
+    /// attempt limit, after `delay` or the type's exponential backoff.
+    Retry {
+        /// Stable code such as `graph.throttled`.
+        code: String,
+        /// Human text; redacted before it is stored.
+        message: String,
+        /// Delay asked for; `None`: the type's backoff.
+        delay: Option<Duration>,
+    },
     /// The job failed as a whole, with a stable code and a message
     /// (sanitized before it is stored).
     Failed {
@@ -51,6 +62,15 @@ impl JobResult {
     /// A success with no counts.
     pub fn succeeded() -> Self {
         JobResult::Finished(JobReport::default())
+    }
+
+    /// A retryable failure, after the type's backoff.
+    pub fn retry(code: impl Into<String>, message: impl Into<String>) -> Self {
+        JobResult::Retry {
+            code: code.into(),
+            message: message.into(),
+            delay: None,
+        }
     }
 
     /// A whole-job failure.
@@ -77,4 +97,17 @@ pub struct Route {
     pub handler: std::sync::Arc<dyn Handler>,
     /// Longest a job may run before it is stopped and fails with `job.timeout`.
     pub time_limit: Duration,
+    /// Delay between attempts after a retryable failure.
+    pub retry: crate::registry::RetryBackoff,
+}
+
+impl Route {
+    /// A route for `handler` with the limits `spec` declares.
+    pub fn new(handler: std::sync::Arc<dyn Handler>, spec: &crate::registry::TypeSpec) -> Self {
+        Route {
+            handler,
+            time_limit: spec.time_limit,
+            retry: spec.retry,
+        }
+    }
 }

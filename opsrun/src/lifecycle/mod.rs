@@ -52,6 +52,8 @@ pub enum Processed {
     Completed(Box<Run>),
     /// Nothing ran; the entry was acknowledged.
     Skipped(SkipReason),
+    /// The attempt failed retryably; the run is queued again for later.
+    Retried,
     /// The job ran but the claim had been taken over; its result was dropped.
     LeaseLost,
     /// Postgres was unreachable; the entry stays pending for the reaper.
@@ -65,6 +67,8 @@ pub struct LifecycleStats {
     pub completed: AtomicU64,
     /// Entries acknowledged without running (duplicate, forged, malformed).
     pub skipped: AtomicU64,
+    /// Attempts that failed retryably and were scheduled again.
+    pub retried: AtomicU64,
     /// Results dropped because the claim was lost.
     pub lease_lost: AtomicU64,
     /// Entries left pending because Postgres was unreachable.
@@ -135,7 +139,7 @@ impl Lifecycle {
 
     /// Process one delivery end to end.
     pub async fn process(&self, delivery: Delivery) -> Processed {
-        let Some(entry) = delivery.entry else {
+        let Some(entry) = delivery.entry.clone() else {
             tracing::warn!(queue = %delivery.queue, entry_id = %delivery.entry_id, "malformed entry acknowledged and skipped");
             self.ack(&delivery.queue, &delivery.entry_id).await;
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -166,17 +170,45 @@ impl Lifecycle {
         let span = tracing::info_span!("run", run_id = %run.id, tenant_id = run.tenant_id, r#type = %run.run_type, attempt = run.attempt, queue = %run.queue);
         tracing::info!(parent: &span, "run started");
         // The span follows the job into its task, so handler logs carry the run's fields.
+        let route = self
+            .routes
+            .get(&run.run_type)
+            .or(self.fallback.as_ref())
+            .cloned();
+        let retry_backoff = route.as_ref().map(|r| r.retry);
         let result = self
-            .execute(Job { run: run.clone() }, lost)
+            .execute(Job { run: run.clone() }, route, lost)
             .instrument(span.clone())
             .await;
-        let (outcome, counts, failures) = terminal_state(result);
         let claim = Claim {
             tenant_id: run.tenant_id,
             run_id: run.id,
             holder: &self.holder,
             attempt: run.attempt,
         };
+        // Failures of earlier attempts stay on the run, folded by code.
+        let prior = run.failure_summary.0.clone();
+        if let (
+            JobResult::Retry {
+                code,
+                message,
+                delay,
+            },
+            Some(backoff),
+        ) = (&result, retry_backoff)
+            && run.attempt < run.max_attempts
+        {
+            let failures =
+                fold_failures(prior.into_iter().chain([sanitize::failure(code, message)]));
+            let delay = delay.unwrap_or_else(|| backoff.delay(run.attempt));
+            let retried = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || {
+                self.ledger.retry(&claim, delay, &failures)
+            })
+            .await;
+            self.in_flight.remove(run.id);
+            return self.after_retry(retried, &delivery, &span, delay).await;
+        }
+        let (outcome, counts, failures) = terminal_state(result, prior);
         let completion = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || {
             self.ledger.complete(
                 Fence::Claim(claim),
@@ -215,13 +247,8 @@ impl Lifecycle {
 
     /// Run the middleware stack and handler in their own task, under the
     /// route's time limit, turning panics and timeouts into failures.
-    async fn execute(&self, job: Job, lost: CancellationToken) -> JobResult {
-        let Some(route) = self
-            .routes
-            .get(&job.run.run_type)
-            .or(self.fallback.as_ref())
-            .cloned()
-        else {
+    async fn execute(&self, job: Job, route: Option<Route>, lost: CancellationToken) -> JobResult {
+        let Some(route) = route else {
             return JobResult::failed(
                 "job.unknown_type",
                 format!("no handler for type {} on this worker", job.run.run_type),
@@ -270,6 +297,35 @@ impl Lifecycle {
         JobResult::failed(stop.0, stop.1)
     }
 
+    /// Acknowledge and count after a retry was (or was not) scheduled.
+    async fn after_retry(
+        &self,
+        retried: Result<Option<Run>>,
+        delivery: &Delivery,
+        span: &tracing::Span,
+        delay: Duration,
+    ) -> Processed {
+        match retried {
+            Ok(Some(_)) => {
+                tracing::info!(parent: span, retry_in_ms = delay.as_millis() as u64, "attempt failed retryably; retry scheduled");
+                self.ack(&delivery.queue, &delivery.entry_id).await;
+                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                Processed::Retried
+            }
+            Ok(None) => {
+                tracing::warn!(parent: span, "claim was lost before the retry was scheduled; result dropped");
+                self.ack(&delivery.queue, &delivery.entry_id).await;
+                self.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
+                Processed::LeaseLost
+            }
+            Err(e) => {
+                tracing::error!(parent: span, error = %e, "could not schedule the retry; the reaper will reclaim the run");
+                self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                Processed::Deferred
+            }
+        }
+    }
+
     async fn ack(&self, queue: &str, entry_id: &str) {
         if let Err(e) = self.transport.ack(queue, &[entry_id]).await {
             // The run's state is already committed; a stale pending entry is
@@ -279,9 +335,14 @@ impl Lifecycle {
     }
 }
 
-/// Outcome, counts and sanitized, folded failures for a job result.
-fn terminal_state(result: JobResult) -> (Outcome, crate::SummaryCounts, Vec<crate::Failure>) {
-    match result {
+/// Outcome, counts and sanitized failures for a job result, with the
+/// failures of earlier attempts (`prior`) folded in by code. The outcome
+/// comes from this attempt alone.
+fn terminal_state(
+    result: JobResult,
+    prior: Vec<crate::Failure>,
+) -> (Outcome, crate::SummaryCounts, Vec<crate::Failure>) {
+    let (outcome, counts, failures) = match result {
         JobResult::Finished(report) => {
             let failures =
                 fold_failures(report.failures.into_iter().map(sanitize::sanitize_failure));
@@ -291,12 +352,18 @@ fn terminal_state(result: JobResult) -> (Outcome, crate::SummaryCounts, Vec<crat
             };
             (outcome, report.summary_counts, failures)
         }
-        JobResult::Failed { code, message } => (
+        // A retryable failure on the last attempt is a failure.
+        JobResult::Failed { code, message } | JobResult::Retry { code, message, .. } => (
             Outcome::Failed,
             Default::default(),
             vec![sanitize::failure(&code, &message)],
         ),
-    }
+    };
+    (
+        outcome,
+        counts,
+        fold_failures(prior.into_iter().chain(failures)),
+    )
 }
 
 /// Retry `op` with backoff while Postgres is unreachable, up to `budget`.
@@ -327,10 +394,10 @@ mod tests {
 
     #[test]
     fn terminal_state_derives_outcome_and_sanitizes() {
-        let (o, _, f) = terminal_state(JobResult::failed(
-            "job.exit_nonzero",
-            "password=hunter2 failed",
-        ));
+        let (o, _, f) = terminal_state(
+            JobResult::failed("job.exit_nonzero", "password=hunter2 failed"),
+            vec![],
+        );
         assert_eq!(o, Outcome::Failed);
         assert!(!f[0].message.contains("hunter2"));
 
@@ -355,12 +422,32 @@ mod tests {
                 },
             ],
         };
-        let (o, counts, f) = terminal_state(JobResult::Finished(report));
+        let (o, counts, f) = terminal_state(JobResult::Finished(report), vec![]);
         assert_eq!(o, Outcome::PartiallySucceeded);
         assert_eq!(counts.failed, 1);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].count, 2);
         assert!(!f[0].message.contains("abc123456"));
+
+        // Earlier attempts' failures are kept; the outcome is this attempt's.
+        let throttled = Failure {
+            code: "graph.throttled".into(),
+            message: "Throttled (retrying)".into(),
+            count: 2,
+        };
+        let (o, _, f) = terminal_state(JobResult::succeeded(), vec![throttled.clone()]);
+        assert_eq!(o, Outcome::Succeeded);
+        assert_eq!(f, vec![throttled.clone()]);
+        let (o, _, f) = terminal_state(
+            JobResult::retry("graph.throttled", "Throttled (retrying)"),
+            vec![throttled],
+        );
+        assert_eq!(
+            o,
+            Outcome::Failed,
+            "a retry on the last attempt fails the run"
+        );
+        assert_eq!(f[0].count, 3);
 
         // A job cannot claim the reserved outcome or "pending".
         let pending = JobReport {
@@ -368,7 +455,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            terminal_state(JobResult::Finished(pending)).0,
+            terminal_state(JobResult::Finished(pending), vec![]).0,
             Outcome::Succeeded
         );
     }
