@@ -43,9 +43,10 @@ static RULES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
 });
 
 /// Long base64-ish runs; redacted only when they mix letters and digits, so
-/// long identifiers made of words survive.
+/// long identifiers made of words survive. `/` is left out so file paths
+/// (which often hold digits) are not mistaken for secrets.
 static BLOB: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"[A-Za-z0-9+/_-]{40,}={0,2}").expect("blob pattern compiles"));
+    LazyLock::new(|| Regex::new(r"[A-Za-z0-9+_-]{40,}={0,2}").expect("blob pattern compiles"));
 
 static CODE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$").expect("code pattern compiles")
@@ -183,6 +184,7 @@ mod tests {
             "entry 1795350439883-0 on queue inventory_sync_with_a_long_descriptive_name_here",
             "queue.dispatch_failed: tokens_processed=12 items=3",
             "inventory.sync could not reach the provider (HTTP 503)",
+            "/tmp/opsrun-worker-test-t5x756049814/registry-2026-11-22/broken.toml: unknown key",
         ] {
             assert_eq!(redact(text), text);
         }

@@ -79,6 +79,12 @@ impl TestEnv {
         }
     }
 
+    /// The type registry the test workers use (written by `Worker::spawn`).
+    pub fn registry(&self) -> opsrun::registry::Registry {
+        opsrun::registry::Registry::load(&self.job_dir().join("handlers.toml"))
+            .expect("test registry")
+    }
+
     /// Where this test's job processes log their executions.
     pub fn job_dir(&self) -> PathBuf {
         std::env::temp_dir().join(format!("opsrun-worker-test-{}", self.prefix))
@@ -236,6 +242,22 @@ command = {stdin}
 command = {long}
 [types."test.poison"]
 command = {poison}
+[types."test.flaky"]
+command = {flaky}
+max_attempts = 5
+retry_backoff = "100ms"
+retry_backoff_max = "200ms"
+[types."test.throttled"]
+command = {throttled}
+retry_backoff = "100ms"
+retry_backoff_max = "200ms"
+[types."test.strict"]
+command = {succeed}
+identity = "strict"
+identity_keys = ["schedule_id", "scheduled_for"]
+[types."test.nonce"]
+command = {succeed}
+identity = "nonce"
 "#,
                 succeed = script("exit 0"),
                 partial = script(r#"echo progress; echo '{"summary_counts":{"total":10,"success":8,"failed":2,"skipped":0}}'"#),
@@ -243,6 +265,8 @@ command = {poison}
                 slow = script("sleep 2"),
                 long = script("sleep 3"),
                 poison = script("kill -9 $PPID; sleep 5"),
+                flaky = script("if [ \"$OPSRUN_ATTEMPT\" -lt 3 ]; then echo 'Throttled (retrying)' >&2; exit 75; fi"),
+                throttled = script("echo 'Throttled (retrying)' >&2; exit 75"),
                 timeout = script("sleep 30"),
                 stdin = script(&format!("cat > {}/stdin-$OPSRUN_RUN_ID.json; env | grep -c '^DATABASE_URL=' > {}/dburl-$OPSRUN_RUN_ID || true", dir.display(), dir.display())),
             ),
