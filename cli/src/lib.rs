@@ -175,6 +175,29 @@ impl From<Error> for Failure {
     }
 }
 
+/// Run a binary's `main`: build the runtime (one thread for short-lived
+/// commands, a pool otherwise), run `body`, and turn its result into the
+/// exit code, printing a failure's message to stderr.
+pub fn run_main<F>(single_thread: bool, body: F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<u8, Failure>>,
+{
+    let runtime = if single_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    match runtime {
+        Ok(runtime) => match runtime.block_on(body) {
+            Ok(code) => ExitCode::from(code),
+            Err(failure) => failure.report(),
+        },
+        Err(e) => Failure::new(exit::INTERNAL, format!("starting the runtime: {e}")).report(),
+    }
+}
+
 /// Log to stderr, filtered by `RUST_LOG` or `default_filter`.
 pub fn init_logging(default_filter: &str) {
     tracing_subscriber::fmt()

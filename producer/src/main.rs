@@ -95,25 +95,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     opsrun_cli::init_logging("warn");
     // One thread: a producer does one thing, and starts fast.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            return Failure::new(exit::INTERNAL, format!("starting the runtime: {e}")).report();
-        }
-    };
-    let result = runtime.block_on(async {
+    opsrun_cli::run_main(true, async {
         match cli.command {
             Command::Enqueue(args) => enqueue(*args).await,
             Command::Migrate(args) => migrate(args).await,
         }
-    });
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(failure) => failure.report(),
-    }
+    })
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<u8, Failure> {

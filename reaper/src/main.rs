@@ -65,16 +65,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     opsrun_cli::init_logging("info");
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            return Failure::new(exit::INTERNAL, format!("starting the runtime: {e}")).report();
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => ExitCode::from(code),
-        Err(failure) => failure.report(),
-    }
+    opsrun_cli::run_main(false, run(cli))
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {

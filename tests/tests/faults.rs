@@ -460,12 +460,7 @@ async fn a_reaper_killed_mid_retention_leaves_a_consistent_ledger() {
     let _ = reaper.kill();
     let _ = reaper.wait();
     let out = env.command("reaper").args(["--once"]).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_exit(&out, 0);
     let report: serde_json::Value = support::json_stdout(&out);
     assert!(report["retention"]["deleted"].as_u64().unwrap() > 0);
     let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM operation_runs")

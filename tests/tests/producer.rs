@@ -24,12 +24,7 @@ async fn enqueue_creates_then_deduplicates_and_prints_the_run() {
         r#"{"target_scope":"eu"}"#,
     ];
     let out = env.producer(&args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_exit(&out, 0);
     let first = json_stdout(&out);
     assert_eq!(first["tenant_id"], 42);
     assert_eq!(first["type"], "inventory.sync");
@@ -192,12 +187,7 @@ async fn bad_input_exits_2_and_writes_nothing() {
         .args(ok)
         .output()
         .unwrap();
-    assert_eq!(
-        bad_url.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&bad_url.stderr)
-    );
+    support::assert_exit(&bad_url, 2);
 
     assert_eq!(env.count_runs().await, 0, "nothing was written");
     assert_eq!(env.xlen("default").await, 0, "nothing was dispatched");
@@ -223,12 +213,7 @@ async fn redis_unreachable_exits_3_with_a_failed_run_then_a_new_enqueue_creates_
         .args(args)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_exit(&out, 3);
     let failed = json_stdout(&out);
     assert_eq!(failed["status"], "completed");
     assert_eq!(failed["outcome"], "failed");
@@ -263,12 +248,7 @@ async fn postgres_unreachable_exits_4_and_dispatches_nothing() {
         .args(["enqueue", "--tenant", "1", "--type", "a.b"])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_exit(&out, 4);
     assert!(out.stdout.is_empty());
     assert_eq!(env.xlen("default").await, 0);
 }
@@ -277,12 +257,7 @@ async fn postgres_unreachable_exits_4_and_dispatches_nothing() {
 async fn migrate_is_idempotent_and_help_documents_exit_codes() {
     let env = TestEnv::new().await;
     let out = env.producer(&["migrate"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_exit(&out, 0);
     let help = env.producer(&["enqueue", "--help"]);
     let text = String::from_utf8_lossy(&help.stdout);
     for code in [
@@ -332,12 +307,7 @@ async fn inputs_from_stdin_and_secrets_from_files() {
         .write_all(br#"{"scope":"mailboxes"}"#)
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_exit(&out, 0);
     let run = json_stdout(&out);
     let inputs: serde_json::Value =
         sqlx::query_scalar("SELECT inputs FROM operation_runs WHERE id = $1")

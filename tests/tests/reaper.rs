@@ -277,12 +277,7 @@ async fn reaper_once_prints_counts_and_rejects_bad_configuration() {
         .args(["--once", "--queues", "default"])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_exit(&out, 0);
     let report = json_stdout(&out);
     for pass in ["stuck", "lost_dispatch", "pending", "trim", "retention"] {
         assert!(report[pass].is_object(), "{pass} missing from {report}");
@@ -308,10 +303,5 @@ async fn reaper_once_prints_counts_and_rejects_bad_configuration() {
         .arg("--once")
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_exit(&out, 4);
 }

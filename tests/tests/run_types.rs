@@ -221,12 +221,7 @@ async fn scheduled_runs_wait_for_their_time_and_run_once_with_two_schedulers() {
         "--inputs",
         r#"{"slot":1}"#,
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_exit(&out, 0);
     let printed = json_stdout(&out);
     assert_eq!(printed["status"], "queued");
     assert!(printed["not_before"].is_string());
@@ -303,12 +298,7 @@ async fn undeclared_types_follow_the_defaults_or_are_refused_when_strict() {
         .args(["enqueue", "--tenant", "1", "--type", "other.type"])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_exit(&out, 0);
     let run = json_stdout(&out);
     assert_eq!(
         (run["queue"].as_str(), run["max_attempts"].as_i64()),

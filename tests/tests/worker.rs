@@ -286,11 +286,6 @@ async fn bad_configuration_exits_2_and_unreachable_postgres_exits_4() {
         .args(["--startup-timeout", "1s"])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_exit(&out, 4);
     std::fs::remove_dir_all(dir).unwrap();
 }

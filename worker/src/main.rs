@@ -63,16 +63,7 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %opsrun::sanitize::redact(&info.to_string()), "a task panicked");
     }));
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            return Failure::new(exit::INTERNAL, format!("starting the runtime: {e}")).report();
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::from(exit::OK),
-        Err(failure) => failure.report(),
-    }
+    opsrun_cli::run_main(false, async { run(cli).await.map(|()| exit::OK) })
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {

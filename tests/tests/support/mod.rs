@@ -192,6 +192,14 @@ where
     }
 }
 
+/// Assert that a finished command exited with `code`, showing its stderr
+/// when not; returns the stderr.
+pub fn assert_exit(out: &Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    stderr
+}
+
 /// stdout of a finished command, parsed as one JSON object.
 pub fn json_stdout(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
