@@ -77,7 +77,7 @@ impl Processes {
             .create(true)
             .append(true)
             .open(self.dir.join("workers.log"))?;
-        Ok(self
+        let child = self
             .command("worker")
             .args([
                 "--no-migrate",
@@ -88,10 +88,11 @@ impl Processes {
                 "--shutdown-grace",
                 "5s",
             ])
-            .arg("--handlers")
+            .arg("--registry")
             .arg(self.dir.join("handlers.toml"))
             .stderr(log)
-            .spawn()?)
+            .spawn()?;
+        started(child, "a worker", &self.dir.join("workers.log"))
     }
 
     fn reaper(&self) -> Result<Child> {
@@ -99,21 +100,32 @@ impl Processes {
             .create(true)
             .append(true)
             .open(self.dir.join("reaper.log"))?;
-        Ok(self
+        let child = self
             .command("reaper")
             .args([
                 "--interval",
                 "1s",
-                "--lease",
-                "5s",
                 "--redispatch-after",
                 "5s",
                 "--pending-idle",
                 "10s",
             ])
             .stderr(log)
-            .spawn()?)
+            .spawn()?;
+        started(child, "the reaper", &self.dir.join("reaper.log"))
     }
+}
+
+/// A child that exits right after starting is misconfigured: stop the run
+/// rather than measure nothing.
+fn started(mut child: Child, what: &str, log: &Path) -> Result<Child> {
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(status) = child.try_wait()? {
+        let tail = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+        bail!("{what} exited at start with {status}: {}", tail.join(" | "));
+    }
+    Ok(child)
 }
 
 fn signal(child: &Child, signal: i32) {
@@ -143,7 +155,12 @@ async fn main() -> Result<()> {
     let mut config = TransportConfig::new(stack.redis_url.clone());
     config.prefix = "chaos".into();
     config.command_timeout = Duration::from_millis(500);
-    let service = Arc::new(RunService::new(ledger, Transport::new(&config)?));
+    // The producer side shares the workers' registry, as every component should.
+    let registry = Arc::new(opsrun::registry::Registry::load(
+        &dir.join("handlers.toml"),
+    )?);
+    let service =
+        Arc::new(RunService::new(ledger, Transport::new(&config)?).with_registry(registry));
     service.transport().ensure_group("default").await?;
 
     let mut procs = Processes {
@@ -325,8 +342,8 @@ async fn main() -> Result<()> {
         start_errors.load(Ordering::Relaxed)
     );
     println!("runs in the ledger                 {}", audit.total);
-    for (outcome, count) in &audit.outcomes {
-        println!("  completed {outcome:<22} {count}");
+    for (state, count) in &audit.outcomes {
+        println!("  {state:<32} {count}");
     }
     println!("lost (still active after a {drain_secs:.0}s drain) {active}");
     println!(
@@ -379,7 +396,7 @@ async fn audit(pool: &opsrun::sqlx::PgPool, executions: &Path) -> Result<Audit> 
 }
 
 fn write_handlers(dir: &Path, executions: &Path) -> Result<()> {
-    let mut toml = String::from("[defaults]\ntime_limit = \"30s\"\n");
+    let mut toml = String::from("[defaults]\ntime_limit = \"30s\"\nlease = \"5s\"\n");
     for (name, _, body) in TYPES {
         toml.push_str(&format!(
             "[types.\"{name}\"]\ncommand = [\"sh\", \"-c\", '''echo \"$OPSRUN_RUN_ID $OPSRUN_ATTEMPT\" >> {}; {body}''']\n",

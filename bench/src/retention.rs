@@ -186,7 +186,13 @@ async fn write_loop(
         let (run, _) = ledger.insert_or_get(&new).await?;
         let t = Instant::now();
         let claimed = ledger
-            .mark_running(run.tenant_id, run.id, 1, &holder)
+            .mark_running(
+                run.tenant_id,
+                run.id,
+                1,
+                &holder,
+                std::time::Duration::from_secs(60),
+            )
             .await?
             .expect("claim");
         let claim_took = t.elapsed();

@@ -351,7 +351,13 @@ async fn concurrent_reapers_reclaim_each_run_once_and_delete_nothing_active() {
             .unwrap()
             .run;
         env.ledger()
-            .mark_running(5, run.id, 1, "dead-host:1")
+            .mark_running(
+                5,
+                run.id,
+                1,
+                "dead-host:1",
+                std::time::Duration::from_secs(60),
+            )
             .await
             .unwrap()
             .unwrap();

@@ -214,7 +214,7 @@ async fn completion_is_fenced_on_holder_and_attempt() {
     let ledger = env.ledger();
     assert!(
         ledger
-            .mark_running(7, run.id, 1, "w:1")
+            .mark_running(7, run.id, 1, "w:1", std::time::Duration::from_secs(60))
             .await
             .unwrap()
             .is_none(),
@@ -222,21 +222,21 @@ async fn completion_is_fenced_on_holder_and_attempt() {
     );
     assert!(
         ledger
-            .mark_running(6, run.id, 2, "w:1")
+            .mark_running(6, run.id, 2, "w:1", std::time::Duration::from_secs(60))
             .await
             .unwrap()
             .is_none(),
         "wrong attempt"
     );
     let claimed = ledger
-        .mark_running(6, run.id, 1, "w:1")
+        .mark_running(6, run.id, 1, "w:1", std::time::Duration::from_secs(60))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(claimed.attempt, 1);
     assert!(
         ledger
-            .mark_running(6, run.id, 1, "w:2")
+            .mark_running(6, run.id, 1, "w:2", std::time::Duration::from_secs(60))
             .await
             .unwrap()
             .is_none(),

@@ -132,7 +132,13 @@ async fn stale_pending_entries_are_acknowledged_and_live_ones_left() {
         .unwrap()
         .unwrap();
     env.ledger()
-        .mark_running(1, live.id, 1, "slow-worker:2")
+        .mark_running(
+            1,
+            live.id,
+            1,
+            "slow-worker:2",
+            std::time::Duration::from_secs(60),
+        )
         .await
         .unwrap()
         .unwrap();

@@ -240,17 +240,19 @@ impl Ledger {
     }
 
     /// Claim a run for `holder` (`queued → running`) if it is queued, belongs
-    /// to `tenant_id` and awaits exactly `attempt`. Counts the attempt before
-    /// the job body runs. `None` means a duplicate, late or forged entry.
+    /// to `tenant_id`, awaits exactly `attempt` and is due. Counts the attempt
+    /// before the job body runs, and stamps the `lease` the claimant
+    /// heartbeats against (the worker's registry is the one that counts). `None` means a duplicate, late or forged entry.
     pub async fn mark_running(
         &self,
         tenant_id: i64,
         id: RunId,
         attempt: i32,
         holder: &str,
+        lease: std::time::Duration,
     ) -> Result<Option<Run>> {
         sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
-             SET status = 'running', attempt = attempt + 1, holder = $4, \
+             SET status = 'running', attempt = attempt + 1, holder = $4, lease_seconds = $5, \
                  heartbeat_at = now(), started_at = now() \
              WHERE tenant_id = $1 AND id = $2 AND status = 'queued' AND attempt = $3 - 1 \
                AND (not_before IS NULL OR not_before <= now()) \
@@ -259,6 +261,7 @@ impl Ledger {
         .bind(id)
         .bind(attempt)
         .bind(holder)
+        .bind(lease.as_secs().clamp(1, i32::MAX as u64) as i32)
         .fetch_optional(&self.pool)
         .await
         .map_err(db("claiming run"))

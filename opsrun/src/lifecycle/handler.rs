@@ -99,6 +99,8 @@ pub struct Route {
     pub time_limit: Duration,
     /// Delay between attempts after a retryable failure.
     pub retry: crate::registry::RetryBackoff,
+    /// Time without a heartbeat before the reaper reclaims a run of this type.
+    pub lease: Duration,
 }
 
 impl Route {
@@ -108,6 +110,7 @@ impl Route {
             handler,
             time_limit: spec.time_limit,
             retry: spec.retry,
+            lease: spec.lease,
         }
     }
 }

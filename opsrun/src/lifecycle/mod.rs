@@ -145,9 +145,19 @@ impl Lifecycle {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Processed::Skipped(SkipReason::Malformed);
         };
+        let lease = self
+            .routes
+            .get(&entry.run_type)
+            .or(self.fallback.as_ref())
+            .map_or(crate::registry::DEFAULT_LEASE, |r| r.lease);
         let claim = retry_while_unavailable(CLAIM_RETRY_BUDGET, || {
-            self.ledger
-                .mark_running(entry.tenant_id, entry.run_id, entry.attempt, &self.holder)
+            self.ledger.mark_running(
+                entry.tenant_id,
+                entry.run_id,
+                entry.attempt,
+                &self.holder,
+                lease,
+            )
         })
         .await;
         let run = match claim {
