@@ -60,6 +60,8 @@ pub struct WorkerReport {
     pub completed: u64,
     /// Entries skipped (duplicate, forged, malformed).
     pub skipped: u64,
+    /// Attempts that failed retryably and were scheduled again.
+    pub retried: u64,
     /// Results dropped after a lost claim.
     pub lease_lost: u64,
     /// Entries left pending (Postgres unreachable).
@@ -152,6 +154,7 @@ pub async fn run(
     let report = WorkerReport {
         completed: stats.completed.load(Ordering::Relaxed),
         skipped: stats.skipped.load(Ordering::Relaxed),
+        retried: stats.retried.load(Ordering::Relaxed),
         lease_lost: stats.lease_lost.load(Ordering::Relaxed),
         deferred: stats.deferred.load(Ordering::Relaxed),
         abandoned,
