@@ -24,9 +24,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Producer latency and end-to-end throughput, on a durable (fsync on) Postgres.
+## Producer latency and end-to-end throughput, on a durable (fsync on) Postgres,
+## side by side with BullMQ on the same Redis when Node and npm are available.
 bench: servers
 	$(CARGO) build --release --bins
+	@(cd bench/bullmq && npm install --no-audit --no-fund --silent >/dev/null 2>&1) || echo "npm install of the BullMQ baseline failed; it will be skipped"
 	target/release/bench $(ARGS)
 
 ## Mixed load while killing workers, the reaper and Redis; prints the audit (lost must be 0).

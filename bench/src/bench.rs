@@ -76,6 +76,7 @@ async fn main() -> Result<()> {
         }
     }
     let (p50, p99) = percentiles(&mut latencies);
+    let (p50_in_process, p99_in_process) = (p50, p99);
     println!("\n{:<46} {:>10} {:>10}", "producer latency", "p50", "p99");
     println!(
         "{:<46} {:>10} {:>10}",
@@ -158,7 +159,104 @@ async fn main() -> Result<()> {
         format!("end to end, enqueue→completed (n={})", cli.runs),
         e2e_rate
     );
+
+    // 5. BullMQ on the same machine and Redis, side by side.
+    match bullmq_baseline(&stack.redis_url, cli.runs, cli.concurrency, cli.samples) {
+        Ok(b) => {
+            println!(
+                "\nside by side (BullMQ {}, same Redis)          opsrun     BullMQ  opsrun/BullMQ",
+                b.version
+            );
+            let row = |label: &str, ours: f64, theirs: f64, unit: &str| {
+                println!(
+                    "{label:<46} {ours:>8.2}{unit} {theirs:>8.2}{unit} {:>10.2}",
+                    ours / theirs
+                );
+            };
+            row(
+                "single enqueue p50 (ms, lower is better)",
+                p50_in_process.as_secs_f64() * 1e3,
+                b.add_p50_ms,
+                "",
+            );
+            row(
+                "single enqueue p99 (ms, lower is better)",
+                p99_in_process.as_secs_f64() * 1e3,
+                b.add_p99_ms,
+                "",
+            );
+            row("bulk enqueue (runs/s)", enqueue_rate, b.add_bulk_per_s, "");
+            row(
+                "end to end, 1 worker (runs/s)",
+                e2e_rate,
+                b.end_to_end_per_s,
+                "",
+            );
+            println!(
+                "(opsrun bulk enqueue is {PRODUCER_TASKS} concurrent single starts: no batch API yet; BullMQ uses addBulk)"
+            );
+        }
+        Err(why) => println!("\nBullMQ baseline skipped: {why}"),
+    }
     Ok(())
+}
+
+/// BullMQ's figures, from `bench/bullmq/bench.mjs`.
+struct Baseline {
+    version: String,
+    add_p50_ms: f64,
+    add_p99_ms: f64,
+    add_bulk_per_s: f64,
+    end_to_end_per_s: f64,
+}
+
+/// Run the BullMQ script (installed by `make bench` with npm) on `redis_url`.
+fn bullmq_baseline(
+    redis_url: &str,
+    jobs: usize,
+    concurrency: usize,
+    samples: usize,
+) -> std::result::Result<Baseline, String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bullmq");
+    if !dir.join("node_modules/bullmq").exists() {
+        return Err(format!(
+            "bullmq is not installed (run `npm install` in {})",
+            dir.display()
+        ));
+    }
+    let out = Command::new("node")
+        .arg("bench.mjs")
+        .args([
+            jobs.to_string(),
+            concurrency.to_string(),
+            samples.to_string(),
+        ])
+        .current_dir(&dir)
+        .env("REDIS_URL", redis_url)
+        .output()
+        .map_err(|e| format!("node is not available: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the BullMQ script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("unreadable BullMQ output: {e}"))?;
+    let num = |k: &str| {
+        v[k].as_f64()
+            .ok_or_else(|| format!("BullMQ output lacks {k}"))
+    };
+    Ok(Baseline {
+        version: v["bullmq"].as_str().unwrap_or("?").to_string(),
+        add_p50_ms: num("add_p50_ms")?,
+        add_p99_ms: num("add_p99_ms")?,
+        add_bulk_per_s: num("add_bulk_per_s")?,
+        end_to_end_per_s: num("end_to_end_per_s")?,
+    })
 }
 
 /// Concurrent in-process producers for the throughput figures.

@@ -15,7 +15,9 @@ use crate::run::RunId;
 /// the run turns out to be held by someone else (its job is then stopped).
 #[derive(Debug, Clone, Default)]
 pub struct InFlight {
-    runs: Arc<Mutex<HashMap<RunId, CancellationToken>>>,
+    /// The stop token of each held run; `None` once its job has finished
+    /// and only the terminal write remains (still heartbeated, nothing to stop).
+    runs: Arc<Mutex<HashMap<RunId, Option<CancellationToken>>>>,
 }
 
 impl InFlight {
@@ -25,8 +27,15 @@ impl InFlight {
         self.runs
             .lock()
             .expect("in-flight set")
-            .insert(id, token.clone());
+            .insert(id, Some(token.clone()));
         token
+    }
+
+    /// The job of `id` finished; keep heartbeating until its terminal write.
+    pub fn job_finished(&self, id: RunId) {
+        if let Some(token) = self.runs.lock().expect("in-flight set").get_mut(&id) {
+            *token = None;
+        }
     }
 
     /// Stop heartbeating `id`.
@@ -53,13 +62,14 @@ impl InFlight {
             .collect()
     }
 
-    /// Cancel the jobs of held runs that were not refreshed: their claim was
-    /// taken over (or they just completed, which makes this a no-op).
+    /// Stop the jobs of held runs that were not refreshed while their job
+    /// still runs: their claim was taken over. (A run whose job finished may
+    /// just have been completed by this worker; the fence settles it.)
     fn lost(&self, held: &[RunId], refreshed: &[RunId]) -> usize {
         let runs = self.runs.lock().expect("in-flight set");
         let mut lost = 0;
         for id in held.iter().filter(|id| !refreshed.contains(id)) {
-            if let Some(token) = runs.get(id) {
+            if let Some(Some(token)) = runs.get(id) {
                 token.cancel();
                 lost += 1;
             }

@@ -190,6 +190,7 @@ impl Lifecycle {
             .execute(Job { run: run.clone() }, route, lost)
             .instrument(span.clone())
             .await;
+        self.in_flight.job_finished(run.id);
         let claim = Claim {
             tenant_id: run.tenant_id,
             run_id: run.id,
