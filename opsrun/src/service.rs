@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use crate::identity::{identity_hash, nonce_identity_hash, strict_identity_hash};
 use crate::ledger::{Ledger, NewRun};
-use crate::registry::{IdentityRule, Registry};
+use crate::registry::{IdentityRule, Registry, TypeSpec};
 use crate::request::RunRequest;
-use crate::run::{Failure, Outcome, Run, Status, SummaryCounts, fold_failures};
+use crate::run::{Failure, Outcome, Run, RunId, Status, SummaryCounts, fold_failures};
 use crate::sanitize;
 use crate::transport::{Entry, Transport};
 
@@ -66,6 +66,25 @@ pub fn view_url(monitor_base: &str, run: &Run) -> String {
     )
 }
 
+/// A request resolved against the registry.
+struct Prepared<'r> {
+    spec: &'r TypeSpec,
+    identity: String,
+}
+
+impl Prepared<'_> {
+    fn new_run<'a>(&'a self, request: &'a RunRequest) -> NewRun<'a> {
+        NewRun {
+            request,
+            queue: request.queue.as_deref().unwrap_or(&self.spec.queue),
+            identity: &self.identity,
+            rule: &self.spec.identity,
+            max_attempts: self.spec.max_attempts,
+            lease_seconds: self.spec.lease.as_secs().clamp(1, i32::MAX as u64) as i32,
+        }
+    }
+}
+
 /// Starts and updates runs.
 #[derive(Debug, Clone)]
 pub struct RunService {
@@ -113,42 +132,8 @@ impl RunService {
     /// completed as failed with `queue.dispatch_failed`, so no queued run is
     /// left undispatched.
     pub async fn ensure_run(&self, request: &RunRequest) -> Result<EnsuredRun> {
-        request.validate()?;
-        let spec = self.registry.spec(&request.run_type)?;
-        let identity = match &spec.identity {
-            IdentityRule::Deterministic => {
-                identity_hash(request.tenant_id, &request.run_type, &request.inputs)
-            }
-            IdentityRule::Nonce => {
-                let nonce = format!("{:032x}", rand::random::<u128>());
-                nonce_identity_hash(
-                    request.tenant_id,
-                    &request.run_type,
-                    &request.inputs,
-                    &nonce,
-                )
-            }
-            IdentityRule::Strict { keys } => {
-                strict_identity_hash(request.tenant_id, &request.run_type, &request.inputs, keys)
-                    .map_err(|key| {
-                        crate::Error::invalid(
-                            "inputs",
-                            format!(
-                                "type {} has a strict identity and needs the input key {key:?}",
-                                request.run_type
-                            ),
-                        )
-                    })?
-            }
-        };
-        let new = NewRun {
-            request,
-            queue: request.queue.as_deref().unwrap_or(&spec.queue),
-            identity: &identity,
-            rule: &spec.identity,
-            max_attempts: spec.max_attempts,
-            lease_seconds: spec.lease.as_secs().clamp(1, i32::MAX as u64) as i32,
-        };
+        let prepared = self.prepare(request)?;
+        let new = prepared.new_run(request);
         let (mut run, created) = self.ledger.insert_or_get(&new).await?;
         if !created {
             return Ok(EnsuredRun {
@@ -205,6 +190,154 @@ impl RunService {
                 })
             }
         }
+    }
+
+    /// Validate a request and resolve it against the registry: queue,
+    /// identity (per the type's rule), attempts and lease.
+    fn prepare<'r>(&'r self, request: &RunRequest) -> Result<Prepared<'r>> {
+        request.validate()?;
+        let spec = self.registry.spec(&request.run_type)?;
+        let identity = match &spec.identity {
+            IdentityRule::Deterministic => identity_hash(request.tenant_id, &request.run_type, &request.inputs),
+            IdentityRule::Nonce => {
+                let nonce = format!("{:032x}", rand::random::<u128>());
+                nonce_identity_hash(request.tenant_id, &request.run_type, &request.inputs, &nonce)
+            }
+            IdentityRule::Strict { keys } => strict_identity_hash(request.tenant_id, &request.run_type, &request.inputs, keys)
+                .map_err(|key| {
+                    crate::Error::invalid(
+                        "inputs",
+                        format!("type {} has a strict identity and needs the input key {key:?}", request.run_type),
+                    )
+                })?,
+        };
+        Ok(Prepared { spec, identity })
+    }
+
+    /// Ensure many runs at once: one INSERT for all, one read of the active
+    /// runs that already held an identity, one pipelined XADD round trip and
+    /// one UPDATE recording the dispatches. Dedupe is as exact as
+    /// [`RunService::ensure_run`]'s: two requests with one identity in the
+    /// batch get one run (the later one deduplicated), decided by the same
+    /// unique index. Strict types go one by one. The results follow the
+    /// requests' order; a request that fails validation gets its error and
+    /// the others proceed (validate first with [`RunRequest::validate`] for
+    /// all-or-nothing).
+    pub async fn ensure_runs(&self, requests: &[RunRequest]) -> Vec<Result<EnsuredRun>> {
+        let mut results: Vec<Option<Result<EnsuredRun>>> = (0..requests.len()).map(|_| None).collect();
+        let mut prepared: Vec<(usize, Prepared<'_>)> = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            match self.prepare(request) {
+                Ok(p) if matches!(p.spec.identity, IdentityRule::Strict { .. }) => {
+                    results[i] = Some(self.ensure_run(request).await);
+                }
+                Ok(p) => prepared.push((i, p)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        // The first request of each identity inserts; later ones in the batch fold into it.
+        let mut first_of: std::collections::HashMap<(i64, &str), usize> = std::collections::HashMap::new();
+        let mut inserting: Vec<(usize, NewRun<'_>)> = Vec::new();
+        let mut folded: Vec<(usize, usize)> = Vec::new();
+        for (i, p) in &prepared {
+            let key = (requests[*i].tenant_id, p.identity.as_str());
+            match first_of.get(&key) {
+                Some(&first) => folded.push((*i, first)),
+                None => {
+                    first_of.insert(key, *i);
+                    inserting.push((*i, p.new_run(&requests[*i])));
+                }
+            }
+        }
+        let news: Vec<NewRun<'_>> = inserting.iter().map(|(_, n)| *n).collect();
+        let inserted = match self.ledger.insert_many(&news).await {
+            Ok(runs) => runs,
+            Err(e) => {
+                // Nothing was inserted: start them one by one, each reporting its own error.
+                tracing::warn!(error = %e, "batch insert failed; starting the runs one by one");
+                for (i, _) in &prepared {
+                    results[*i] = Some(self.ensure_run(&requests[*i]).await);
+                }
+                return results.into_iter().map(|r| r.expect("every request has a result")).collect();
+            }
+        };
+        let mut by_identity: std::collections::HashMap<(i64, String), Run> =
+            inserted.into_iter().map(|r| ((r.tenant_id, r.run_identity_hash.clone()), r)).collect();
+        let created: std::collections::HashSet<(i64, String)> = by_identity.keys().cloned().collect();
+        let missing: Vec<(i64, &str)> = inserting
+            .iter()
+            .map(|(_, n)| (n.request.tenant_id, n.identity))
+            .filter(|(t, h)| !created.contains(&(*t, h.to_string())))
+            .collect();
+        if let Ok(active) = self.ledger.active_by_identity(&missing).await {
+            for run in active {
+                by_identity.entry((run.tenant_id, run.run_identity_hash.clone())).or_insert(run);
+            }
+        }
+
+        // Dispatch every created run that is due now, in one round trip.
+        let to_send: Vec<&Run> = created
+            .iter()
+            .filter_map(|k| by_identity.get(k))
+            .filter(|r| r.not_before.is_none())
+            .collect();
+        let entries: Vec<(&str, Entry)> = to_send
+            .iter()
+            .map(|r| (r.queue.as_str(), Entry { run_id: r.id, tenant_id: r.tenant_id, run_type: r.run_type.clone(), attempt: r.attempt + 1 }))
+            .collect();
+        let mut dispatches: std::collections::HashMap<RunId, Dispatch> = std::collections::HashMap::new();
+        match self.transport.publish_many(&entries).await {
+            Ok(ids) => {
+                let records: Vec<(i64, RunId, String)> =
+                    to_send.iter().zip(&ids).map(|(r, id)| (r.tenant_id, r.id, id.clone())).collect();
+                if let Err(e) = self.ledger.record_dispatches(&records).await {
+                    tracing::warn!(error = %e, runs = records.len(), "dispatches sent but not recorded");
+                }
+                for (run, id) in to_send.iter().zip(ids) {
+                    dispatches.insert(run.id, Dispatch::Sent { entry_id: id });
+                }
+            }
+            Err(e) => {
+                let failure = sanitize::failure(DISPATCH_FAILED, &e.to_string());
+                for run in &to_send {
+                    dispatches.insert(run.id, Dispatch::Failed(failure.clone()));
+                }
+            }
+        }
+        let mut finished: std::collections::HashMap<RunId, Run> = std::collections::HashMap::new();
+        for (run_id, dispatch) in &dispatches {
+            if let Dispatch::Failed(failure) = dispatch
+                && let Some(run) = to_send.iter().find(|r| r.id == *run_id)
+                && let Ok(Some(failed)) = self.ledger.fail_queued(run.tenant_id, run.id, failure).await
+            {
+                finished.insert(failed.id, failed);
+            }
+        }
+
+        for (i, new) in &inserting {
+            let key = (new.request.tenant_id, new.identity.to_string());
+            results[*i] = Some(match by_identity.get(&key) {
+                Some(run) if created.contains(&key) => {
+                    let mut run = finished.remove(&run.id).unwrap_or_else(|| run.clone());
+                    let dispatch = dispatches.get(&run.id).cloned().unwrap_or(Dispatch::Scheduled);
+                    if let Dispatch::Sent { entry_id } = &dispatch {
+                        run.dispatch_entry_id = Some(entry_id.clone());
+                    }
+                    Ok(EnsuredRun { run, dispatch })
+                }
+                Some(run) => Ok(EnsuredRun { run: run.clone(), dispatch: Dispatch::Deduplicated }),
+                // The active twin completed between the insert and the read: start it alone.
+                None => self.ensure_run(new.request).await,
+            });
+        }
+        for (i, first) in folded {
+            let run = match &results[first] {
+                Some(Ok(first)) => Ok(EnsuredRun { run: first.run.clone(), dispatch: Dispatch::Deduplicated }),
+                _ => self.ensure_run(&requests[i]).await,
+            };
+            results[i] = Some(run);
+        }
+        results.into_iter().map(|r| r.expect("every request has a result")).collect()
     }
 
     /// Send a queued run's entry (for its next attempt) and record it. The

@@ -192,6 +192,72 @@ impl Ledger {
         Err(crate::Error::DedupeContention)
     }
 
+    /// Insert many deterministic or nonce runs in one statement; a run whose
+    /// identity is already active is skipped (the caller reads the active one
+    /// with [`Ledger::active_by_identity`]). Returns the runs inserted.
+    pub async fn insert_many(&self, runs: &[NewRun<'_>]) -> Result<Vec<Run>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let column = |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
+        sqlx::query_as::<_, Run>(sql("INSERT INTO operation_runs \
+               (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
+                identity_rule, max_attempts, lease_seconds, not_before) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+                 $6::jsonb[], $7::jsonb[], $8::text[], $9::text[], $10::int[], $11::int[], $12::timestamptz[]) \
+             ON CONFLICT (tenant_id, run_identity_hash) WHERE status IN ('queued', 'running') DO NOTHING \
+             RETURNING {cols}"))
+        .bind(runs.iter().map(|r| r.request.tenant_id).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| r.request.initiator.user_id).collect::<Vec<_>>())
+        .bind(column(&|r| r.request.initiator.name.clone()))
+        .bind(column(&|r| r.request.run_type.clone()))
+        .bind(column(&|r| r.identity.to_string()))
+        .bind(runs.iter().map(|r| Json(&r.request.context)).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| Json(&r.request.inputs)).collect::<Vec<_>>())
+        .bind(column(&|r| r.queue.to_string()))
+        .bind(column(&|r| r.rule.as_str().to_string()))
+        .bind(runs.iter().map(|r| r.max_attempts).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| r.lease_seconds).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| r.request.not_before).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("inserting runs"))
+    }
+
+    /// The active runs holding any of these `(tenant_id, identity)` pairs.
+    pub async fn active_by_identity(&self, identities: &[(i64, &str)]) -> Result<Vec<Run>> {
+        if identities.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM operation_runs \
+             WHERE (tenant_id, run_identity_hash) IN (SELECT * FROM unnest($1::bigint[], $2::text[])) \
+               AND status IN ('queued', 'running')"))
+        .bind(identities.iter().map(|i| i.0).collect::<Vec<_>>())
+        .bind(identities.iter().map(|i| i.1.to_string()).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading active runs"))
+    }
+
+    /// Record the stream entries of many dispatches in one statement.
+    pub async fn record_dispatches(&self, dispatches: &[(i64, RunId, String)]) -> Result<()> {
+        if dispatches.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE operation_runs r SET dispatch_entry_id = d.entry_id, dispatched_at = now() \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS d(tenant_id, id, entry_id) \
+             WHERE r.tenant_id = d.tenant_id AND r.id = d.id AND r.status <> 'completed'",
+        )
+        .bind(dispatches.iter().map(|d| d.0).collect::<Vec<_>>())
+        .bind(dispatches.iter().map(|d| d.1.0).collect::<Vec<_>>())
+        .bind(dispatches.iter().map(|d| d.2.clone()).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording dispatches"))?;
+        Ok(())
+    }
+
     /// One run of one tenant.
     pub async fn get(&self, tenant_id: i64, id: RunId) -> Result<Option<Run>> {
         sqlx::query_as::<_, Run>(sql(

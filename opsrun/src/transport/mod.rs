@@ -276,6 +276,38 @@ impl Transport {
             .await
     }
 
+    /// XADD many entries in one pipelined round trip; returns their ids in
+    /// order. All or nothing as far as the caller knows: on an error, any of
+    /// them may or may not have been added (a late entry is harmless).
+    pub async fn publish_many(&self, entries: &[(&str, Entry)]) -> Result<Vec<String>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (queue, entry) in entries {
+            pipe.cmd("XADD")
+                .arg(self.keys.queue_stream(queue))
+                .arg("*")
+                .arg("run_id")
+                .arg(entry.run_id.0)
+                .arg("tenant_id")
+                .arg(entry.tenant_id)
+                .arg("type")
+                .arg(&entry.run_type)
+                .arg("attempt")
+                .arg(entry.attempt);
+        }
+        let operation = || format!("publishing {} entries", entries.len());
+        let work = async {
+            let mut conn = self.pool.get().await.map_err(|source| Error::RedisPool { operation: operation(), source })?;
+            pipe.query_async::<Vec<String>>(&mut conn).await.map_err(|source| Error::Redis { operation: operation(), source })
+        };
+        match tokio::time::timeout(self.command_timeout * 2, work).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::RedisTimeout { operation: operation(), after: self.command_timeout * 2 }),
+        }
+    }
+
     /// Create the consumer group of `queue` (and its stream) if missing.
     /// Starts from id `0`, never `$`: entries added before the group existed
     /// (e.g. after Redis restarted empty) must still be delivered.
