@@ -198,18 +198,30 @@ impl RunService {
         request.validate()?;
         let spec = self.registry.spec(&request.run_type)?;
         let identity = match &spec.identity {
-            IdentityRule::Deterministic => identity_hash(request.tenant_id, &request.run_type, &request.inputs),
+            IdentityRule::Deterministic => {
+                identity_hash(request.tenant_id, &request.run_type, &request.inputs)
+            }
             IdentityRule::Nonce => {
                 let nonce = format!("{:032x}", rand::random::<u128>());
-                nonce_identity_hash(request.tenant_id, &request.run_type, &request.inputs, &nonce)
+                nonce_identity_hash(
+                    request.tenant_id,
+                    &request.run_type,
+                    &request.inputs,
+                    &nonce,
+                )
             }
-            IdentityRule::Strict { keys } => strict_identity_hash(request.tenant_id, &request.run_type, &request.inputs, keys)
-                .map_err(|key| {
-                    crate::Error::invalid(
-                        "inputs",
-                        format!("type {} has a strict identity and needs the input key {key:?}", request.run_type),
-                    )
-                })?,
+            IdentityRule::Strict { keys } => {
+                strict_identity_hash(request.tenant_id, &request.run_type, &request.inputs, keys)
+                    .map_err(|key| {
+                        crate::Error::invalid(
+                            "inputs",
+                            format!(
+                                "type {} has a strict identity and needs the input key {key:?}",
+                                request.run_type
+                            ),
+                        )
+                    })?
+            }
         };
         Ok(Prepared { spec, identity })
     }
@@ -224,7 +236,8 @@ impl RunService {
     /// the others proceed (validate first with [`RunRequest::validate`] for
     /// all-or-nothing).
     pub async fn ensure_runs(&self, requests: &[RunRequest]) -> Vec<Result<EnsuredRun>> {
-        let mut results: Vec<Option<Result<EnsuredRun>>> = (0..requests.len()).map(|_| None).collect();
+        let mut results: Vec<Option<Result<EnsuredRun>>> =
+            (0..requests.len()).map(|_| None).collect();
         let mut prepared: Vec<(usize, Prepared<'_>)> = Vec::new();
         for (i, request) in requests.iter().enumerate() {
             match self.prepare(request) {
@@ -236,7 +249,8 @@ impl RunService {
             }
         }
         // The first request of each identity inserts; later ones in the batch fold into it.
-        let mut first_of: std::collections::HashMap<(i64, &str), usize> = std::collections::HashMap::new();
+        let mut first_of: std::collections::HashMap<(i64, &str), usize> =
+            std::collections::HashMap::new();
         let mut inserting: Vec<(usize, NewRun<'_>)> = Vec::new();
         let mut folded: Vec<(usize, usize)> = Vec::new();
         for (i, p) in &prepared {
@@ -258,12 +272,18 @@ impl RunService {
                 for (i, _) in &prepared {
                     results[*i] = Some(self.ensure_run(&requests[*i]).await);
                 }
-                return results.into_iter().map(|r| r.expect("every request has a result")).collect();
+                return results
+                    .into_iter()
+                    .map(|r| r.expect("every request has a result"))
+                    .collect();
             }
         };
-        let mut by_identity: std::collections::HashMap<(i64, String), Run> =
-            inserted.into_iter().map(|r| ((r.tenant_id, r.run_identity_hash.clone()), r)).collect();
-        let created: std::collections::HashSet<(i64, String)> = by_identity.keys().cloned().collect();
+        let mut by_identity: std::collections::HashMap<(i64, String), Run> = inserted
+            .into_iter()
+            .map(|r| ((r.tenant_id, r.run_identity_hash.clone()), r))
+            .collect();
+        let created: std::collections::HashSet<(i64, String)> =
+            by_identity.keys().cloned().collect();
         let missing: Vec<(i64, &str)> = inserting
             .iter()
             .map(|(_, n)| (n.request.tenant_id, n.identity))
@@ -271,7 +291,9 @@ impl RunService {
             .collect();
         if let Ok(active) = self.ledger.active_by_identity(&missing).await {
             for run in active {
-                by_identity.entry((run.tenant_id, run.run_identity_hash.clone())).or_insert(run);
+                by_identity
+                    .entry((run.tenant_id, run.run_identity_hash.clone()))
+                    .or_insert(run);
             }
         }
 
@@ -283,13 +305,27 @@ impl RunService {
             .collect();
         let entries: Vec<(&str, Entry)> = to_send
             .iter()
-            .map(|r| (r.queue.as_str(), Entry { run_id: r.id, tenant_id: r.tenant_id, run_type: r.run_type.clone(), attempt: r.attempt + 1 }))
+            .map(|r| {
+                (
+                    r.queue.as_str(),
+                    Entry {
+                        run_id: r.id,
+                        tenant_id: r.tenant_id,
+                        run_type: r.run_type.clone(),
+                        attempt: r.attempt + 1,
+                    },
+                )
+            })
             .collect();
-        let mut dispatches: std::collections::HashMap<RunId, Dispatch> = std::collections::HashMap::new();
+        let mut dispatches: std::collections::HashMap<RunId, Dispatch> =
+            std::collections::HashMap::new();
         match self.transport.publish_many(&entries).await {
             Ok(ids) => {
-                let records: Vec<(i64, RunId, String)> =
-                    to_send.iter().zip(&ids).map(|(r, id)| (r.tenant_id, r.id, id.clone())).collect();
+                let records: Vec<(i64, RunId, String)> = to_send
+                    .iter()
+                    .zip(&ids)
+                    .map(|(r, id)| (r.tenant_id, r.id, id.clone()))
+                    .collect();
                 if let Err(e) = self.ledger.record_dispatches(&records).await {
                     tracing::warn!(error = %e, runs = records.len(), "dispatches sent but not recorded");
                 }
@@ -308,7 +344,10 @@ impl RunService {
         for (run_id, dispatch) in &dispatches {
             if let Dispatch::Failed(failure) = dispatch
                 && let Some(run) = to_send.iter().find(|r| r.id == *run_id)
-                && let Ok(Some(failed)) = self.ledger.fail_queued(run.tenant_id, run.id, failure).await
+                && let Ok(Some(failed)) = self
+                    .ledger
+                    .fail_queued(run.tenant_id, run.id, failure)
+                    .await
             {
                 finished.insert(failed.id, failed);
             }
@@ -319,25 +358,37 @@ impl RunService {
             results[*i] = Some(match by_identity.get(&key) {
                 Some(run) if created.contains(&key) => {
                     let mut run = finished.remove(&run.id).unwrap_or_else(|| run.clone());
-                    let dispatch = dispatches.get(&run.id).cloned().unwrap_or(Dispatch::Scheduled);
+                    let dispatch = dispatches
+                        .get(&run.id)
+                        .cloned()
+                        .unwrap_or(Dispatch::Scheduled);
                     if let Dispatch::Sent { entry_id } = &dispatch {
                         run.dispatch_entry_id = Some(entry_id.clone());
                     }
                     Ok(EnsuredRun { run, dispatch })
                 }
-                Some(run) => Ok(EnsuredRun { run: run.clone(), dispatch: Dispatch::Deduplicated }),
+                Some(run) => Ok(EnsuredRun {
+                    run: run.clone(),
+                    dispatch: Dispatch::Deduplicated,
+                }),
                 // The active twin completed between the insert and the read: start it alone.
                 None => self.ensure_run(new.request).await,
             });
         }
         for (i, first) in folded {
             let run = match &results[first] {
-                Some(Ok(first)) => Ok(EnsuredRun { run: first.run.clone(), dispatch: Dispatch::Deduplicated }),
+                Some(Ok(first)) => Ok(EnsuredRun {
+                    run: first.run.clone(),
+                    dispatch: Dispatch::Deduplicated,
+                }),
                 _ => self.ensure_run(&requests[i]).await,
             };
             results[i] = Some(run);
         }
-        results.into_iter().map(|r| r.expect("every request has a result")).collect()
+        results
+            .into_iter()
+            .map(|r| r.expect("every request has a result"))
+            .collect()
     }
 
     /// Send a queued run's entry (for its next attempt) and record it. The

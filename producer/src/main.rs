@@ -42,11 +42,18 @@ enum Command {
 #[derive(Args)]
 struct EnqueueArgs {
     /// Tenant id (positive integer).
-    #[arg(long, value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
-    tenant: i64,
+    #[arg(long, required_unless_present = "batch",
+          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+    tenant: Option<i64>,
     /// Run type: lowercase dotted segments such as inventory.sync.
-    #[arg(long = "type", value_parser = |s: &str| validate_type(s).map(|_| s.to_string()).map_err(|e| e.to_string()))]
-    run_type: String,
+    #[arg(long = "type", required_unless_present = "batch",
+          value_parser = |s: &str| validate_type(s).map(|_| s.to_string()).map_err(|e| e.to_string()))]
+    run_type: Option<String>,
+    /// Start many runs from NDJSON (a file, or "-" for stdin): one object per line with
+    /// tenant_id, type and optionally inputs, context, user_id, initiator_name, queue, at.
+    /// Prints one result line per input line, in order.
+    #[arg(long, conflicts_with_all = ["tenant", "run_type", "inputs", "inputs_file", "context", "user_id", "initiator_name", "at", "in_"])]
+    batch: Option<PathBuf>,
     /// Job inputs as a JSON object (part of the run identity).
     #[arg(long, conflicts_with = "inputs_file")]
     inputs: Option<String>,
@@ -125,7 +132,13 @@ fn build_request(args: &EnqueueArgs) -> Result<RunRequest, Failure> {
         ),
         (None, None) => None,
     };
-    let mut request = RunRequest::new(args.tenant, &args.run_type);
+    let (Some(tenant), Some(run_type)) = (args.tenant, &args.run_type) else {
+        return Err(Failure::new(
+            exit::INVALID,
+            "--tenant and --type are required without --batch",
+        ));
+    };
+    let mut request = RunRequest::new(tenant, run_type);
     if let Some(queue) = &args.queue {
         request = request.queue(queue);
     }
@@ -161,20 +174,175 @@ fn build_request(args: &EnqueueArgs) -> Result<RunRequest, Failure> {
     Ok(request)
 }
 
-async fn enqueue(args: EnqueueArgs) -> Result<u8, Failure> {
-    let request = build_request(&args)?;
-    let registry = std::sync::Arc::new(args.registry.load()?);
-    // Refuse an undeclared type (strict_types) before anything is contacted.
-    registry.spec(&request.run_type)?;
+/// One line of `--batch` input.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    tenant_id: i64,
+    #[serde(rename = "type")]
+    run_type: String,
+    #[serde(default)]
+    inputs: Option<serde_json::Value>,
+    #[serde(default)]
+    context: Option<serde_json::Value>,
+    #[serde(default)]
+    user_id: Option<i64>,
+    #[serde(default)]
+    initiator_name: Option<String>,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl BatchLine {
+    fn into_request(self) -> RunRequest {
+        let mut request = RunRequest::new(self.tenant_id, self.run_type);
+        if let Some(inputs) = self.inputs {
+            request = request.inputs(inputs);
+        }
+        if let Some(context) = self.context {
+            request = request.context(context);
+        }
+        match (self.user_id, self.initiator_name) {
+            (Some(id), name) => {
+                request = request.initiator(Initiator::user(id, name.unwrap_or_default()))
+            }
+            (None, Some(name)) => {
+                request = request.initiator(Initiator {
+                    user_id: None,
+                    name,
+                })
+            }
+            (None, None) => {}
+        }
+        if let Some(queue) = self.queue {
+            request = request.queue(queue);
+        }
+        if let Some(at) = self.at {
+            request = request.not_before(at);
+        }
+        request
+    }
+}
+
+/// Runs started per multi-row statement and pipelined XADD.
+const BATCH_CHUNK: usize = 1000;
+
+/// Connect the service the way `enqueue` does.
+async fn service(
+    args: &EnqueueArgs,
+    registry: std::sync::Arc<opsrun::registry::Registry>,
+) -> Result<RunService, Failure> {
     let mut transport_config = args.redis.transport_config()?;
     transport_config.command_timeout = args.dispatch_timeout;
     transport_config.pool_size = 1;
     // Opens no connection: Redis is contacted only when there is something to send.
     let transport = Transport::new(&transport_config)?;
     let ledger = Ledger::new(args.database.connect(1).await?);
-    let service = RunService::new(ledger, transport).with_registry(registry);
+    Ok(RunService::new(ledger, transport).with_registry(registry))
+}
 
+async fn enqueue(args: EnqueueArgs) -> Result<u8, Failure> {
+    let registry = std::sync::Arc::new(args.registry.load()?);
+    if let Some(path) = &args.batch {
+        return enqueue_batch(&args, path, registry).await;
+    }
+    let request = build_request(&args)?;
+    // Refuse an undeclared type (strict_types) before anything is contacted.
+    registry.spec(&request.run_type)?;
+    let service = service(&args, registry).await?;
     let ensured = service.ensure_run(&request).await?;
+    let (output, code) = result_json(&ensured, &args.monitor_url);
+    println!("{output}");
+    Ok(code)
+}
+
+/// Every line is parsed and validated before anything is written: one bad
+/// line refuses the whole batch (exit 2), naming each bad line and field.
+async fn enqueue_batch(
+    args: &EnqueueArgs,
+    path: &std::path::Path,
+    registry: std::sync::Arc<opsrun::registry::Registry>,
+) -> Result<u8, Failure> {
+    let invalid = |message: String| Failure::new(exit::INVALID, message);
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| invalid(format!("reading --batch from stdin: {e}")))?
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("reading --batch {}: {e}", path.display())))?
+    };
+    let mut requests = Vec::new();
+    let mut lines = Vec::new();
+    let mut problems = Vec::new();
+    for (n, line) in text.lines().enumerate().map(|(n, l)| (n + 1, l.trim())) {
+        if line.is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<BatchLine>(line)
+            .map_err(|e| e.to_string())
+            .and_then(|l| {
+                let request = l.into_request();
+                request.validate().map_err(|e| e.to_string())?;
+                registry
+                    .spec(&request.run_type)
+                    .map_err(|e| e.to_string())?;
+                Ok(request)
+            });
+        match parsed {
+            Ok(request) => {
+                requests.push(request);
+                lines.push(n);
+            }
+            Err(e) => problems.push(format!("line {n}: {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        let shown: Vec<&str> = problems.iter().take(20).map(String::as_str).collect();
+        return Err(invalid(format!(
+            "{} of the batch's lines are invalid; nothing was written:\n  {}{}",
+            problems.len(),
+            shown.join("\n  "),
+            if problems.len() > shown.len() {
+                "\n  …"
+            } else {
+                ""
+            }
+        )));
+    }
+    let service = service(args, registry).await?;
+    let mut code = exit::OK;
+    for (chunk, chunk_lines) in requests.chunks(BATCH_CHUNK).zip(lines.chunks(BATCH_CHUNK)) {
+        for (result, line) in service
+            .ensure_runs(chunk)
+            .await
+            .into_iter()
+            .zip(chunk_lines)
+        {
+            match result {
+                Ok(ensured) => {
+                    let (mut output, line_code) = result_json(&ensured, &args.monitor_url);
+                    output["line"] = json!(line);
+                    println!("{output}");
+                    code = code.max(line_code);
+                }
+                Err(e) => {
+                    let failure = Failure::from(e);
+                    println!(
+                        "{}",
+                        json!({"line": line, "error": opsrun::sanitize::redact(&failure.message)})
+                    );
+                    code = code.max(failure.code);
+                }
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// The JSON printed for one ensured run, and the exit code it calls for.
+fn result_json(ensured: &opsrun::EnsuredRun, monitor_url: &str) -> (serde_json::Value, u8) {
     let run = &ensured.run;
     let mut output = json!({
         "run_id": run.id,
@@ -183,7 +351,7 @@ async fn enqueue(args: EnqueueArgs) -> Result<u8, Failure> {
         "status": run.status,
         "outcome": run.outcome,
         "deduplicated": ensured.deduplicated(),
-        "view_url": view_url(&args.monitor_url, run),
+        "view_url": view_url(monitor_url, run),
         "queue": run.queue,
         "run_identity_hash": run.run_identity_hash,
         "initiator_name": run.initiator_name,
@@ -195,7 +363,7 @@ async fn enqueue(args: EnqueueArgs) -> Result<u8, Failure> {
         "attempt": run.attempt,
         "max_attempts": run.max_attempts,
     });
-    let code = match &ensured.dispatch {
+    match &ensured.dispatch {
         Dispatch::Failed(failure) => {
             output["failure"] = json!(failure);
             eprintln!(
@@ -206,10 +374,8 @@ async fn enqueue(args: EnqueueArgs) -> Result<u8, Failure> {
                 run.status.as_str(),
                 run.outcome.as_str()
             );
-            exit::DISPATCH_FAILED
+            (output, exit::DISPATCH_FAILED)
         }
-        _ => exit::OK,
-    };
-    println!("{output}");
-    Ok(code)
+        _ => (output, exit::OK),
+    }
 }

@@ -206,7 +206,12 @@ async fn batches_dedupe_exactly_and_dispatch_in_one_round_trip() {
     // Ten identities already active before the batch.
     let mut before = std::collections::HashMap::new();
     for i in 0..10 {
-        let run = env.service.ensure_run(&RunRequest::new(9, "sync.batch").inputs(json!({"i": i}))).await.unwrap().run;
+        let run = env
+            .service
+            .ensure_run(&RunRequest::new(9, "sync.batch").inputs(json!({"i": i})))
+            .await
+            .unwrap()
+            .run;
         before.insert(i, run.id);
     }
     let xlen_before = env.xlen("default").await;
@@ -214,52 +219,88 @@ async fn batches_dedupe_exactly_and_dispatch_in_one_round_trip() {
     let mut requests = Vec::new();
     for round in 0..2 {
         for i in 0..150 {
-            requests.push(RunRequest::new(9, "sync.batch").inputs(json!({"i": i})).context(json!({"round": round})));
+            requests.push(
+                RunRequest::new(9, "sync.batch")
+                    .inputs(json!({"i": i}))
+                    .context(json!({"round": round})),
+            );
         }
     }
     requests.push(RunRequest::new(0, "sync.batch"));
     requests.push(RunRequest::new(9, "Bad Type"));
     let results = env.service.ensure_runs(&requests).await;
     assert_eq!(results.len(), requests.len());
-    assert!(results[300].is_err() && results[301].is_err(), "invalid requests get their own errors");
+    assert!(
+        results[300].is_err() && results[301].is_err(),
+        "invalid requests get their own errors"
+    );
     for i in 0..150usize {
         let first = results[i].as_ref().unwrap();
         let second = results[150 + i].as_ref().unwrap();
         assert_eq!(first.run.id, second.run.id, "one run per identity");
         assert!(second.deduplicated());
         match before.get(&(i as i32)) {
-            Some(id) => assert!(first.deduplicated() && first.run.id == *id, "folded into the active run"),
+            Some(id) => assert!(
+                first.deduplicated() && first.run.id == *id,
+                "folded into the active run"
+            ),
             None => {
-                assert!(matches!(first.dispatch, Dispatch::Sent { .. }), "{:?}", first.dispatch);
+                assert!(
+                    matches!(first.dispatch, Dispatch::Sent { .. }),
+                    "{:?}",
+                    first.dispatch
+                );
                 assert_eq!(first.run.context.0["round"], 0, "the first request's run");
             }
         }
     }
     assert_eq!(env.count_runs().await, 150);
-    assert_eq!(env.xlen("default").await - xlen_before, 140, "one entry per created run");
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE dispatch_entry_id IS NOT NULL")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        env.xlen("default").await - xlen_before,
+        140,
+        "one entry per created run"
+    );
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM operation_runs WHERE dispatch_entry_id IS NOT NULL",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
     assert_eq!(recorded, 150);
 }
 
 #[tokio::test]
 async fn a_batch_whose_dispatch_fails_fails_its_new_runs_only() {
     let env = TestEnv::new().await;
-    let active = env.service.ensure_run(&RunRequest::new(2, "sync.batch").inputs(json!({"i": 0}))).await.unwrap().run;
+    let active = env
+        .service
+        .ensure_run(&RunRequest::new(2, "sync.batch").inputs(json!({"i": 0})))
+        .await
+        .unwrap()
+        .run;
     let port = devstack::free_port().unwrap();
     let mut config = opsrun::TransportConfig::new(format!("redis://127.0.0.1:{port}/"));
     config.command_timeout = std::time::Duration::from_millis(300);
-    let dead = opsrun::RunService::new(env.ledger().clone(), opsrun::Transport::new(&config).unwrap());
-    let requests: Vec<_> = (0..5).map(|i| RunRequest::new(2, "sync.batch").inputs(json!({"i": i}))).collect();
+    let dead = opsrun::RunService::new(
+        env.ledger().clone(),
+        opsrun::Transport::new(&config).unwrap(),
+    );
+    let requests: Vec<_> = (0..5)
+        .map(|i| RunRequest::new(2, "sync.batch").inputs(json!({"i": i})))
+        .collect();
     let results = dead.ensure_runs(&requests).await;
     assert!(results[0].as_ref().unwrap().deduplicated());
     assert_eq!(results[0].as_ref().unwrap().run.id, active.id);
     for result in &results[1..] {
         let ensured = result.as_ref().unwrap();
         assert!(ensured.dispatch_failed());
-        assert_eq!((ensured.run.status, ensured.run.outcome), (Status::Completed, Outcome::Failed));
-        assert_eq!(ensured.run.failure_summary.0[0].code, "queue.dispatch_failed");
+        assert_eq!(
+            (ensured.run.status, ensured.run.outcome),
+            (Status::Completed, Outcome::Failed)
+        );
+        assert_eq!(
+            ensured.run.failure_summary.0[0].code,
+            "queue.dispatch_failed"
+        );
     }
 }

@@ -332,3 +332,88 @@ async fn inputs_from_stdin_and_secrets_from_files() {
     assert!(String::from_utf8_lossy(&both.stderr).contains("database_url"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn batch_enqueue_prints_a_result_per_line_and_refuses_a_bad_batch_whole() {
+    use std::io::Write;
+    let env = TestEnv::new().await;
+    let batch = [
+        r#"{"tenant_id": 1, "type": "inventory.sync", "inputs": {"site": "paris"}, "user_id": 7, "initiator_name": "Ada"}"#,
+        r#"{"tenant_id": 1, "type": "inventory.sync", "inputs": {"site": "lyon"}}"#,
+        "",
+        r#"{"tenant_id": 1, "type": "inventory.sync", "inputs": {"site": "paris"}}"#,
+        r#"{"tenant_id": 2, "type": "backup.run", "at": "2030-01-01T00:00:00Z"}"#,
+    ]
+    .join("\n");
+    let mut child = env
+        .command("producer")
+        .args(["enqueue", "--batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    support::assert_exit(&out, 0);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["line"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 4, 5]
+    );
+    assert_eq!(lines[0]["deduplicated"], false);
+    assert_eq!(lines[2]["deduplicated"], true);
+    assert_eq!(lines[2]["run_id"], lines[0]["run_id"]);
+    assert_eq!(lines[0]["initiator_name"], "Ada");
+    assert_eq!(lines[3]["not_before"], "2030-01-01T00:00:00Z");
+    assert_eq!(env.count_runs().await, 3);
+    assert_eq!(
+        env.xlen("default").await,
+        2,
+        "the scheduled run waits for its time"
+    );
+
+    let dir = env.job_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.ndjson");
+    std::fs::write(
+        &bad,
+        [
+            r#"{"tenant_id": 3, "type": "inventory.sync"}"#,
+            r#"{"tenant_id": 0, "type": "inventory.sync"}"#,
+            r#"{"tenant_id": 3, "type": "inventory.sync", "inputs": [1]}"#,
+            r#"{"tenant_id": 3, "tpye": "inventory.sync"}"#,
+            "not json",
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = env.producer(&["enqueue", "--batch", bad.to_str().unwrap()]);
+    let stderr = support::assert_exit(&out, 2);
+    for expected in [
+        "line 2: invalid tenant_id",
+        "line 3: invalid inputs",
+        "line 4: unknown field `tpye`",
+        "line 5:",
+        "nothing was written",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected:?} missing from {stderr}"
+        );
+    }
+    assert!(!stderr.contains("line 1:"), "{stderr}");
+    assert_eq!(env.count_runs().await, 3, "nothing written for a bad batch");
+}

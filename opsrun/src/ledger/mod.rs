@@ -199,7 +199,8 @@ impl Ledger {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
-        let column = |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
+        let column =
+            |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
         sqlx::query_as::<_, Run>(sql("INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
                 identity_rule, max_attempts, lease_seconds, not_before) \

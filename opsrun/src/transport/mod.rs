@@ -299,12 +299,23 @@ impl Transport {
         }
         let operation = || format!("publishing {} entries", entries.len());
         let work = async {
-            let mut conn = self.pool.get().await.map_err(|source| Error::RedisPool { operation: operation(), source })?;
-            pipe.query_async::<Vec<String>>(&mut conn).await.map_err(|source| Error::Redis { operation: operation(), source })
+            let mut conn = self.pool.get().await.map_err(|source| Error::RedisPool {
+                operation: operation(),
+                source,
+            })?;
+            pipe.query_async::<Vec<String>>(&mut conn)
+                .await
+                .map_err(|source| Error::Redis {
+                    operation: operation(),
+                    source,
+                })
         };
         match tokio::time::timeout(self.command_timeout * 2, work).await {
             Ok(result) => result,
-            Err(_) => Err(Error::RedisTimeout { operation: operation(), after: self.command_timeout * 2 }),
+            Err(_) => Err(Error::RedisTimeout {
+                operation: operation(),
+                after: self.command_timeout * 2,
+            }),
         }
     }
 
