@@ -303,69 +303,16 @@ impl RunService {
             .filter_map(|k| by_identity.get(k))
             .filter(|r| r.not_before.is_none())
             .collect();
-        let entries: Vec<(&str, Entry)> = to_send
-            .iter()
-            .map(|r| {
-                (
-                    r.queue.as_str(),
-                    Entry {
-                        run_id: r.id,
-                        tenant_id: r.tenant_id,
-                        run_type: r.run_type.clone(),
-                        attempt: r.attempt + 1,
-                    },
-                )
-            })
-            .collect();
-        let mut dispatches: std::collections::HashMap<RunId, Dispatch> =
-            std::collections::HashMap::new();
-        match self.transport.publish_many(&entries).await {
-            Ok(ids) => {
-                let records: Vec<(i64, RunId, String)> = to_send
-                    .iter()
-                    .zip(&ids)
-                    .map(|(r, id)| (r.tenant_id, r.id, id.clone()))
-                    .collect();
-                if let Err(e) = self.ledger.record_dispatches(&records).await {
-                    tracing::warn!(error = %e, runs = records.len(), "dispatches sent but not recorded");
-                }
-                for (run, id) in to_send.iter().zip(ids) {
-                    dispatches.insert(run.id, Dispatch::Sent { entry_id: id });
-                }
-            }
-            Err(e) => {
-                let failure = sanitize::failure(DISPATCH_FAILED, &e.to_string());
-                for run in &to_send {
-                    dispatches.insert(run.id, Dispatch::Failed(failure.clone()));
-                }
-            }
-        }
-        let mut finished: std::collections::HashMap<RunId, Run> = std::collections::HashMap::new();
-        for (run_id, dispatch) in &dispatches {
-            if let Dispatch::Failed(failure) = dispatch
-                && let Some(run) = to_send.iter().find(|r| r.id == *run_id)
-                && let Ok(Some(failed)) = self
-                    .ledger
-                    .fail_queued(run.tenant_id, run.id, failure)
-                    .await
-            {
-                finished.insert(failed.id, failed);
-            }
-        }
+        let mut dispatched = self.dispatch_many(&to_send).await;
 
         for (i, new) in &inserting {
             let key = (new.request.tenant_id, new.identity.to_string());
             results[*i] = Some(match by_identity.get(&key) {
                 Some(run) if created.contains(&key) => {
-                    let mut run = finished.remove(&run.id).unwrap_or_else(|| run.clone());
-                    let dispatch = dispatches
-                        .get(&run.id)
-                        .cloned()
-                        .unwrap_or(Dispatch::Scheduled);
-                    if let Dispatch::Sent { entry_id } = &dispatch {
-                        run.dispatch_entry_id = Some(entry_id.clone());
-                    }
-                    Ok(EnsuredRun { run, dispatch })
+                    Ok(dispatched.remove(&run.id).unwrap_or_else(|| EnsuredRun {
+                        run: run.clone(),
+                        dispatch: Dispatch::Scheduled,
+                    }))
                 }
                 Some(run) => Ok(EnsuredRun {
                     run: run.clone(),
@@ -391,17 +338,72 @@ impl RunService {
             .collect()
     }
 
+    /// Send the entries of many queued runs in one pipelined round trip and
+    /// record them in one statement; if the send fails, each run is failed
+    /// with `queue.dispatch_failed`, as a single dispatch would be.
+    async fn dispatch_many(&self, runs: &[&Run]) -> std::collections::HashMap<RunId, EnsuredRun> {
+        let entries: Vec<(&str, Entry)> = runs
+            .iter()
+            .map(|r| (r.queue.as_str(), Entry::next_attempt(r)))
+            .collect();
+        let mut out = std::collections::HashMap::new();
+        match self.transport.publish_many(&entries).await {
+            Ok(ids) => {
+                let records: Vec<(i64, RunId, String)> = runs
+                    .iter()
+                    .zip(&ids)
+                    .map(|(r, id)| (r.tenant_id, r.id, id.clone()))
+                    .collect();
+                if let Err(e) = self.ledger.record_dispatches(&records).await {
+                    tracing::warn!(error = %e, runs = records.len(), "dispatches sent but not recorded");
+                }
+                for (run, entry_id) in runs.iter().zip(ids) {
+                    let mut run = (*run).clone();
+                    run.dispatch_entry_id = Some(entry_id.clone());
+                    out.insert(
+                        run.id,
+                        EnsuredRun {
+                            run,
+                            dispatch: Dispatch::Sent { entry_id },
+                        },
+                    );
+                }
+            }
+            Err(e) => {
+                let failure = sanitize::failure(DISPATCH_FAILED, &e.to_string());
+                tracing::warn!(runs = runs.len(), error = %failure.message, "batch dispatch failed");
+                for run in runs {
+                    // Not queued any more (a late XADD landed and was claimed) or
+                    // Postgres gone: report the run as it was.
+                    let run = match self
+                        .ledger
+                        .fail_queued(run.tenant_id, run.id, &failure)
+                        .await
+                    {
+                        Ok(Some(failed)) => failed,
+                        _ => (*run).clone(),
+                    };
+                    out.insert(
+                        run.id,
+                        EnsuredRun {
+                            run,
+                            dispatch: Dispatch::Failed(failure.clone()),
+                        },
+                    );
+                }
+            }
+        }
+        out
+    }
+
     /// Send a queued run's entry (for its next attempt) and record it. The
     /// record is bookkeeping for the reaper: if it fails, the run is still
     /// dispatched, and at worst the reaper sends a harmless duplicate.
     pub async fn dispatch(&self, run: &Run) -> Result<String> {
-        let entry = Entry {
-            run_id: run.id,
-            tenant_id: run.tenant_id,
-            run_type: run.run_type.clone(),
-            attempt: run.attempt + 1,
-        };
-        let entry_id = self.transport.publish(&run.queue, &entry).await?;
+        let entry_id = self
+            .transport
+            .publish(&run.queue, &Entry::next_attempt(run))
+            .await?;
         if let Err(e) = self
             .ledger
             .record_dispatch(run.tenant_id, run.id, &entry_id)

@@ -42,7 +42,7 @@ enum Command {
 #[derive(Args)]
 struct EnqueueArgs {
     /// Tenant id (positive integer).
-    #[arg(long, required_unless_present = "batch",
+    #[arg(long, required_unless_present = "batch", allow_hyphen_values = true,
           value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
     tenant: Option<i64>,
     /// Run type: lowercase dotted segments such as inventory.sync.
@@ -61,7 +61,8 @@ struct EnqueueArgs {
     #[arg(long)]
     inputs_file: Option<PathBuf>,
     /// Initiating user id; omit for system runs.
-    #[arg(long, requires = "initiator_name", value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
+    #[arg(long, requires = "initiator_name", allow_hyphen_values = true,
+          value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
     user_id: Option<i64>,
     /// Snapshot of the initiating user's name (required with --user-id).
     #[arg(long)]

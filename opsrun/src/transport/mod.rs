@@ -64,6 +64,16 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry dispatching `run` for its next attempt.
+    pub fn next_attempt(run: &crate::run::Run) -> Entry {
+        Entry {
+            run_id: run.id,
+            tenant_id: run.tenant_id,
+            run_type: run.run_type.clone(),
+            attempt: run.attempt + 1,
+        }
+    }
+
     fn from_stream_id(item: &StreamId) -> Option<Entry> {
         let text = |field: &str| item.get::<String>(field);
         Some(Entry {
