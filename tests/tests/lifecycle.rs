@@ -315,3 +315,84 @@ fn done_as(outcome: Outcome, counts: &opsrun::SummaryCounts) -> Terminal<'_> {
         reclaim: None,
     }
 }
+
+#[tokio::test]
+async fn a_batch_claim_gives_each_run_to_exactly_one_delivery() {
+    use opsrun::lifecycle::{Processed, SkipReason};
+    use opsrun::transport::{Delivery, Entry};
+    let env = TestEnv::new().await;
+    let a = env
+        .service
+        .ensure_run(&RunRequest::new(8, "rust.ok").inputs(json!({"k": "a"})))
+        .await
+        .unwrap()
+        .run;
+    let b = env
+        .service
+        .ensure_run(&RunRequest::new(8, "rust.ok").inputs(json!({"k": "b"})))
+        .await
+        .unwrap()
+        .run;
+    let lifecycle = Lifecycle::new(
+        env.ledger().clone(),
+        env.service.transport().clone(),
+        "batch-worker:1",
+    );
+    let delivery = |id: &str, entry: Option<Entry>| Delivery {
+        queue: "default".into(),
+        entry_id: id.into(),
+        entry,
+    };
+    let entry = |run: &opsrun::Run, tenant: i64, attempt: i32| Entry {
+        run_id: run.id,
+        tenant_id: tenant,
+        run_type: "rust.ok".into(),
+        attempt,
+    };
+    let claimed = lifecycle
+        .claim(vec![
+            delivery("1-1", Some(entry(&a, 8, 1))),
+            delivery("1-2", Some(entry(&a, 8, 1))),
+            delivery("1-3", Some(entry(&b, 9, 1))),
+            delivery("1-4", Some(entry(&b, 8, 2))),
+            delivery("1-5", None),
+        ])
+        .await;
+    let outcomes: Vec<_> = claimed
+        .iter()
+        .map(|(d, r)| (d.entry_id.as_str(), r.as_ref().map(|run| run.id)))
+        .collect();
+    assert_eq!(outcomes[0], ("1-1", Ok(a.id)));
+    assert_eq!(
+        outcomes[1].1,
+        Err(&Processed::Skipped(SkipReason::NotClaimable)),
+        "duplicate in the same batch"
+    );
+    assert_eq!(
+        outcomes[2].1,
+        Err(&Processed::Skipped(SkipReason::NotClaimable)),
+        "other tenant"
+    );
+    assert_eq!(
+        outcomes[3].1,
+        Err(&Processed::Skipped(SkipReason::NotClaimable)),
+        "wrong attempt"
+    );
+    assert_eq!(
+        outcomes[4].1,
+        Err(&Processed::Skipped(SkipReason::Malformed))
+    );
+    let b_now = env.ledger().get(8, b.id).await.unwrap().unwrap();
+    assert_eq!(
+        (b_now.status, b_now.attempt),
+        (Status::Queued, 0),
+        "untouched"
+    );
+    assert_eq!(
+        lifecycle
+            .stats()
+            .skipped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+}

@@ -194,10 +194,22 @@ async fn read_loop(
         match reader.read(permits.len(), block).await {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(100);
-                for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
+                // One claim statement for the whole read; each claimed run
+                // then runs in its own task, holding its slot.
+                let claimed = lifecycle.claim(deliveries).await;
+                for (delivery, claim) in claimed {
+                    let Ok(run) = claim else { continue };
+                    // A read never returns more entries than free slots were asked for.
+                    let permit = match permits.pop() {
+                        Some(permit) => permit,
+                        None => match Arc::clone(&slots).acquire_owned().await {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
+                    };
                     let lifecycle = Arc::clone(&lifecycle);
                     jobs.spawn(async move {
-                        lifecycle.process(delivery).await;
+                        lifecycle.run_claimed(delivery, run).await;
                         drop(permit);
                     });
                 }

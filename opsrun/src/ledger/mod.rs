@@ -334,6 +334,35 @@ impl Ledger {
         .map_err(db("claiming run"))
     }
 
+    /// Claim many runs in one statement, as [`Ledger::mark_running`] does one:
+    /// each `(tenant_id, run_id, attempt, lease)` is claimed if that run is
+    /// queued, of that tenant, awaiting that attempt and due. Returns the runs
+    /// claimed (a run listed twice is claimed once).
+    pub async fn mark_running_many(
+        &self,
+        claims: &[(i64, RunId, i32, std::time::Duration)],
+        holder: &str,
+    ) -> Result<Vec<Run>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
+             SET status = 'running', attempt = attempt + 1, holder = $5, lease_seconds = c.c_lease, \
+                 heartbeat_at = now(), started_at = now() \
+             FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[]) AS c(c_tenant, c_id, c_attempt, c_lease) \
+             WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'queued' AND attempt = c.c_attempt - 1 \
+               AND (not_before IS NULL OR not_before <= now()) \
+             RETURNING {cols}"))
+        .bind(claims.iter().map(|c| c.0).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.1.0).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.2).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.3.as_secs().clamp(1, i32::MAX as u64) as i32).collect::<Vec<_>>())
+        .bind(holder)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("claiming runs"))
+    }
+
     /// Refresh the heartbeat of every listed run `holder` still holds, in one
     /// statement. Returns the runs refreshed; a listed run missing from it is
     /// no longer held by `holder`.

@@ -23,7 +23,7 @@ pub use middleware::{Middleware, Next};
 
 use crate::error::{Error, Result};
 use crate::ledger::{Claim, Fence, Ledger, Terminal};
-use crate::run::{Outcome, Run, fold_failures};
+use crate::run::{Outcome, Run, RunId, fold_failures};
 use crate::sanitize;
 use crate::transport::{Delivery, Transport};
 
@@ -139,43 +139,95 @@ impl Lifecycle {
 
     /// Process one delivery end to end.
     pub async fn process(&self, delivery: Delivery) -> Processed {
-        let Some(entry) = delivery.entry.clone() else {
-            tracing::warn!(queue = %delivery.queue, entry_id = %delivery.entry_id, "malformed entry acknowledged and skipped");
-            self.ack(&delivery.queue, &delivery.entry_id).await;
-            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            return Processed::Skipped(SkipReason::Malformed);
-        };
-        let lease = self
-            .routes
-            .get(&entry.run_type)
-            .or(self.fallback.as_ref())
-            .map_or(crate::registry::DEFAULT_LEASE, |r| r.lease);
-        let claim = retry_while_unavailable(CLAIM_RETRY_BUDGET, || {
-            self.ledger.mark_running(
-                entry.tenant_id,
-                entry.run_id,
-                entry.attempt,
-                &self.holder,
-                lease,
-            )
-        })
-        .await;
-        let run = match claim {
-            Ok(Some(run)) => run,
-            Ok(None) => {
-                tracing::info!(run_id = %entry.run_id, tenant_id = entry.tenant_id, attempt = entry.attempt,
-                    entry_id = %delivery.entry_id, "entry matches no queued run (duplicate, late or forged); skipped");
-                self.ack(&delivery.queue, &delivery.entry_id).await;
-                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                return Processed::Skipped(SkipReason::NotClaimable);
-            }
-            Err(e) => {
-                tracing::error!(run_id = %entry.run_id, error = %e, "could not claim run; leaving the entry pending");
-                self.stats.deferred.fetch_add(1, Ordering::Relaxed);
-                return Processed::Deferred;
-            }
-        };
+        match self.claim(vec![delivery]).await.pop() {
+            Some((delivery, Ok(run))) => self.run_claimed(delivery, run).await,
+            Some((_, Err(processed))) => processed,
+            None => Processed::Deferred,
+        }
+    }
 
+    /// Claim the runs of a batch of deliveries in one statement. Each
+    /// delivery comes back with its claimed run, or with why nothing will
+    /// run: skipped entries (malformed, duplicate, late, forged) are
+    /// acknowledged together; when Postgres is unreachable all stay pending.
+    pub async fn claim(
+        &self,
+        deliveries: Vec<Delivery>,
+    ) -> Vec<(Delivery, Result<Run, Processed>)> {
+        let requests: Vec<(i64, RunId, i32, Duration)> = deliveries
+            .iter()
+            .filter_map(|d| d.entry.as_ref())
+            .map(|e| {
+                let lease = self
+                    .routes
+                    .get(&e.run_type)
+                    .or(self.fallback.as_ref())
+                    .map_or(crate::registry::DEFAULT_LEASE, |r| r.lease);
+                (e.tenant_id, e.run_id, e.attempt, lease)
+            })
+            .collect();
+        let claimed = match retry_while_unavailable(CLAIM_RETRY_BUDGET, || {
+            self.ledger.mark_running_many(&requests, &self.holder)
+        })
+        .await
+        {
+            Ok(runs) => runs,
+            Err(e) => {
+                tracing::error!(entries = deliveries.len(), error = %e, "could not claim runs; leaving the entries pending");
+                self.stats
+                    .deferred
+                    .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
+                return deliveries
+                    .into_iter()
+                    .map(|d| (d, Err(Processed::Deferred)))
+                    .collect();
+            }
+        };
+        let mut claimed: HashMap<RunId, Run> = claimed.into_iter().map(|r| (r.id, r)).collect();
+        let mut skipped: Vec<(String, String)> = Vec::new();
+        let results: Vec<(Delivery, Result<Run, Processed>)> = deliveries
+            .into_iter()
+            .map(|delivery| {
+                let outcome = match &delivery.entry {
+                    None => {
+                        tracing::warn!(queue = %delivery.queue, entry_id = %delivery.entry_id, "malformed entry acknowledged and skipped");
+                        Err(Processed::Skipped(SkipReason::Malformed))
+                    }
+                    // The run is handed to the first of its deliveries that carries
+                    // the claimed attempt; a duplicate in the same batch is skipped.
+                    Some(entry) => match claimed.remove(&entry.run_id).filter(|r| r.attempt == entry.attempt) {
+                        Some(run) => Ok(run),
+                        None => {
+                            tracing::info!(run_id = %entry.run_id, tenant_id = entry.tenant_id, attempt = entry.attempt,
+                                entry_id = %delivery.entry_id, "entry matches no queued run (duplicate, late or forged); skipped");
+                            Err(Processed::Skipped(SkipReason::NotClaimable))
+                        }
+                    },
+                };
+                if outcome.is_err() {
+                    skipped.push((delivery.queue.clone(), delivery.entry_id.clone()));
+                }
+                (delivery, outcome)
+            })
+            .collect();
+        self.stats
+            .skipped
+            .fetch_add(skipped.len() as u64, Ordering::Relaxed);
+        let mut by_queue: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (queue, entry_id) in &skipped {
+            by_queue.entry(queue).or_default().push(entry_id);
+        }
+        for (queue, entry_ids) in by_queue {
+            if let Err(e) = self.transport.ack(queue, &entry_ids).await {
+                tracing::warn!(queue, error = %e, "acknowledge failed; entries stay pending");
+            }
+        }
+        results
+    }
+
+    /// Run a claimed run: the handler stack, then the fenced terminal write
+    /// (or a retry), then the acknowledgement.
+    pub async fn run_claimed(&self, delivery: Delivery, run: Run) -> Processed {
         let lost = self.in_flight.insert(run.id);
         let span = tracing::info_span!("run", run_id = %run.id, tenant_id = run.tenant_id, r#type = %run.run_type, attempt = run.attempt, queue = %run.queue);
         tracing::info!(parent: &span, "run started");
