@@ -47,6 +47,15 @@ pub enum Error {
         /// How long it waited.
         after: std::time::Duration,
     },
+    /// A grouped write (several runs in one statement) failed; every run in
+    /// the group gets this copy of the driver's message.
+    #[error("{message}")]
+    BatchFailed {
+        /// The driver error, as text.
+        message: String,
+        /// Whether Postgres was unreachable (worth retrying).
+        unavailable: bool,
+    },
     /// Concurrent starts of one identity kept racing completions; try again.
     #[error("ensuring run: the active run for this identity kept changing; try again")]
     DedupeContention,
@@ -69,6 +78,7 @@ impl Error {
     /// with the "unavailable" code.
     pub fn is_database_unavailable(&self) -> bool {
         match self {
+            Error::BatchFailed { unavailable, .. } => *unavailable,
             Error::Database { source, .. } => match source {
                 sqlx::Error::Io(_)
                 | sqlx::Error::Tls(_)

@@ -63,6 +63,7 @@ fn start(env: &TestEnv, trace: &Trace) -> Running {
         &opsrun::registry::Registry::default().defaults,
     );
     let lifecycle = Lifecycle::new(env.ledger().clone(), transport.clone(), "test-worker:1")
+        .group_commit()
         .fallback(route)
         .layer(Recording("outer", trace.clone()))
         .layer(Recording("inner", trace.clone()));

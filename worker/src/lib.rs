@@ -42,7 +42,7 @@ pub fn lifecycle_for(
     registry: &Registry,
 ) -> Result<Lifecycle, String> {
     check_handlers(registry)?;
-    let mut lifecycle = Lifecycle::new(ledger, transport, holder);
+    let mut lifecycle = Lifecycle::new(ledger, transport, holder).group_commit();
     for name in demo::DEMO_TYPES {
         let spec = registry.spec(name).unwrap_or(&registry.defaults);
         lifecycle = lifecycle.route(*name, Route::new(Arc::new(demo::DemoHandler), spec));

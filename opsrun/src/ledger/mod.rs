@@ -453,6 +453,37 @@ impl Ledger {
         .map_err(db("taking due runs"))
     }
 
+    /// Write the terminal states of many runs in one statement, each fenced
+    /// on its claim exactly as [`Ledger::complete`] with [`Fence::Claim`]
+    /// does. Returns the runs completed; a run missing from the result was
+    /// no longer held by that claim.
+    pub async fn complete_many(
+        &self,
+        completions: &[(Claim<'_>, Terminal<'_>)],
+    ) -> Result<Vec<Run>> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
+             SET status = 'completed', outcome = c.c_outcome, summary_counts = c.c_counts, \
+                 failure_summary = c.c_failures, completed_at = now() \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+                 AS c(c_tenant, c_id, c_holder, c_attempt, c_outcome, c_counts, c_failures) \
+             WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'running' \
+               AND holder = c.c_holder AND attempt = c.c_attempt \
+             RETURNING {cols}"))
+        .bind(completions.iter().map(|(c, _)| c.tenant_id).collect::<Vec<_>>())
+        .bind(completions.iter().map(|(c, _)| c.run_id.0).collect::<Vec<_>>())
+        .bind(completions.iter().map(|(c, _)| c.holder.to_string()).collect::<Vec<_>>())
+        .bind(completions.iter().map(|(c, _)| c.attempt).collect::<Vec<_>>())
+        .bind(completions.iter().map(|(_, t)| t.outcome.as_str().to_string()).collect::<Vec<_>>())
+        .bind(completions.iter().map(|(_, t)| Json(t.counts)).collect::<Vec<_>>())
+        .bind(completions.iter().map(|(_, t)| Json(t.failures)).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("completing runs"))
+    }
+
     /// Running runs whose heartbeat is older than their lease (Postgres
     /// clock), stalest first.
     pub async fn stale_running(&self, limit: i64) -> Result<Vec<Run>> {

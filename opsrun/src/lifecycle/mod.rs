@@ -4,6 +4,7 @@
 //! only then XACK. Delivery is at-least-once; the terminal state is written
 //! exactly once.
 
+mod completer;
 mod handler;
 mod heartbeat;
 mod middleware;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use completer::Completer;
 pub use handler::{Handler, Job, JobReport, JobResult, Route};
 pub use heartbeat::{InFlight, heartbeat_loop};
 pub use middleware::{Middleware, Next};
@@ -85,6 +87,7 @@ pub struct Lifecycle {
     middleware: Arc<Vec<Arc<dyn Middleware>>>,
     in_flight: InFlight,
     stats: Arc<LifecycleStats>,
+    completer: Option<Completer>,
 }
 
 impl Lifecycle {
@@ -99,6 +102,7 @@ impl Lifecycle {
             middleware: Arc::new(Vec::new()),
             in_flight: InFlight::default(),
             stats: Arc::default(),
+            completer: None,
         }
     }
 
@@ -111,6 +115,14 @@ impl Lifecycle {
     /// Handle every type without its own route with `route`.
     pub fn fallback(mut self, route: Route) -> Self {
         self.fallback = Some(route);
+        self
+    }
+
+    /// Write terminal states in groups: completions that happen within a few
+    /// milliseconds of each other share one statement (same fencing).
+    /// Starts a task, so call it inside a Tokio runtime.
+    pub fn group_commit(mut self) -> Self {
+        self.completer = Some(Completer::start(self.ledger.clone()));
         self
     }
 
@@ -272,16 +284,17 @@ impl Lifecycle {
             return self.after_retry(retried, &delivery, &span, delay).await;
         }
         let (outcome, counts, failures) = terminal_state(result, prior);
-        let completion = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || {
-            self.ledger.complete(
-                Fence::Claim(claim),
-                Terminal {
-                    outcome,
-                    counts: &counts,
-                    failures: &failures,
-                    reclaim: None,
-                },
-            )
+        let terminal = Terminal {
+            outcome,
+            counts: &counts,
+            failures: &failures,
+            reclaim: None,
+        };
+        let completion = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || async {
+            match &self.completer {
+                Some(completer) => completer.complete(&claim, terminal).await,
+                None => self.ledger.complete(Fence::Claim(claim), terminal).await,
+            }
         })
         .await;
         self.in_flight.remove(run.id);

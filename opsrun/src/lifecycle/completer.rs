@@ -1,0 +1,122 @@
+//! Group commit of terminal writes: jobs that finish around the same time
+//! have their fenced completions written by one statement. A job hands its
+//! completion over and waits for its own answer; the batch is flushed when
+//! it is full or a few milliseconds after its first completion, so a lone
+//! completion waits at most that long.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::ledger::{Claim, Ledger, Terminal};
+use crate::run::{Failure, Outcome, Run, RunId, SummaryCounts};
+
+/// Most completions written by one statement.
+pub const MAX_BATCH: usize = 128;
+/// Longest a completion waits for others to join its batch.
+pub const MAX_DELAY: Duration = Duration::from_millis(2);
+
+/// One completion waiting to be written.
+struct Pending {
+    tenant_id: i64,
+    run_id: RunId,
+    holder: String,
+    attempt: i32,
+    outcome: Outcome,
+    counts: SummaryCounts,
+    failures: Vec<Failure>,
+    reply: oneshot::Sender<Result<Option<Run>>>,
+}
+
+/// Hands completions to the batching task.
+#[derive(Clone)]
+pub struct Completer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Completer {
+    /// Start the batching task over `ledger`; it ends when every handle is dropped.
+    pub fn start(ledger: Ledger) -> Completer {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(flush_loop(ledger, rx));
+        Completer { tx }
+    }
+
+    /// Write `terminal` fenced on `claim`, together with whatever else is
+    /// completing now. `None`: the claim was lost. An error means the batch
+    /// was not written (Postgres unreachable, say) and may be retried.
+    pub async fn complete(&self, claim: &Claim<'_>, terminal: Terminal<'_>) -> Result<Option<Run>> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            tenant_id: claim.tenant_id,
+            run_id: claim.run_id,
+            holder: claim.holder.to_string(),
+            attempt: claim.attempt,
+            outcome: terminal.outcome,
+            counts: *terminal.counts,
+            failures: terminal.failures.to_vec(),
+            reply,
+        };
+        let gone = || Error::invalid("completer", "the completion task has stopped");
+        self.tx.send(pending).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+async fn flush_loop(ledger: Ledger, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::sleep(MAX_DELAY);
+        tokio::pin!(deadline);
+        while batch.len() < MAX_BATCH {
+            tokio::select! {
+                _ = &mut deadline => break,
+                next = rx.recv() => match next {
+                    Some(p) => batch.push(p),
+                    None => break,
+                },
+            }
+        }
+        let rows: Vec<(Claim<'_>, Terminal<'_>)> = batch
+            .iter()
+            .map(|p| {
+                (
+                    Claim {
+                        tenant_id: p.tenant_id,
+                        run_id: p.run_id,
+                        holder: &p.holder,
+                        attempt: p.attempt,
+                    },
+                    Terminal {
+                        outcome: p.outcome,
+                        counts: &p.counts,
+                        failures: &p.failures,
+                        reclaim: None,
+                    },
+                )
+            })
+            .collect();
+        let written = ledger.complete_many(&rows).await;
+        drop(rows);
+        match written {
+            Ok(runs) => {
+                let mut runs: std::collections::HashMap<RunId, Run> =
+                    runs.into_iter().map(|r| (r.id, r)).collect();
+                for p in batch {
+                    let _ = p.reply.send(Ok(runs.remove(&p.run_id)));
+                }
+            }
+            Err(e) => {
+                // Each caller decides whether to retry (Postgres unavailable) or give up.
+                let (message, unavailable) = (e.to_string(), e.is_database_unavailable());
+                for p in batch {
+                    let _ = p.reply.send(Err(Error::BatchFailed {
+                        message: message.clone(),
+                        unavailable,
+                    }));
+                }
+            }
+        }
+    }
+}
