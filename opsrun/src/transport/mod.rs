@@ -237,23 +237,21 @@ impl Transport {
         StreamReader::new(self.client.clone(), self.keys.clone(), queue, consumer)
     }
 
-    /// Run one command on a pooled connection under the command timeout.
-    async fn run<T: redis::FromRedisValue>(
+    /// Run `f` on a pooled connection under the command timeout.
+    async fn with_connection<T>(
         &self,
         operation: impl Fn() -> String,
-        cmd: &redis::Cmd,
+        f: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let work = async {
             let mut conn = self.pool.get().await.map_err(|source| Error::RedisPool {
                 operation: operation(),
                 source,
             })?;
-            cmd.query_async::<T>(&mut conn)
-                .await
-                .map_err(|source| Error::Redis {
-                    operation: operation(),
-                    source,
-                })
+            f(&mut conn).await.map_err(|source| Error::Redis {
+                operation: operation(),
+                source,
+            })
         };
         // The connection has its own response timeout; this bounds pool waits
         // and connects too, so a caller is never held longer than promised.
@@ -266,24 +264,23 @@ impl Transport {
         }
     }
 
+    /// Run one command on a pooled connection under the command timeout.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        operation: impl Fn() -> String,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
+        self.with_connection(operation, async |conn| cmd.query_async::<T>(conn).await)
+            .await
+    }
+
     /// XADD an entry to `queue`'s stream; returns the entry id. An error
     /// (notably a timeout) does not prove the entry was not added: a late
     /// XADD is harmless because the claim checks the row's status.
     pub async fn publish(&self, queue: &str, entry: &Entry) -> Result<String> {
-        let stream = self.keys.queue_stream(queue);
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&stream)
-            .arg("*")
-            .arg("run_id")
-            .arg(entry.run_id.0)
-            .arg("tenant_id")
-            .arg(entry.tenant_id)
-            .arg("type")
-            .arg(&entry.run_type)
-            .arg("attempt")
-            .arg(entry.attempt);
-        self.run(|| format!("publishing to stream {stream}"), &cmd)
-            .await
+        let mut ids = self.publish_many(&[(queue, entry.clone())]).await?;
+        ids.pop()
+            .ok_or_else(|| Error::invalid("redis", "XADD returned no entry id"))
     }
 
     /// XADD many entries in one pipelined round trip; returns their ids in
@@ -307,26 +304,14 @@ impl Transport {
                 .arg("attempt")
                 .arg(entry.attempt);
         }
-        let operation = || format!("publishing {} entries", entries.len());
-        let work = async {
-            let mut conn = self.pool.get().await.map_err(|source| Error::RedisPool {
-                operation: operation(),
-                source,
-            })?;
-            pipe.query_async::<Vec<String>>(&mut conn)
-                .await
-                .map_err(|source| Error::Redis {
-                    operation: operation(),
-                    source,
-                })
+        let operation = || match entries {
+            [(queue, _)] => format!("publishing to stream {}", self.keys.queue_stream(queue)),
+            _ => format!("publishing {} entries", entries.len()),
         };
-        match tokio::time::timeout(self.command_timeout * 2, work).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::RedisTimeout {
-                operation: operation(),
-                after: self.command_timeout * 2,
-            }),
-        }
+        self.with_connection(operation, async |conn| {
+            pipe.query_async::<Vec<String>>(conn).await
+        })
+        .await
     }
 
     /// Create the consumer group of `queue` (and its stream) if missing.
