@@ -51,6 +51,21 @@ async fn audit(env: &TestEnv) -> (i64, Vec<(String, i64)>) {
     (outcomes.iter().map(|o| o.1).sum(), outcomes)
 }
 
+/// `count` runs of tenant 6 that completed 100 days ago (past retention).
+async fn insert_expired_runs(env: &TestEnv, count: i32) {
+    sqlx::query(
+        "INSERT INTO operation_runs (tenant_id, initiator_name, type, run_identity_hash, queue, status, outcome, \
+             created_at, started_at, completed_at, attempt, holder, heartbeat_at) \
+         SELECT 6, 'System', 'test.old', md5(g::text) || md5(g::text), 'default', 'completed', 'succeeded', \
+             now() - interval '200 days', now() - interval '200 days', now() - interval '100 days', 1, 'w', now() \
+         FROM generate_series(1, $1) g",
+    )
+    .bind(count)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
 fn wait_for_exit(worker: &mut Worker, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
@@ -363,16 +378,7 @@ async fn concurrent_reapers_reclaim_each_run_once_and_delete_nothing_active() {
             .unwrap();
     }
     // 3000 completed runs past retention, and 10 active runs created as long ago.
-    sqlx::query(
-        "INSERT INTO operation_runs (tenant_id, initiator_name, type, run_identity_hash, queue, status, outcome, \
-             created_at, started_at, completed_at, attempt, holder, heartbeat_at) \
-         SELECT 6, 'System', 'test.old', md5(g::text) || md5(g::text), 'default', 'completed', 'succeeded', \
-             now() - interval '200 days', now() - interval '200 days', now() - interval '100 days', 1, 'w', now() \
-         FROM generate_series(1, 3000) g",
-    )
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    insert_expired_runs(&env, 3000).await;
     sqlx::query(
         "INSERT INTO operation_runs (tenant_id, initiator_name, type, run_identity_hash, queue, created_at) \
          SELECT 7, 'System', 'test.old', md5(g::text) || md5(g::text), 'default', now() - interval '200 days' \
@@ -436,16 +442,7 @@ async fn concurrent_reapers_reclaim_each_run_once_and_delete_nothing_active() {
 #[tokio::test]
 async fn a_reaper_killed_mid_retention_leaves_a_consistent_ledger() {
     let env = TestEnv::new().await;
-    sqlx::query(
-        "INSERT INTO operation_runs (tenant_id, initiator_name, type, run_identity_hash, queue, status, outcome, \
-             created_at, started_at, completed_at, attempt, holder, heartbeat_at) \
-         SELECT 6, 'System', 'test.old', md5(g::text) || md5(g::text), 'default', 'completed', 'succeeded', \
-             now() - interval '200 days', now() - interval '200 days', now() - interval '100 days', 1, 'w', now() \
-         FROM generate_series(1, 20000) g",
-    )
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    insert_expired_runs(&env, 20000).await;
     let active = enqueue(&env.service, 6, "test.succeed").await;
     let mut reaper = env
         .command("reaper")
