@@ -238,10 +238,7 @@ async fn redis_unreachable_exits_3_with_a_failed_run_then_a_new_enqueue_creates_
 #[tokio::test]
 async fn postgres_unreachable_exits_4_and_dispatches_nothing() {
     let env = TestEnv::new().await;
-    let closed = format!(
-        "postgres://opsrun@127.0.0.1:{}/opsrun",
-        devstack::free_port().unwrap()
-    );
+    let closed = support::unreachable_postgres_url();
     let out = env
         .command("producer")
         .env("DATABASE_URL", &closed)
@@ -272,7 +269,6 @@ async fn migrate_is_idempotent_and_help_documents_exit_codes() {
 
 #[tokio::test]
 async fn inputs_from_stdin_and_secrets_from_files() {
-    use std::io::Write;
     let env = TestEnv::new().await;
     let dir = std::env::temp_dir().join(format!("opsrun-producer-{}", env.prefix));
     std::fs::create_dir_all(&dir).unwrap();
@@ -280,33 +276,23 @@ async fn inputs_from_stdin_and_secrets_from_files() {
     let redis_file = dir.join("redis_url");
     std::fs::write(&db_file, format!("{}\n", env.database_url)).unwrap();
     std::fs::write(&redis_file, &env.redis_url).unwrap();
-    let mut child = env
-        .command("producer")
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env("DATABASE_URL_FILE", &db_file)
-        .env("REDIS_URL_FILE", &redis_file)
-        .args([
-            "enqueue",
-            "--tenant",
-            "3",
-            "--type",
-            "backup.run",
-            "--inputs-file",
-            "-",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"scope":"mailboxes"}"#)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = support::run_with_stdin(
+        env.command("producer")
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env("DATABASE_URL_FILE", &db_file)
+            .env("REDIS_URL_FILE", &redis_file)
+            .args([
+                "enqueue",
+                "--tenant",
+                "3",
+                "--type",
+                "backup.run",
+                "--inputs-file",
+                "-",
+            ]),
+        br#"{"scope":"mailboxes"}"#,
+    );
     support::assert_exit(&out, 0);
     let run = json_stdout(&out);
     let inputs: serde_json::Value =
@@ -335,7 +321,6 @@ async fn inputs_from_stdin_and_secrets_from_files() {
 
 #[tokio::test]
 async fn batch_enqueue_prints_a_result_per_line_and_refuses_a_bad_batch_whole() {
-    use std::io::Write;
     let env = TestEnv::new().await;
     let batch = [
         r#"{"tenant_id": 1, "type": "inventory.sync", "inputs": {"site": "paris"}, "user_id": 7, "initiator_name": "Ada"}"#,
@@ -345,21 +330,10 @@ async fn batch_enqueue_prints_a_result_per_line_and_refuses_a_bad_batch_whole() 
         r#"{"tenant_id": 2, "type": "backup.run", "at": "2030-01-01T00:00:00Z"}"#,
     ]
     .join("\n");
-    let mut child = env
-        .command("producer")
-        .args(["enqueue", "--batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(batch.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = support::run_with_stdin(
+        env.command("producer").args(["enqueue", "--batch", "-"]),
+        batch.as_bytes(),
+    );
     support::assert_exit(&out, 0);
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()

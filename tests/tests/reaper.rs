@@ -299,10 +299,7 @@ async fn reaper_once_prints_counts_and_rejects_bad_configuration() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
-    let closed = format!(
-        "postgres://opsrun@127.0.0.1:{}/x",
-        devstack::free_port().unwrap()
-    );
+    let closed = support::unreachable_postgres_url();
     let out = env
         .command("reaper")
         .env("DATABASE_URL", closed)

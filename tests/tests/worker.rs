@@ -276,10 +276,7 @@ async fn bad_configuration_exits_2_and_unreachable_postgres_exits_4() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
-    let closed = format!(
-        "postgres://opsrun@127.0.0.1:{}/x",
-        devstack::free_port().unwrap()
-    );
+    let closed = support::unreachable_postgres_url();
     let out = env
         .command("worker")
         .env("DATABASE_URL", closed)

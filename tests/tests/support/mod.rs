@@ -192,6 +192,27 @@ where
     }
 }
 
+/// A Postgres URL nobody listens on (connection refused).
+pub fn unreachable_postgres_url() -> String {
+    format!(
+        "postgres://opsrun@127.0.0.1:{}/opsrun",
+        devstack::free_port().unwrap()
+    )
+}
+
+/// Run `cmd` with `input` on its stdin and collect its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Assert that a finished command exited with `code`, showing its stderr
 /// when not; returns the stderr.
 pub fn assert_exit(out: &Output, code: i32) -> String {
