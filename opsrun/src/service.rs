@@ -134,7 +134,7 @@ impl RunService {
     pub async fn ensure_run(&self, request: &RunRequest) -> Result<EnsuredRun> {
         let prepared = self.prepare(request)?;
         let new = prepared.new_run(request);
-        let (mut run, created) = self.ledger.insert_or_get(&new).await?;
+        let (run, created) = self.ledger.insert_or_get(&new).await?;
         if !created {
             return Ok(EnsuredRun {
                 run,
@@ -147,49 +147,11 @@ impl RunService {
                 dispatch: Dispatch::Scheduled,
             });
         }
-        match self.dispatch(&run).await {
-            Ok(entry_id) => {
-                run.dispatch_entry_id = Some(entry_id.clone());
-                Ok(EnsuredRun {
-                    run,
-                    dispatch: Dispatch::Sent { entry_id },
-                })
-            }
-            Err(e) => {
-                let failure = sanitize::failure(DISPATCH_FAILED, &e.to_string());
-                tracing::warn!(run_id = %run.id, tenant_id = run.tenant_id, error = %failure.message, "dispatch failed");
-                let run = match self
-                    .ledger
-                    .fail_queued(run.tenant_id, run.id, &failure)
-                    .await
-                {
-                    Ok(Some(failed)) => failed,
-                    // Not queued any more: a timed-out XADD landed and a worker
-                    // claimed the run. Report it as it stands.
-                    Ok(None) => match self.ledger.get(run.tenant_id, run.id).await? {
-                        Some(current) => {
-                            return Ok(EnsuredRun {
-                                dispatch: Dispatch::Sent {
-                                    entry_id: String::new(),
-                                },
-                                run: current,
-                            });
-                        }
-                        None => run,
-                    },
-                    // Postgres went away too: the run stays queued and the
-                    // reaper's lost-dispatch pass sends it again.
-                    Err(write_error) => {
-                        tracing::error!(run_id = %run.id, error = %write_error, "could not record the failed dispatch");
-                        run
-                    }
-                };
-                Ok(EnsuredRun {
-                    run,
-                    dispatch: Dispatch::Failed(failure),
-                })
-            }
-        }
+        let mut dispatched = self.dispatch_many(&[&run]).await;
+        Ok(dispatched.remove(&run.id).unwrap_or(EnsuredRun {
+            run,
+            dispatch: Dispatch::Scheduled,
+        }))
     }
 
     /// Validate a request and resolve it against the registry: queue,
@@ -373,23 +335,42 @@ impl RunService {
                 let failure = sanitize::failure(DISPATCH_FAILED, &e.to_string());
                 tracing::warn!(runs = runs.len(), error = %failure.message, "batch dispatch failed");
                 for run in runs {
-                    // Not queued any more (a late XADD landed and was claimed) or
-                    // Postgres gone: report the run as it was.
-                    let run = match self
+                    let ensured = match self
                         .ledger
                         .fail_queued(run.tenant_id, run.id, &failure)
                         .await
                     {
-                        Ok(Some(failed)) => failed,
-                        _ => (*run).clone(),
-                    };
-                    out.insert(
-                        run.id,
-                        EnsuredRun {
-                            run,
+                        Ok(Some(failed)) => EnsuredRun {
+                            run: failed,
                             dispatch: Dispatch::Failed(failure.clone()),
                         },
-                    );
+                        // Not queued any more: a timed-out XADD landed and a worker
+                        // claimed the run. Report it as it stands.
+                        Ok(None) => match self.ledger.get(run.tenant_id, run.id).await {
+                            Ok(Some(current)) => {
+                                let entry_id =
+                                    current.dispatch_entry_id.clone().unwrap_or_default();
+                                EnsuredRun {
+                                    run: current,
+                                    dispatch: Dispatch::Sent { entry_id },
+                                }
+                            }
+                            _ => EnsuredRun {
+                                run: (*run).clone(),
+                                dispatch: Dispatch::Failed(failure.clone()),
+                            },
+                        },
+                        // Postgres went away too: the run stays queued and the
+                        // reaper's lost-dispatch pass sends it again.
+                        Err(e) => {
+                            tracing::error!(run_id = %run.id, error = %e, "could not record the failed dispatch");
+                            EnsuredRun {
+                                run: (*run).clone(),
+                                dispatch: Dispatch::Failed(failure.clone()),
+                            }
+                        }
+                    };
+                    out.insert(run.id, ensured);
                 }
             }
         }
