@@ -13,7 +13,10 @@
 //!
 //! Modules: [`run`] (the model), [`identity`], [`request`] (validation),
 //! [`sanitize`], [`ledger`] (all SQL), [`transport`] (all stream commands),
-//! [`lifecycle`] (worker middleware), [`service`] (the service interface).
+//! [`lifecycle`] (worker middleware), [`service`] (the service interface),
+//! [`listing`] (Monitoring → Operations filters and pages), [`access`]
+//! (monitor tokens and roles), [`notification`] (initiator notifications),
+//! [`mirror`] (adapter runs that shadow a domain record).
 //!
 //! ```no_run
 //! use opsrun::{Ledger, RunRequest, RunService, Transport, TransportConfig};
@@ -33,11 +36,15 @@
 //! # }
 //! ```
 
+pub mod access;
 pub mod config;
 pub mod error;
 pub mod identity;
 pub mod ledger;
 pub mod lifecycle;
+pub mod listing;
+pub mod mirror;
+pub mod notification;
 pub mod registry;
 pub mod request;
 pub mod run;

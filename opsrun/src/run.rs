@@ -43,6 +43,15 @@ impl Status {
         }
     }
 
+    /// How people read it: `Queued`, `Running`, `Completed`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Queued => "Queued",
+            Status::Running => "Running",
+            Status::Completed => "Completed",
+        }
+    }
+
     /// Whether the run still holds its identity (the dedupe index covers it).
     pub fn is_active(self) -> bool {
         matches!(self, Status::Queued | Status::Running)
@@ -58,6 +67,18 @@ impl Status {
                 | (Status::Running, Status::Completed)
                 | (Status::Running, Status::Queued)
         )
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = ();
+
+    /// Parse the stored spelling.
+    fn from_str(s: &str) -> Result<Self, ()> {
+        [Status::Queued, Status::Running, Status::Completed]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or(())
     }
 }
 
@@ -90,6 +111,18 @@ impl Outcome {
         }
     }
 
+    /// How people read it: `Pending`, `Succeeded`, `Partially succeeded`,
+    /// `Failed`, `Cancelled`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Pending => "Pending",
+            Outcome::Succeeded => "Succeeded",
+            Outcome::PartiallySucceeded => "Partially succeeded",
+            Outcome::Failed => "Failed",
+            Outcome::Cancelled => "Cancelled",
+        }
+    }
+
     /// Whether this outcome ends a run.
     pub fn is_terminal(self) -> bool {
         self != Outcome::Pending
@@ -109,6 +142,24 @@ impl Outcome {
         } else {
             Outcome::Failed
         }
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = ();
+
+    /// Parse the stored spelling.
+    fn from_str(s: &str) -> Result<Self, ()> {
+        [
+            Outcome::Pending,
+            Outcome::Succeeded,
+            Outcome::PartiallySucceeded,
+            Outcome::Failed,
+            Outcome::Cancelled,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .ok_or(())
     }
 }
 
@@ -245,6 +296,9 @@ pub struct Run {
     pub lease_seconds: i32,
     /// Not dispatched before this time (scheduled runs, retries in backoff).
     pub not_before: Option<DateTime<Utc>>,
+    /// The domain record an adapter run mirrors (never dispatched or
+    /// reclaimed: see [`crate::mirror`]); `None` for runs opsrun executes.
+    pub domain_id: Option<String>,
     /// When the latest attempt started.
     pub started_at: Option<DateTime<Utc>>,
     /// When the run completed.

@@ -52,6 +52,11 @@ static CODE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$").expect("code pattern compiles")
 });
 
+/// Whether `code` is a stable failure code such as `job.timeout`.
+pub fn is_valid_code(code: &str) -> bool {
+    CODE.is_match(code)
+}
+
 /// Remove secrets from `text` and bound it to [`MAX_MESSAGE_BYTES`].
 /// Control characters other than newline and tab are dropped.
 pub fn redact(text: &str) -> String {

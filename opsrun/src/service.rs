@@ -81,6 +81,7 @@ impl Prepared<'_> {
             rule: &self.spec.identity,
             max_attempts: self.spec.max_attempts,
             lease_seconds: self.spec.lease.as_secs().clamp(1, i32::MAX as u64) as i32,
+            domain_id: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use opsrun::mirror::{DomainStatus, MirrorRequest};
 use opsrun::request::{parse_json_object, parse_positive_id, validate_queue, validate_type};
 use opsrun::service::view_url;
 use opsrun::{Dispatch, Initiator, Ledger, RunRequest, RunService, Transport};
@@ -34,6 +35,11 @@ enum Command {
     /// Create a run (or return the active one with the same identity) and dispatch it.
     #[command(after_help = EXIT_CODES)]
     Enqueue(Box<EnqueueArgs>),
+    /// Keep the shadow run of a domain record (e.g. a restore) in line with the record:
+    /// none before it is previewed, then queued, running and completed as it moves.
+    /// Idempotent; needs no Redis (nothing is dispatched).
+    #[command(after_help = EXIT_CODES)]
+    Mirror(Box<MirrorArgs>),
     /// Apply the database migrations.
     #[command(after_help = EXIT_CODES)]
     Migrate(DatabaseArgs),
@@ -99,6 +105,64 @@ struct EnqueueArgs {
     database: DatabaseArgs,
 }
 
+#[derive(Args)]
+struct MirrorArgs {
+    /// Tenant id (positive integer).
+    #[arg(long, allow_hyphen_values = true,
+          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+    tenant: i64,
+    /// Run type of the shadow run, e.g. restore.execute.
+    #[arg(long = "type",
+          value_parser = |s: &str| validate_type(s).map(|_| s.to_string()).map_err(|e| e.to_string()))]
+    run_type: String,
+    /// The domain record's id (one shadow run per record and type).
+    #[arg(long)]
+    domain_id: String,
+    /// Where the record stands: draft, previewing, previewed, queued, running,
+    /// succeeded, partially_succeeded, failed or cancelled.
+    #[arg(long, value_parser = |s: &str| s.parse::<DomainStatus>().map_err(|e| e.to_string()))]
+    domain_status: DomainStatus,
+    /// Initiating user id; omit for system records.
+    #[arg(long, requires = "initiator_name", allow_hyphen_values = true,
+          value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
+    user_id: Option<i64>,
+    /// Snapshot of the initiating user's name (required with --user-id).
+    #[arg(long)]
+    initiator_name: Option<String>,
+    /// Context as a JSON object, e.g. {"restore_run_id": 12}.
+    #[arg(long)]
+    context: Option<String>,
+    /// Item counts of a finished record, e.g. {"total":10,"success":8,"failed":2}.
+    #[arg(long)]
+    summary_counts: Option<String>,
+    /// A failure of a finished record as CODE=MESSAGE (repeatable; messages are sanitized).
+    #[arg(long = "failure", value_parser = parse_failure)]
+    failures: Vec<opsrun::Failure>,
+    /// Base URL of Monitoring → Operations, for view_url.
+    #[arg(
+        long,
+        env = "OPSRUN_MONITOR_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    monitor_url: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+fn parse_failure(text: &str) -> Result<opsrun::Failure, String> {
+    let (code, message) = text.split_once('=').ok_or_else(|| {
+        format!("{text:?} is not CODE=MESSAGE, e.g. restore.item_failed=disk full")
+    })?;
+    if !opsrun::sanitize::is_valid_code(code) {
+        return Err(format!(
+            "{code:?} is not a failure code such as restore.item_failed"
+        ));
+    }
+    Ok(opsrun::sanitize::failure(code, message))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     opsrun_cli::init_logging("warn");
@@ -106,9 +170,60 @@ fn main() -> ExitCode {
     opsrun_cli::run_main(true, async {
         match cli.command {
             Command::Enqueue(args) => enqueue(*args).await,
+            Command::Mirror(args) => mirror(*args).await,
             Command::Migrate(args) => migrate(args).await,
         }
     })
+}
+
+async fn mirror(args: MirrorArgs) -> Result<u8, Failure> {
+    let registry = args.registry.load()?;
+    let mut run = RunRequest::new(args.tenant, &args.run_type);
+    if let Some(text) = &args.context {
+        run = run.context(parse_json_object("context", text)?);
+    }
+    if let Some(user_id) = args.user_id {
+        run = run.initiator(Initiator::user(
+            user_id,
+            args.initiator_name.clone().unwrap_or_default(),
+        ));
+    }
+    let summary_counts = match &args.summary_counts {
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            Failure::new(exit::INVALID, format!("invalid summary_counts: {e} (expected {{\"total\":10,\"success\":8,\"failed\":2,\"skipped\":0}})"))
+        })?,
+        None => opsrun::SummaryCounts::default(),
+    };
+    let request = MirrorRequest {
+        run,
+        domain_id: args.domain_id.clone(),
+        status: args.domain_status,
+        summary_counts,
+        failures: args.failures.clone(),
+    };
+    // Validate everything before connecting: the run request, the domain id and the type.
+    request.validate()?;
+    registry.spec(&request.run.run_type)?;
+    let ledger = Ledger::new(args.database.connect(1).await?);
+    let mirrored = opsrun::mirror::apply(&ledger, &registry, &request).await?;
+    let output = match &mirrored.run {
+        Some(run) => json!({
+            "run_id": run.id,
+            "tenant_id": run.tenant_id,
+            "type": run.run_type,
+            "domain_id": run.domain_id,
+            "status": run.status,
+            "outcome": run.outcome,
+            "changed": mirrored.changed,
+            "view_url": view_url(&args.monitor_url, run),
+            "failure_summary": run.failure_summary,
+            "summary_counts": run.summary_counts,
+        }),
+        None => json!({"run_id": null, "domain_id": request.domain_id, "changed": false,
+                       "note": "no run before the domain record is previewed"}),
+    };
+    println!("{output}");
+    Ok(exit::OK)
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<u8, Failure> {

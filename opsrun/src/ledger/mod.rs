@@ -2,6 +2,12 @@
 //! `tenant_id` where a caller names a run, and every status change states the
 //! status it expects, so a late or forged writer changes nothing.
 
+mod access;
+mod listing;
+mod notifications;
+
+pub use access::NewToken;
+
 use sqlx::PgPool;
 use sqlx::types::Json;
 
@@ -16,7 +22,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Columns of [`Run`], for `SELECT` and `RETURNING`.
 const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status, outcome, run_identity_hash, \
      summary_counts, failure_summary, context, inputs, queue, attempt, max_attempts, holder, heartbeat_at, \
-     dispatch_entry_id, dispatched_at, reclaims, identity_rule, lease_seconds, not_before, \
+     dispatch_entry_id, dispatched_at, reclaims, identity_rule, lease_seconds, not_before, domain_id, \
      started_at, completed_at, created_at, updated_at";
 
 /// How often `insert_or_get_active` retries when the active twin completes
@@ -38,6 +44,8 @@ pub struct NewRun<'a> {
     pub max_attempts: i32,
     /// Lease in seconds.
     pub lease_seconds: i32,
+    /// The domain record an adapter run mirrors; `None` for dispatched runs.
+    pub domain_id: Option<&'a str>,
 }
 
 /// A worker's hold on a running run: completion is fenced on all of it, so a
@@ -141,14 +149,14 @@ impl Ledger {
         // state, hence no conflict target there.
         const INSERT_ACTIVE: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                identity_rule, max_attempts, lease_seconds, not_before, domain_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE status IN ('queued', 'running') DO NOTHING \
              RETURNING {cols}";
         const INSERT_STRICT: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                identity_rule, max_attempts, lease_seconds, not_before, domain_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT DO NOTHING RETURNING {cols}";
         const SELECT_ACTIVE: &str = "SELECT {cols} FROM operation_runs \
              WHERE tenant_id = $1 AND run_identity_hash = $2 AND status IN ('queued', 'running')";
@@ -172,6 +180,7 @@ impl Ledger {
                     .bind(new.max_attempts)
                     .bind(new.lease_seconds)
                     .bind(request.not_before)
+                    .bind(new.domain_id)
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(db("inserting run"))?;
@@ -190,6 +199,21 @@ impl Ledger {
             }
         }
         Err(crate::Error::DedupeContention)
+    }
+
+    /// The run holding a strict identity, in any state.
+    pub async fn run_by_strict_identity(
+        &self,
+        tenant_id: i64,
+        identity: &str,
+    ) -> Result<Option<Run>> {
+        sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM operation_runs \
+             WHERE tenant_id = $1 AND run_identity_hash = $2 AND identity_rule = 'strict'"))
+        .bind(tenant_id)
+        .bind(identity)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading the run with this identity"))
     }
 
     /// Insert many deterministic or nonce runs in one statement; a run whose
@@ -485,10 +509,11 @@ impl Ledger {
     }
 
     /// Running runs whose heartbeat is older than their lease (Postgres
-    /// clock), stalest first.
+    /// clock), stalest first. Adapter runs are the domain's to move.
     pub async fn stale_running(&self, limit: i64) -> Result<Vec<Run>> {
         sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM operation_runs \
-             WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => lease_seconds) \
+             WHERE status = 'running' AND domain_id IS NULL \
+               AND heartbeat_at < now() - make_interval(secs => lease_seconds) \
              ORDER BY heartbeat_at LIMIT $1"))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -524,14 +549,15 @@ impl Ledger {
     }
 
     /// Queued runs whose latest dispatch (or creation, if none was recorded)
-    /// is older than `age`, oldest first.
+    /// is older than `age`, oldest first. Adapter runs are never dispatched.
     pub async fn queued_dispatched_before(
         &self,
         age: std::time::Duration,
         limit: i64,
     ) -> Result<Vec<Run>> {
         sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM operation_runs \
-             WHERE status = 'queued' AND COALESCE(dispatched_at, created_at) < now() - make_interval(secs => $1) \
+             WHERE status = 'queued' AND domain_id IS NULL \
+               AND COALESCE(dispatched_at, created_at) < now() - make_interval(secs => $1) \
              ORDER BY COALESCE(dispatched_at, created_at) LIMIT $2"))
         .bind(age.as_secs_f64())
         .bind(limit)

@@ -1,0 +1,76 @@
+//! Monitor tokens: created with their hash, looked up by it, revoked.
+
+use super::Ledger;
+use crate::access::{Role, Token, token_hash};
+use crate::error::{Result, db};
+
+const TOKEN_COLUMNS: &str =
+    "id, tenant_id, role, user_id, user_name, label, created_at, revoked_at";
+
+/// A token to create.
+#[derive(Debug, Clone, Copy)]
+pub struct NewToken<'a> {
+    /// The only tenant it sees.
+    pub tenant_id: i64,
+    /// What it may do.
+    pub role: Role,
+    /// The person it acts for, with their name; `None` for a service token.
+    pub user: Option<(i64, &'a str)>,
+    /// What it is for.
+    pub label: Option<&'a str>,
+}
+
+impl Ledger {
+    /// Store a token by its hash (see [`crate::access::generate_token`]).
+    pub async fn create_token(&self, new: &NewToken<'_>, hash: &str) -> Result<Token> {
+        sqlx::query_as::<_, Token>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO api_tokens (tenant_id, role, user_id, user_name, label, token_sha256) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
+        )))
+        .bind(new.tenant_id)
+        .bind(new.role)
+        .bind(new.user.map(|u| u.0))
+        .bind(new.user.map(|u| u.1))
+        .bind(new.label)
+        .bind(hash)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("creating token"))
+    }
+
+    /// The live (unrevoked) token whose text is `secret`.
+    pub async fn token_by_secret(&self, secret: &str) -> Result<Option<Token>> {
+        sqlx::query_as::<_, Token>(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL"
+        )))
+        .bind(token_hash(secret))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading token"))
+    }
+
+    /// A tenant's tokens, newest first (revoked ones included).
+    pub async fn tokens(&self, tenant_id: i64) -> Result<Vec<Token>> {
+        sqlx::query_as::<_, Token>(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant_id = $1 ORDER BY id DESC"
+        )))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing tokens"))
+    }
+
+    /// Revoke a tenant's token; false when there is no such live token.
+    pub async fn revoke_token(&self, tenant_id: i64, id: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = now() \
+             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("revoking token"))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
