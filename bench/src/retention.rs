@@ -182,6 +182,7 @@ async fn write_loop(
             rule: &IdentityRule::Deterministic,
             max_attempts: 3,
             lease_seconds: 60,
+            domain_id: None,
         };
         let (run, _) = ledger.insert_or_get(&new).await?;
         let t = Instant::now();

@@ -1,0 +1,225 @@
+//! The JSON API under `/api/v1`: list and show the caller's tenant's runs,
+//! start one (operators), and read the caller's notifications. Every query
+//! is scoped to the token's tenant; another tenant's run is a 404.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use opsrun::listing::FilterParams;
+use opsrun::{Dispatch, Initiator, RunId, RunRequest};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::{AppState, views};
+
+/// Largest notification page.
+const MAX_NOTIFICATIONS: i64 = 200;
+
+/// A query string that failed to parse (an unknown filter, say) is a 400.
+pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::invalid("query", e.body_text()))
+}
+
+/// `GET /api/v1/runs`: one page of runs, newest first.
+pub async fn list_runs(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Result<Query<FilterParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let params = query(params)?;
+    let now = Utc::now();
+    let filter = params.parse(now)?;
+    let page = state.ledger.list_runs(caller.tenant_id(), &filter).await?;
+    let runs: Vec<views::RunSummary> = page
+        .runs
+        .iter()
+        .map(|r| views::summary(r, &state.public_url, now))
+        .collect();
+    let next_cursor = page.next.map(|c| c.encode());
+    let next_url = page.next.as_ref().map(|c| {
+        format!(
+            "/api/v1/runs?{}",
+            serde_urlencoded::to_string(params.with_cursor(Some(c))).unwrap_or_default()
+        )
+    });
+    Ok(Json(json!({
+        "runs": runs,
+        "since": filter.since,
+        "until": filter.until,
+        "limit": filter.limit,
+        "next_cursor": next_cursor,
+        "next_url": next_url,
+    })))
+}
+
+/// Parse a run id from a path; anything that is not one answers as missing.
+pub fn run_id(text: &str) -> Result<RunId, ApiError> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .map(RunId)
+        .ok_or_else(ApiError::not_found)
+}
+
+/// `GET /api/v1/runs/{id}`: every field of one run.
+pub async fn show_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<views::RunDetail>, ApiError> {
+    let run = state
+        .ledger
+        .get(caller.tenant_id(), run_id(&id)?)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(views::detail(
+        &run,
+        &state.public_url,
+        &state.links,
+        Utc::now(),
+    )))
+}
+
+/// Body of `POST /api/v1/runs`. The tenant and the initiator come from the token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    #[serde(rename = "type")]
+    run_type: String,
+    #[serde(default)]
+    inputs: Option<Value>,
+    #[serde(default)]
+    context: Option<Value>,
+    #[serde(default)]
+    queue: Option<String>,
+    /// Start no earlier than this time.
+    #[serde(default)]
+    at: Option<chrono::DateTime<Utc>>,
+}
+
+/// `POST /api/v1/runs`: the producer's validation, dedupe and dispatch.
+/// 201 for a new run, 200 for a start folded into the active run with the
+/// same identity, 502 when the dispatch failed (the run is recorded as failed).
+pub async fn start_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<StartRun>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    if !caller.0.role.may_start_runs() {
+        return Err(ApiError::forbidden("a readonly token cannot start runs"));
+    }
+    let Json(body) = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
+    let mut request = RunRequest::new(caller.tenant_id(), body.run_type);
+    if let Some(inputs) = body.inputs {
+        request = request.inputs(inputs);
+    }
+    if let Some(context) = body.context {
+        request = request.context(context);
+    }
+    if let Some(queue) = body.queue {
+        request = request.queue(queue);
+    }
+    if let Some(at) = body.at {
+        request = request.not_before(at);
+    }
+    if let (Some(id), Some(name)) = (caller.0.user_id, &caller.0.user_name) {
+        request = request.initiator(Initiator::user(id, name.clone()));
+    }
+    request.validate()?;
+    let service = state.service.as_ref().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "unavailable",
+        message: "this monitor cannot start runs: it was started without REDIS_URL".into(),
+        field: None,
+    })?;
+    let ensured = service.ensure_run(&request).await?;
+    let run = &ensured.run;
+    let (status, dispatch, failure) = match &ensured.dispatch {
+        Dispatch::Sent { .. } => (StatusCode::CREATED, "sent", None),
+        Dispatch::Scheduled => (StatusCode::CREATED, "scheduled", None),
+        Dispatch::Deduplicated => (StatusCode::OK, "deduplicated", None),
+        Dispatch::Failed(f) => (StatusCode::BAD_GATEWAY, "failed", Some(f.clone())),
+    };
+    let body = json!({
+        "run": views::detail(run, &state.public_url, &state.links, Utc::now()),
+        "deduplicated": ensured.deduplicated(),
+        // For a deduplicated start: the run it was folded into.
+        "folded_into": ensured.deduplicated().then_some(run.id),
+        "dispatch": dispatch,
+        "failure": failure,
+        "view_url": opsrun::service::view_url(&state.public_url, run),
+    });
+    Ok((status, Json(body)).into_response())
+}
+
+/// Query of `GET /api/v1/notifications`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationQuery {
+    /// Only unread ones.
+    #[serde(default)]
+    pub unread: bool,
+    /// At most this many (capped to 200).
+    #[serde(default)]
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/notifications`: the caller's own notifications, newest first.
+pub async fn notifications(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Result<Query<NotificationQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let params = query(params)?;
+    let limit = match params.limit {
+        None => 50,
+        Some(n) if n >= 1 => n.min(MAX_NOTIFICATIONS),
+        Some(_) => return Err(ApiError::invalid("limit", "must be at least 1")),
+    };
+    let list = state
+        .ledger
+        .notifications(caller.tenant_id(), caller.user_id()?, params.unread, limit)
+        .await?;
+    Ok(Json(json!({ "notifications": list })))
+}
+
+/// Body of `POST /api/v1/notifications/read`: some ids, or none for all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRead {
+    #[serde(default)]
+    ids: Option<Vec<i64>>,
+}
+
+/// `POST /api/v1/notifications/read`: mark the caller's notifications read.
+pub async fn mark_read(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<MarkRead>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
+    let marked = state
+        .ledger
+        .mark_notifications_read(caller.tenant_id(), caller.user_id()?, body.ids.as_deref())
+        .await?;
+    Ok(Json(json!({ "marked": marked })))
+}
+
+/// `GET /api/v1/me`: what the token is.
+pub async fn me(caller: Caller) -> Json<Value> {
+    let t = &caller.0;
+    Json(json!({
+        "tenant_id": t.tenant_id,
+        "role": t.role,
+        "user_id": t.user_id,
+        "user_name": t.user_name,
+        "label": t.label,
+    }))
+}

@@ -1,0 +1,556 @@
+//! `monitor`: serve Monitoring → Operations over HTTP, manage its tokens,
+//! and give operators the same list, detail and notifications on the
+//! command line (straight from Postgres).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use opsrun::access::{Role, generate_token};
+use opsrun::ledger::NewToken;
+use opsrun::listing::FilterParams;
+use opsrun::request::parse_positive_id;
+use opsrun::{Ledger, RunId, RunService, Transport};
+use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, exit};
+use opsrun_monitor::{AppState, router, views};
+use serde_json::json;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  unexpected error
+  2  invalid input or configuration; nothing was changed
+  4  Postgres unreachable
+  6  no such run or token in that tenant";
+
+/// A run or token that the tenant does not have.
+const NOT_FOUND: u8 = 6;
+
+#[derive(Parser)]
+#[command(name = "monitor", version, about = "Monitoring → Operations: tenant-scoped runs over HTTP and the CLI", after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTML pages and the JSON API.
+    Serve(Box<ServeArgs>),
+    /// Create, list and revoke access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List and show a tenant's runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// List a user's notifications and mark them read.
+    #[command(subcommand)]
+    Notifications(NotificationsCommand),
+}
+
+fn tenant_id(s: &str) -> Result<i64, String> {
+    parse_positive_id("tenant_id", s).map_err(|e| e.to_string())
+}
+
+fn user_id(s: &str) -> Result<i64, String> {
+    parse_positive_id("user_id", s).map_err(|e| e.to_string())
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "OPSRUN_MONITOR_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Public base URL, for the view_url of runs in JSON.
+    #[arg(
+        long,
+        env = "OPSRUN_MONITOR_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    public_url: String,
+    /// Related link for a context key, KEY=TEMPLATE with {value} and {tenant_id}
+    /// (repeatable; an empty template removes a default).
+    #[arg(long = "link", env = "OPSRUN_MONITOR_LINKS", value_delimiter = ',')]
+    links: Vec<String>,
+    /// Postgres connections.
+    #[arg(long, env = "OPSRUN_MONITOR_POOL", default_value_t = 8)]
+    pool: u32,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once (only its hash is stored).
+    Create {
+        #[arg(long, value_parser = tenant_id)]
+        tenant: i64,
+        /// readonly (view) or operator (view and start runs).
+        #[arg(long)]
+        role: Role,
+        /// The user the token acts for: initiator of the runs it starts, reader of their notifications.
+        #[arg(long, requires = "user_name", value_parser = user_id)]
+        user_id: Option<i64>,
+        /// That user's name (required with --user-id).
+        #[arg(long, requires = "user_id")]
+        user_name: Option<String>,
+        /// What the token is for.
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List a tenant's tokens (never their secrets).
+    List {
+        #[arg(long, value_parser = tenant_id)]
+        tenant: i64,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        #[arg(long, value_parser = tenant_id)]
+        tenant: i64,
+        #[arg(long)]
+        id: i64,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+/// The list filters, as flags; the same names and forms as the API's query.
+#[derive(Args)]
+struct FilterArgs {
+    /// Run type, e.g. inventory.sync.
+    #[arg(long = "type")]
+    run_type: Option<String>,
+    /// queued, running or completed.
+    #[arg(long)]
+    status: Option<String>,
+    /// pending, succeeded, partially_succeeded, failed or cancelled.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// system, a user id, or an initiator name.
+    #[arg(long)]
+    initiator: Option<String>,
+    /// A failure code, e.g. job.timeout.
+    #[arg(long)]
+    failure_code: Option<String>,
+    /// A run identity hash.
+    #[arg(long)]
+    identity: Option<String>,
+    /// Created at or after (RFC 3339 or YYYY-MM-DD; default 30 days ago).
+    #[arg(long)]
+    since: Option<String>,
+    /// Created before.
+    #[arg(long)]
+    until: Option<String>,
+    /// Page size (default 50, capped to 200).
+    #[arg(long)]
+    limit: Option<String>,
+    /// The next_cursor printed with the previous page.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+impl FilterArgs {
+    fn params(&self) -> FilterParams {
+        FilterParams {
+            run_type: self.run_type.clone(),
+            status: self.status.clone(),
+            outcome: self.outcome.clone(),
+            initiator: self.initiator.clone(),
+            failure_code: self.failure_code.clone(),
+            identity: self.identity.clone(),
+            since: self.since.clone(),
+            until: self.until.clone(),
+            limit: self.limit.clone(),
+            cursor: self.cursor.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// One page of a tenant's runs, newest first.
+    List {
+        #[arg(long, value_parser = tenant_id)]
+        tenant: i64,
+        #[command(flatten)]
+        filter: Box<FilterArgs>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Every field of one run.
+    Show {
+        #[arg(long, value_parser = tenant_id)]
+        tenant: i64,
+        /// The run id.
+        run_id: i64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[arg(long = "link", env = "OPSRUN_MONITOR_LINKS", value_delimiter = ',')]
+        links: Vec<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum NotificationsCommand {
+    /// A user's notifications, newest first.
+    List {
+        #[arg(long, value_parser = tenant_id)]
+        tenant: i64,
+        #[arg(long, value_parser = user_id)]
+        user_id: i64,
+        /// Only unread ones.
+        #[arg(long)]
+        unread: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Mark notifications read: the ids given, or all with --all.
+    Read {
+        #[arg(long, value_parser = tenant_id)]
+        tenant: i64,
+        #[arg(long, value_parser = user_id)]
+        user_id: i64,
+        #[arg(long = "id", required_unless_present = "all")]
+        ids: Vec<i64>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    opsrun_cli::init_logging("info");
+    let serving = matches!(cli.command, Command::Serve(_));
+    opsrun_cli::run_main(!serving, async {
+        match cli.command {
+            Command::Serve(args) => serve(*args).await,
+            Command::Token(command) => token(command).await,
+            Command::Runs(command) => runs(command).await,
+            Command::Notifications(command) => notifications(command).await,
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> Result<u8, Failure> {
+    let links =
+        views::Links::with_overrides(&args.links).map_err(|e| Failure::new(exit::INVALID, e))?;
+    let registry = Arc::new(args.registry.load()?);
+    // Redis is optional: without it the monitor is read-only.
+    let transport = match args.redis.transport_config() {
+        Ok(config) => Some(Transport::new(&config)?),
+        Err(_) if args.redis.redis_url.is_none() && args.redis.redis_url_file.is_none() => None,
+        Err(e) => return Err(e),
+    };
+    let ledger = Ledger::new(args.database.connect(args.pool).await?);
+    ledger.migrate().await?;
+    let service = transport.map(|t| RunService::new(ledger.clone(), t).with_registry(registry));
+    if service.is_none() {
+        tracing::warn!(
+            "REDIS_URL is not set: the monitor is read-only (POST /api/v1/runs answers 503)"
+        );
+    }
+    let app = router(AppState {
+        ledger,
+        service,
+        links: Arc::new(links),
+        public_url: args.public_url.trim_end_matches('/').to_string(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::new(exit::INVALID, format!("listening on {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
+    tracing::info!(%addr, "monitor listening");
+    // The tests and scripts read the bound address (port 0 picks a free one).
+    println!("listening on http://{addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| Failure::new(exit::INTERNAL, format!("serving: {e}")))?;
+    Ok(exit::OK)
+}
+
+async fn token(command: TokenCommand) -> Result<u8, Failure> {
+    match command {
+        TokenCommand::Create {
+            tenant,
+            role,
+            user_id,
+            user_name,
+            label,
+            database,
+        } => {
+            let user = match (user_id, user_name.as_deref()) {
+                (Some(id), Some(name)) => {
+                    // The name becomes the initiator of the runs the token starts.
+                    if name.trim().is_empty()
+                        || name.chars().count() > 200
+                        || name.chars().any(char::is_control)
+                    {
+                        return Err(Failure::new(
+                            exit::INVALID,
+                            "invalid user_name: must be 1 to 200 characters, without control characters",
+                        ));
+                    }
+                    Some((id, name))
+                }
+                _ => None,
+            };
+            let ledger = Ledger::new(database.connect(1).await?);
+            let (secret, hash) = generate_token();
+            let stored = ledger
+                .create_token(
+                    &NewToken {
+                        tenant_id: tenant,
+                        role,
+                        user,
+                        label: label.as_deref(),
+                    },
+                    &hash,
+                )
+                .await?;
+            eprintln!(
+                "created token {} for tenant {} ({}); it is shown once, store it now",
+                stored.id,
+                stored.tenant_id,
+                stored.role.as_str()
+            );
+            println!("{secret}");
+            Ok(exit::OK)
+        }
+        TokenCommand::List { tenant, database } => {
+            let ledger = Ledger::new(database.connect(1).await?);
+            for t in ledger.tokens(tenant).await? {
+                println!("{}", json!(t));
+            }
+            Ok(exit::OK)
+        }
+        TokenCommand::Revoke {
+            tenant,
+            id,
+            database,
+        } => {
+            let ledger = Ledger::new(database.connect(1).await?);
+            if ledger.revoke_token(tenant, id).await? {
+                eprintln!("revoked token {id}");
+                Ok(exit::OK)
+            } else {
+                Err(Failure::new(
+                    NOT_FOUND,
+                    format!("tenant {tenant} has no live token {id}"),
+                ))
+            }
+        }
+    }
+}
+
+async fn runs(command: RunsCommand) -> Result<u8, Failure> {
+    let now = chrono::Utc::now();
+    match command {
+        RunsCommand::List {
+            tenant,
+            filter,
+            format,
+            database,
+        } => {
+            let filter = filter.params().parse(now)?;
+            let ledger = Ledger::new(database.connect(1).await?);
+            let page = ledger.list_runs(tenant, &filter).await?;
+            let summaries: Vec<views::RunSummary> = page
+                .runs
+                .iter()
+                .map(|r| views::summary(r, "", now))
+                .collect();
+            let next = page.next.map(|c| c.encode());
+            match format {
+                Format::Json => println!("{}", json!({"runs": summaries, "next_cursor": next})),
+                Format::Table => {
+                    let mut out = tabwriter::TabWriter::new(std::io::stdout());
+                    let _ = writeln!(
+                        out,
+                        "ID\tTYPE\tSTATUS\tOUTCOME\tINITIATOR\tCREATED\tDURATION\tITEMS\tFAILURES"
+                    );
+                    for s in &summaries {
+                        let _ = writeln!(
+                            out,
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            s.id,
+                            s.run_type,
+                            s.status_label,
+                            s.outcome_label,
+                            s.initiator_name,
+                            s.created_at.format("%Y-%m-%d %H:%M:%S"),
+                            s.duration_seconds
+                                .map(views::human_duration)
+                                .unwrap_or_default(),
+                            if s.summary_counts.total > 0 {
+                                format!("{}/{}", s.summary_counts.success, s.summary_counts.total)
+                            } else {
+                                String::new()
+                            },
+                            s.failure_codes.join(",")
+                        );
+                    }
+                    let _ = out.flush();
+                    if let Some(next) = next {
+                        eprintln!("more: --cursor {next}");
+                    }
+                }
+            }
+            Ok(exit::OK)
+        }
+        RunsCommand::Show {
+            tenant,
+            run_id,
+            format,
+            links,
+            database,
+        } => {
+            let links =
+                views::Links::with_overrides(&links).map_err(|e| Failure::new(exit::INVALID, e))?;
+            let ledger = Ledger::new(database.connect(1).await?);
+            let Some(run) = ledger.get(tenant, RunId(run_id)).await? else {
+                return Err(Failure::new(
+                    NOT_FOUND,
+                    format!("tenant {tenant} has no run {run_id}"),
+                ));
+            };
+            let d = views::detail(&run, "", &links, now);
+            match format {
+                Format::Json => println!("{}", json!(d)),
+                Format::Table => print_detail(&d),
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn print_detail(d: &views::RunDetail) {
+    let s = &d.summary;
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+    };
+    println!("run {} ({}) of tenant {}", s.id, s.run_type, d.tenant_id);
+    println!("  status     {} / {}", s.status_label, s.outcome_label);
+    println!(
+        "  initiator  {}{}",
+        s.initiator_name,
+        s.user_id
+            .map(|u| format!(" (user {u})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  queue      {}, attempt {} of {}",
+        d.queue, d.attempt, d.max_attempts
+    );
+    println!("  created    {}", s.created_at.to_rfc3339());
+    println!("  started    {}", when(s.started_at));
+    println!("  completed  {}", when(s.completed_at));
+    println!("  counts     {}", json!(s.summary_counts));
+    println!("  identity   {} ({})", d.run_identity_hash, d.identity_rule);
+    if let Some(domain) = &d.domain_id {
+        println!("  domain     {domain}");
+    }
+    println!("  context    {}", d.context);
+    println!("  inputs     {}", d.inputs);
+    println!("timeline");
+    for e in &d.timeline {
+        println!("  {}  {:<10} {}", e.at.to_rfc3339(), e.event, e.detail);
+    }
+    if !d.failure_summary.is_empty() {
+        println!("failures");
+        for f in &d.failure_summary {
+            println!("  {} x{}: {}", f.code, f.count, f.message);
+        }
+    }
+    if !d.links.is_empty() {
+        println!("related");
+        for l in &d.links {
+            println!("  {} {} -> {}", l.key, l.value, l.url);
+        }
+    }
+}
+
+async fn notifications(command: NotificationsCommand) -> Result<u8, Failure> {
+    match command {
+        NotificationsCommand::List {
+            tenant,
+            user_id,
+            unread,
+            limit,
+            format,
+            database,
+        } => {
+            if !(1..=200).contains(&limit) {
+                return Err(Failure::new(exit::INVALID, "invalid limit: use 1 to 200"));
+            }
+            let ledger = Ledger::new(database.connect(1).await?);
+            let list = ledger.notifications(tenant, user_id, unread, limit).await?;
+            match format {
+                Format::Json => println!("{}", json!({"notifications": list})),
+                Format::Table => {
+                    let mut out = tabwriter::TabWriter::new(std::io::stdout());
+                    let _ = writeln!(out, "ID\tRUN\tKIND\tREAD\tCREATED\tTITLE\tBODY");
+                    for n in &list {
+                        let _ = writeln!(
+                            out,
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            n.id,
+                            n.run_id,
+                            n.kind,
+                            if n.read_at.is_some() { "yes" } else { "no" },
+                            n.created_at.format("%Y-%m-%d %H:%M:%S"),
+                            n.title,
+                            n.body
+                        );
+                    }
+                    let _ = out.flush();
+                }
+            }
+            Ok(exit::OK)
+        }
+        NotificationsCommand::Read {
+            tenant,
+            user_id,
+            ids,
+            all,
+            database,
+        } => {
+            let ledger = Ledger::new(database.connect(1).await?);
+            let marked = ledger
+                .mark_notifications_read(tenant, user_id, if all { None } else { Some(&ids) })
+                .await?;
+            println!("{}", json!({"marked": marked}));
+            Ok(exit::OK)
+        }
+    }
+}

@@ -1,0 +1,873 @@
+//! Monitoring → Operations through the router, without a socket: filters,
+//! keyset pagination, the 30-day default, tenant isolation on every
+//! endpoint, roles, bad input, login, and the CLI equivalents.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use opsrun::access::{Role, generate_token};
+use opsrun::ledger::NewToken;
+use opsrun_monitor::{AppState, router, views};
+use serde_json::{Value, json};
+use support::{TestEnv, assert_exit, json_stdout};
+use tower::ServiceExt;
+
+const A: i64 = 101;
+const B: i64 = 202;
+
+fn app(env: &TestEnv) -> Router {
+    router(AppState {
+        ledger: env.ledger().clone(),
+        service: Some(env.service.clone()),
+        links: Arc::new(views::Links::default()),
+        public_url: "http://monitor.test".into(),
+    })
+}
+
+async fn token(env: &TestEnv, tenant: i64, role: Role, user: Option<(i64, &str)>) -> String {
+    let (secret, hash) = generate_token();
+    env.ledger()
+        .create_token(
+            &NewToken {
+                tenant_id: tenant,
+                role,
+                user,
+                label: Some("test"),
+            },
+            &hash,
+        )
+        .await
+        .unwrap();
+    secret
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = match body {
+        Some(body) => request
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 10 << 20)
+        .await
+        .unwrap();
+    Answer {
+        status,
+        headers,
+        text: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+async fn get(app: &Router, uri: &str, token: &str) -> Answer {
+    call(app, Method::GET, uri, Some(token), None).await
+}
+
+/// A run row written directly, so tests control its age and state.
+struct Seed<'a> {
+    tenant: i64,
+    run_type: &'a str,
+    days_ago: f64,
+    outcome: &'a str,
+    user: Option<(i64, &'a str)>,
+    failure: Option<&'a str>,
+    context: Value,
+}
+
+impl Default for Seed<'_> {
+    fn default() -> Self {
+        Seed {
+            tenant: A,
+            run_type: "inventory.sync",
+            days_ago: 1.0,
+            outcome: "succeeded",
+            user: None,
+            failure: None,
+            context: json!({}),
+        }
+    }
+}
+
+/// Insert seeded runs; `outcome` `pending` makes a queued run. Returns ids in insertion order.
+async fn seed(env: &TestEnv, seeds: &[Seed<'_>]) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for s in seeds {
+        let (status, completed) = if s.outcome == "pending" {
+            ("queued", false)
+        } else {
+            ("completed", true)
+        };
+        let failures = match s.failure {
+            Some(code) => json!([{"code": code, "message": "it broke", "count": 1}]),
+            None => json!([]),
+        };
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO operation_runs (tenant_id, user_id, initiator_name, type, status, outcome, run_identity_hash, \
+                 failure_summary, context, queue, created_at, started_at, completed_at, summary_counts) \
+             VALUES ($1, $2, $3, $4, $5, $6, encode(sha256(random()::text::bytea), 'hex'), $7, $8, 'default', \
+                 now() - make_interval(secs => $9), \
+                 CASE WHEN $10 THEN now() - make_interval(secs => $9) + interval '1 second' END, \
+                 CASE WHEN $10 THEN now() - make_interval(secs => $9) + interval '3 seconds' END, \
+                 '{\"total\":10,\"success\":8,\"failed\":2,\"skipped\":0}') RETURNING id",
+        )
+        .bind(s.tenant)
+        .bind(s.user.map(|u| u.0))
+        .bind(s.user.map(|u| u.1).unwrap_or("System"))
+        .bind(s.run_type)
+        .bind(status)
+        .bind(s.outcome)
+        .bind(failures)
+        .bind(&s.context)
+        .bind(s.days_ago * 86400.0)
+        .bind(completed)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+fn ids(answer: &Answer) -> Vec<i64> {
+    answer.json()["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn pages_cover_every_run_once_newest_first() {
+    let env = TestEnv::new().await;
+    // 45 runs, many sharing one created_at (as a batch start stamps them).
+    let mut seeds: Vec<Seed> = (0..30)
+        .map(|i| Seed {
+            days_ago: 1.0 + f64::from(i % 5),
+            ..Seed::default()
+        })
+        .collect();
+    seeds.extend((0..15).map(|_| Seed {
+        days_ago: 2.0,
+        ..Seed::default()
+    }));
+    let mut all = seed(&env, &seeds).await;
+    seed(
+        &env,
+        &[Seed {
+            tenant: B,
+            ..Seed::default()
+        }],
+    )
+    .await;
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, None).await;
+
+    let mut seen = Vec::new();
+    let mut uri = "/api/v1/runs?limit=7".to_string();
+    let mut pages = 0;
+    loop {
+        let page = get(&app, &uri, &reader).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        seen.extend(ids(&page));
+        pages += 1;
+        match page.json()["next_url"].as_str() {
+            Some(next) => uri = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 7);
+    let unique: HashSet<i64> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "a run was repeated");
+    all.sort();
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(sorted, all, "a run was missed or another tenant's shown");
+    // Newest first, ties by id descending: the order is the one the list promises.
+    let created: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT created_at::text, id FROM operation_runs WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC",
+    )
+    .bind(A)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        seen,
+        created.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn the_list_defaults_to_the_last_30_days() {
+    let env = TestEnv::new().await;
+    let ids_seeded = seed(
+        &env,
+        &[
+            Seed {
+                days_ago: 29.0,
+                ..Seed::default()
+            },
+            Seed {
+                days_ago: 31.0,
+                ..Seed::default()
+            },
+        ],
+    )
+    .await;
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, None).await;
+    let recent = get(&app, "/api/v1/runs", &reader).await;
+    assert_eq!(ids(&recent), vec![ids_seeded[0]]);
+    let since = (chrono::Utc::now() - chrono::Duration::days(40))
+        .format("%Y-%m-%d")
+        .to_string();
+    let older = get(&app, &format!("/api/v1/runs?since={since}"), &reader).await;
+    assert_eq!(ids(&older), ids_seeded);
+}
+
+#[tokio::test]
+async fn every_filter_narrows_the_list() {
+    let env = TestEnv::new().await;
+    let ada = Some((7, "Ada Lovelace"));
+    let s = seed(
+        &env,
+        &[
+            Seed {
+                run_type: "backup.run",
+                ..Seed::default()
+            },
+            Seed {
+                outcome: "failed",
+                failure: Some("job.timeout"),
+                user: ada,
+                ..Seed::default()
+            },
+            Seed {
+                outcome: "partially_succeeded",
+                failure: Some("item.failed"),
+                ..Seed::default()
+            },
+            Seed {
+                outcome: "pending",
+                user: ada,
+                days_ago: 0.5,
+                ..Seed::default()
+            },
+            Seed {
+                days_ago: 10.0,
+                ..Seed::default()
+            },
+        ],
+    )
+    .await;
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, None).await;
+    let until = (chrono::Utc::now() - chrono::Duration::days(5)).to_rfc3339();
+    for (query, expected) in [
+        ("type=backup.run".to_string(), vec![s[0]]),
+        ("status=queued".into(), vec![s[3]]),
+        ("status=completed&outcome=failed".into(), vec![s[1]]),
+        ("outcome=partially_succeeded".into(), vec![s[2]]),
+        ("initiator=7".into(), vec![s[3], s[1]]),
+        ("initiator=ada%20lovelace".into(), vec![s[3], s[1]]),
+        (
+            "initiator=system&type=inventory.sync".into(),
+            vec![s[2], s[4]],
+        ),
+        ("failure_code=job.timeout".into(), vec![s[1]]),
+        (format!("until={}", until.replace('+', "%2B")), vec![s[4]]),
+    ] {
+        let answer = get(&app, &format!("/api/v1/runs?{query}"), &reader).await;
+        assert_eq!(answer.status, StatusCode::OK, "{query}: {}", answer.text);
+        assert_eq!(ids(&answer), expected, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn bad_filters_are_400_naming_the_field_and_leak_nothing() {
+    let env = TestEnv::new().await;
+    seed(&env, &[Seed::default()]).await;
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, None).await;
+    for (query, field) in [
+        ("status=done", "status"),
+        ("outcome=ok", "outcome"),
+        ("type=x'%20OR%201=1--", "type"),
+        ("failure_code=a'b", "failure_code"),
+        ("since=yesterday", "since"),
+        ("limit=0", "limit"),
+        ("cursor=abc", "cursor"),
+        ("tenant_id=202", "query"),
+    ] {
+        let answer = get(&app, &format!("/api/v1/runs?{query}"), &reader).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            answer.text
+        );
+        let body = answer.json();
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+        assert!(body.get("runs").is_none());
+        for leak in ["SELECT", "operation_runs", "sqlx", "postgres"] {
+            assert!(
+                !answer.text.contains(leak),
+                "{query} leaked {leak}: {}",
+                answer.text
+            );
+        }
+    }
+    // Page sizes are capped, not refused.
+    let big = get(&app, "/api/v1/runs?limit=5000", &reader).await;
+    assert_eq!(big.json()["limit"], 200);
+    // The HTML list answers a bad filter with 400 and its message, not a stack.
+    let page = get(
+        &app,
+        &format!("/tenants/{A}/operations?status=done"),
+        &reader,
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.text.contains("is not a status"), "{}", page.text);
+}
+
+#[tokio::test]
+async fn another_tenants_runs_answer_exactly_like_missing_ones() {
+    let env = TestEnv::new().await;
+    let ada = Some((7, "Ada"));
+    let a_runs = seed(
+        &env,
+        &[Seed {
+            user: ada,
+            ..Seed::default()
+        }],
+    )
+    .await;
+    seed(
+        &env,
+        &[Seed {
+            tenant: B,
+            ..Seed::default()
+        }],
+    )
+    .await;
+    let app = app(&env);
+    let b_reader = token(&env, B, Role::Operator, Some((7, "Ada"))).await;
+    let a_reader = token(&env, A, Role::Readonly, ada).await;
+    let a_run = a_runs[0];
+
+    // List: only B's run.
+    let list = get(&app, "/api/v1/runs?since=2000-01-01", &b_reader).await;
+    assert_eq!(list.json()["runs"].as_array().unwrap().len(), 1);
+    assert!(!ids(&list).contains(&a_run));
+    // Detail: A's run and a run that does not exist answer alike.
+    let theirs = get(&app, &format!("/api/v1/runs/{a_run}"), &b_reader).await;
+    let missing = get(&app, "/api/v1/runs/999999999", &b_reader).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (theirs.status, theirs.text.clone()),
+        (missing.status, missing.text.clone())
+    );
+    assert_eq!(
+        get(&app, &format!("/api/v1/runs/{a_run}"), &a_reader)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // HTML: A's tenant path and A's run page are 404 for B.
+    for path in [
+        format!("/tenants/{A}/operations"),
+        format!("/tenants/{A}/operations/{a_run}"),
+        format!("/tenants/{B}/operations/{a_run}"),
+        format!("/tenants/{A}/notifications"),
+    ] {
+        let page = get(&app, &path, &b_reader).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            !page.text.contains("inventory.sync #"),
+            "{path} showed a run"
+        );
+    }
+    // Notifications: the same user id in tenant B sees none of tenant A's, and cannot mark them.
+    let a_notes: Vec<i64> = sqlx::query_scalar("SELECT id FROM notifications WHERE tenant_id = $1")
+        .bind(A)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    let b_notes = get(&app, "/api/v1/notifications", &b_reader).await;
+    assert_eq!(b_notes.json()["notifications"], json!([]));
+    let mark = call(
+        &app,
+        Method::POST,
+        "/api/v1/notifications/read",
+        Some(&b_reader),
+        Some(json!({"ids": a_notes})),
+    )
+    .await;
+    assert_eq!(mark.json()["marked"], 0);
+    // Start: the tenant comes from the token; naming another one is refused.
+    let start = call(
+        &app,
+        Method::POST,
+        "/api/v1/runs",
+        Some(&b_reader),
+        Some(json!({"type": "inventory.sync", "tenant_id": A})),
+    )
+    .await;
+    assert_eq!(start.status, StatusCode::BAD_REQUEST, "{}", start.text);
+    let count_a: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE tenant_id = $1")
+            .bind(A)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(count_a, 1);
+}
+
+#[tokio::test]
+async fn operators_start_runs_and_readonly_tokens_cannot() {
+    let env = TestEnv::new().await;
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, Some((7, "Ada"))).await;
+    let operator = token(&env, A, Role::Operator, Some((7, "Ada"))).await;
+    let other = token(&env, A, Role::Operator, Some((8, "Grace"))).await;
+    let body = json!({"type": "inventory.sync", "inputs": {"site": "paris"}, "context": {"provider_connection_id": 5}});
+
+    let refused = call(
+        &app,
+        Method::POST,
+        "/api/v1/runs",
+        Some(&reader),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(env.count_runs().await, 0);
+
+    let started = call(
+        &app,
+        Method::POST,
+        "/api/v1/runs",
+        Some(&operator),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.text);
+    let started = started.json();
+    let run_id = started["run"]["id"].as_i64().unwrap();
+    assert_eq!(started["dispatch"], "sent");
+    assert_eq!(started["run"]["initiator_name"], "Ada");
+    assert_eq!(started["run"]["user_id"], 7);
+    assert_eq!(
+        started["view_url"],
+        format!("http://monitor.test/tenants/{A}/operations/{run_id}")
+    );
+    assert_eq!(env.xlen("default").await, 1);
+    assert_eq!(
+        started["run"]["links"][0]["url"],
+        format!("/tenants/{A}/provider-connections/5")
+    );
+
+    // A second caller with the same identity is folded into the active run, and not notified.
+    let again = call(&app, Method::POST, "/api/v1/runs", Some(&other), Some(body)).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.json()["folded_into"], run_id);
+    assert_eq!(again.json()["run"]["initiator_name"], "Ada");
+    assert_eq!(env.xlen("default").await, 1);
+    let grace = get(&app, "/api/v1/notifications", &other).await;
+    assert_eq!(grace.json()["notifications"], json!([]));
+    let ada = get(&app, "/api/v1/notifications", &operator).await;
+    assert_eq!(ada.json()["notifications"][0]["kind"], "queued");
+
+    // Bad start input: 400 naming the field, nothing written.
+    for (bad, field) in [
+        (json!({"type": "Not A Type"}), "type"),
+        (json!({"type": "inventory.sync", "inputs": [1]}), "inputs"),
+        (json!({"type": "inventory.sync", "tenant_id": 1}), "body"),
+    ] {
+        let answer = call(
+            &app,
+            Method::POST,
+            "/api/v1/runs",
+            Some(&operator),
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(
+            answer.json()["error"]["field"],
+            field,
+            "{bad}: {}",
+            answer.text
+        );
+    }
+    assert_eq!(env.count_runs().await, 1);
+}
+
+#[tokio::test]
+async fn tokens_are_required_checked_and_revocable() {
+    let env = TestEnv::new().await;
+    seed(&env, &[Seed::default()]).await;
+    let app = app(&env);
+    let none = call(&app, Method::GET, "/api/v1/runs", None, None).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.headers[header::WWW_AUTHENTICATE], "Bearer");
+    let forged = get(&app, "/api/v1/runs", &format!("opsrun_{}", "0".repeat(64))).await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+    let reader = token(&env, A, Role::Readonly, None).await;
+    assert_eq!(
+        get(&app, "/api/v1/runs", &reader).await.status,
+        StatusCode::OK
+    );
+    // Stored hashed: the secret is nowhere in the table.
+    let stored: Vec<String> = sqlx::query_scalar("SELECT token_sha256 FROM api_tokens")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|h| !reader.contains(h.as_str()) && !h.contains(&reader[7..]))
+    );
+    let id: i64 = sqlx::query_scalar("SELECT id FROM api_tokens")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(env.ledger().revoke_token(A, id).await.unwrap());
+    assert_eq!(
+        get(&app, "/api/v1/runs", &reader).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // A service token has no notifications.
+    let service = token(&env, A, Role::Readonly, None).await;
+    assert_eq!(
+        get(&app, "/api/v1/notifications", &service).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn html_pages_log_in_with_a_secure_cookie_and_show_a_run() {
+    let env = TestEnv::new().await;
+    let run = seed(
+        &env,
+        &[Seed {
+            outcome: "partially_succeeded",
+            failure: Some("item.failed"),
+            context: json!({"restore_run_id": "r/1", "note": "x"}),
+            ..Seed::default()
+        }],
+    )
+    .await[0];
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, Some((7, "Ada <b>"))).await;
+
+    let anonymous = call(
+        &app,
+        Method::GET,
+        &format!("/tenants/{A}/operations"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        anonymous.headers[header::LOCATION],
+        format!("/login?next=%2Ftenants%2F{A}%2Foperations")
+    );
+
+    let login = |form: String| {
+        Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form))
+            .unwrap()
+    };
+    let bad = app
+        .clone()
+        .oneshot(login("token=opsrun_nope".into()))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+    let good = app
+        .clone()
+        .oneshot(login(format!("token={reader}&next=%2F%2Fevil.example")))
+        .await
+        .unwrap();
+    assert_eq!(good.status(), StatusCode::SEE_OTHER);
+    // An off-site `next` is ignored.
+    assert_eq!(
+        good.headers()[header::LOCATION],
+        format!("/tenants/{A}/operations")
+    );
+    let cookie = good.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = |uri: String| {
+        Request::get(uri)
+            .header(header::COOKIE, session.clone())
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    let list = app
+        .clone()
+        .oneshot(page(format!("/tenants/{A}/operations")))
+        .await
+        .unwrap();
+    assert_eq!(list.status(), StatusCode::OK);
+    let html = String::from_utf8(
+        axum::body::to_bytes(list.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(html.contains(&format!("data-run-id=\"{run}\"")), "{html}");
+    assert!(html.contains("Partially succeeded"));
+    assert!(
+        html.contains("Ada &lt;b&gt;") && !html.contains("Ada <b>"),
+        "names are escaped"
+    );
+
+    let detail = app
+        .clone()
+        .oneshot(page(format!("/tenants/{A}/operations/{run}")))
+        .await
+        .unwrap();
+    assert_eq!(detail.status(), StatusCode::OK);
+    let html = String::from_utf8(
+        axum::body::to_bytes(detail.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    for expected in [
+        "inventory.sync #",
+        "Partially succeeded",
+        "item.failed",
+        "it broke",
+        "10 total, 8 succeeded",
+        "created",
+        "started",
+        "completed",
+        &format!("/tenants/{A}/restores/r%2F1"),
+        "runs with this identity",
+    ] {
+        assert!(html.contains(expected), "detail lacks {expected}: {html}");
+    }
+}
+
+#[tokio::test]
+async fn run_detail_json_has_every_field_readably() {
+    let env = TestEnv::new().await;
+    let run = seed(
+        &env,
+        &[Seed {
+            outcome: "failed",
+            failure: Some("job.timeout"),
+            user: Some((3, "Lin")),
+            context: json!({"backup_schedule_id": 9, "target_scope": "eu"}),
+            ..Seed::default()
+        }],
+    )
+    .await[0];
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, None).await;
+    let d = get(&app, &format!("/api/v1/runs/{run}"), &reader)
+        .await
+        .json();
+    assert_eq!(d["status_label"], "Completed");
+    assert_eq!(d["outcome_label"], "Failed");
+    assert_eq!(d["initiator_name"], "Lin");
+    assert_eq!(d["failure_summary"][0]["code"], "job.timeout");
+    assert_eq!(d["summary_counts"]["total"], 10);
+    assert_eq!(
+        d["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["created", "started", "completed"]
+    );
+    let links: Vec<&str> = d["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        links,
+        [
+            format!("/tenants/{A}/backup-schedules/9"),
+            format!("/tenants/{A}/scopes/eu")
+        ]
+    );
+    assert_eq!(d["run_identity_hash"].as_str().unwrap().len(), 64);
+    // The identity link lists the runs sharing it.
+    let same = d["same_identity_url"]
+        .as_str()
+        .unwrap()
+        .replace("http://monitor.test/tenants/101/operations", "/api/v1/runs");
+    assert_eq!(ids(&get(&app, &same, &reader).await), vec![run]);
+}
+
+#[tokio::test]
+async fn the_cli_lists_and_shows_runs_with_the_same_filters() {
+    let env = TestEnv::new().await;
+    let s = seed(
+        &env,
+        &[
+            Seed {
+                outcome: "failed",
+                failure: Some("job.timeout"),
+                ..Seed::default()
+            },
+            Seed::default(),
+            Seed {
+                tenant: B,
+                ..Seed::default()
+            },
+        ],
+    )
+    .await;
+    let tenant = A.to_string();
+    let out = env
+        .command("monitor")
+        .args([
+            "runs",
+            "list",
+            "--tenant",
+            &tenant,
+            "--outcome",
+            "failed",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let listed: Vec<i64> = json_stdout(&out)["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![s[0]]);
+    let table = env
+        .command("monitor")
+        .args(["runs", "list", "--tenant", &tenant])
+        .output()
+        .unwrap();
+    let text = assert_exit(&table, 0);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("Failed"),
+        "{text}"
+    );
+    let bad = env
+        .command("monitor")
+        .args(["runs", "list", "--tenant", &tenant, "--status", "done"])
+        .output()
+        .unwrap();
+    assert!(assert_exit(&bad, 2).contains("status"));
+    let show = env
+        .command("monitor")
+        .args([
+            "runs",
+            "show",
+            "--tenant",
+            &tenant,
+            &s[0].to_string(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&show, 0);
+    assert_eq!(json_stdout(&show)["outcome_label"], "Failed");
+    // Another tenant's run is not found (exit 6), like a missing one.
+    let theirs = env
+        .command("monitor")
+        .args(["runs", "show", "--tenant", &tenant, &s[2].to_string()])
+        .output()
+        .unwrap();
+    assert_exit(&theirs, 6);
+    // Tokens: printed once, usable, listed without the secret.
+    let created = env
+        .command("monitor")
+        .args([
+            "token",
+            "create",
+            "--tenant",
+            &tenant,
+            "--role",
+            "readonly",
+            "--user-id",
+            "7",
+            "--user-name",
+            "Ada",
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&created, 0);
+    let secret = String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        env.ledger()
+            .token_by_secret(&secret)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let listed = env
+        .command("monitor")
+        .args(["token", "list", "--tenant", &tenant])
+        .output()
+        .unwrap();
+    assert_exit(&listed, 0);
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&secret[7..]));
+    let bad_role = env
+        .command("monitor")
+        .args(["token", "create", "--tenant", &tenant, "--role", "admin"])
+        .output()
+        .unwrap();
+    assert_exit(&bad_role, 2);
+}
