@@ -189,9 +189,15 @@ async fn mirror(args: MirrorArgs) -> Result<u8, Failure> {
         ));
     }
     let summary_counts = match &args.summary_counts {
-        Some(text) => serde_json::from_str(text).map_err(|e| {
-            Failure::new(exit::INVALID, format!("invalid summary_counts: {e} (expected {{\"total\":10,\"success\":8,\"failed\":2,\"skipped\":0}})"))
-        })?,
+        Some(text) => {
+            let object = parse_json_object("summary_counts", text)?;
+            serde_json::from_value(object).map_err(|e| {
+                Failure::new(
+                    exit::INVALID,
+                    format!("invalid summary_counts: {e} (expected counts such as {{\"total\":10,\"success\":8,\"failed\":2,\"skipped\":0}})"),
+                )
+            })?
+        }
         None => opsrun::SummaryCounts::default(),
     };
     let request = MirrorRequest {
