@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: demo test lint bench bench-retention chaos build servers
+.PHONY: demo test lint bench bench-retention bench-monitor chaos build servers
 
 servers:
 	@scripts/ensure-servers.sh
@@ -16,8 +16,10 @@ build:
 demo: servers build
 	target/debug/demo $(ARGS)
 
-## Run the whole test suite (unit, integration against real servers, doc tests).
-test: servers build
+## Run the whole test suite (unit, integration against real servers, a
+## headless-Chromium test of the monitor, doc tests).
+test: build
+	@scripts/ensure-servers.sh --browser
 	$(CARGO) test --workspace
 
 lint:

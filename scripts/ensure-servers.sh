@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the server binaries the demo and the tests start are installed:
-# PostgreSQL when DATABASE_URL is not set, redis-server when REDIS_URL is not.
+# PostgreSQL when DATABASE_URL is not set, redis-server when REDIS_URL is not,
+# and with --browser, Chromium and ChromeDriver for the browser test.
 # Installs them with apt-get when missing (as root, or through sudo), unless
 # OPSRUN_NO_INSTALL=1. The servers themselves are started, ephemeral, by the
 # program that needs them; nothing is left running.
@@ -12,6 +13,9 @@ if [ -z "${DATABASE_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/n
 fi
 if [ -z "${REDIS_URL:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
   missing+=(redis-server)
+fi
+if [ "${1:-}" = --browser ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+  missing+=(chromium chromium-driver)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
