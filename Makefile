@@ -33,6 +33,11 @@ bench: servers
 	@(cd bench/bullmq && npm install --no-audit --no-fund --silent >/dev/null 2>&1) || echo "npm install of the BullMQ baseline failed; it will be skipped"
 	target/release/bench $(ARGS)
 
+## Monitor list/detail latency with 1M runs for one tenant among 10 tenants.
+bench-monitor: servers
+	$(CARGO) build --release --bins
+	target/release/bench-monitor $(ARGS)
+
 ## Mixed load while killing workers, the reaper and Redis; prints the audit (lost must be 0).
 chaos: servers
 	$(CARGO) build --release --bins

@@ -1,0 +1,283 @@
+//! `make bench-monitor`: Monitoring → Operations latency at scale. Fills the
+//! ledger with 1M runs for one tenant (over 120 days) plus 9 other tenants
+//! (100k runs each), then times list and detail requests through the
+//! monitor's router in process (token check, query, JSON or HTML), p50/p99.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use clap::Parser;
+use devstack::{PostgresOptions, Stack};
+use opsrun::Ledger;
+use opsrun::access::{Role, generate_token};
+use opsrun::ledger::NewToken;
+use opsrun_monitor::{AppState, router, views};
+use tower::ServiceExt;
+
+#[derive(Parser)]
+#[command(about = "Monitor benchmark: list and detail latency with millions of runs")]
+struct Cli {
+    /// Runs of the measured tenant, spread over 120 days.
+    #[arg(long, default_value_t = 1_000_000)]
+    runs: i64,
+    /// Other tenants in the table.
+    #[arg(long, default_value_t = 9)]
+    other_tenants: i64,
+    /// Runs of each other tenant.
+    #[arg(long, default_value_t = 100_000)]
+    other_runs: i64,
+    /// Requests per measured case.
+    #[arg(long, default_value_t = 300)]
+    requests: usize,
+}
+
+/// Insert `count` completed runs of `tenant` over 120 days: four types, 90%
+/// succeeded, 5% partially succeeded, 5% failed (half by timeout), a fifth
+/// started by the system and the rest by 50 users.
+async fn fill(pool: &opsrun::sqlx::PgPool, tenant: i64, count: i64) -> Result<()> {
+    let chunk = 200_000;
+    let mut done = 0;
+    while done < count {
+        let n = chunk.min(count - done);
+        opsrun::sqlx::query(
+            "INSERT INTO operation_runs (tenant_id, user_id, initiator_name, type, run_identity_hash, queue, status, outcome, \
+                 summary_counts, failure_summary, context, created_at, started_at, completed_at, attempt, holder, heartbeat_at) \
+             SELECT $1, CASE WHEN g % 5 = 0 THEN NULL ELSE 1 + g % 50 END, \
+                 CASE WHEN g % 5 = 0 THEN 'System' ELSE 'user ' || (1 + g % 50) END, \
+                 (ARRAY['inventory.sync','backup.run','restore.execute','verify.run'])[1 + g % 4], \
+                 md5($1::text || g::text) || md5(g::text), 'default', 'completed', \
+                 CASE WHEN g % 20 = 1 THEN 'failed' WHEN g % 20 = 2 THEN 'partially_succeeded' ELSE 'succeeded' END, \
+                 '{\"total\":10,\"success\":9,\"failed\":1,\"skipped\":0}', \
+                 CASE WHEN g % 40 = 1 THEN '[{\"code\":\"job.timeout\",\"message\":\"the job ran longer than 15m\",\"count\":1}]'::jsonb \
+                      WHEN g % 20 IN (1, 2) THEN '[{\"code\":\"item.failed\",\"message\":\"1 item failed\",\"count\":1}]'::jsonb \
+                      ELSE '[]'::jsonb END, \
+                 jsonb_build_object('provider_connection_id', g % 100), \
+                 t - interval '2 minutes', t - interval '1 minute', t, 1, 'w', t \
+             FROM (SELECT g, now() - (g::float8 / $4 * interval '120 days') AS t \
+                   FROM generate_series($2::bigint, $3::bigint) g) s",
+        )
+        .bind(tenant)
+        .bind(done)
+        .bind(done + n - 1)
+        .bind(count as f64)
+        .execute(pool)
+        .await?;
+        done += n;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let stack =
+        Stack::from_env_or_start("opsrun_monitor_bench", PostgresOptions::durable()).await?;
+    let pool = opsrun::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&stack.database_url)
+        .await?;
+    let ledger = Ledger::new(pool.clone());
+    ledger.migrate().await?;
+
+    let filled = Instant::now();
+    let existing: i64 =
+        opsrun::sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE tenant_id = 1")
+            .fetch_one(&pool)
+            .await?;
+    if existing != cli.runs {
+        opsrun::sqlx::query("TRUNCATE operation_runs CASCADE")
+            .execute(&pool)
+            .await?;
+        fill(&pool, 1, cli.runs).await?;
+        for tenant in 2..2 + cli.other_tenants {
+            fill(&pool, tenant, cli.other_runs).await?;
+        }
+        opsrun::sqlx::query("VACUUM ANALYZE operation_runs")
+            .execute(&pool)
+            .await?;
+    }
+    let (total, size): (i64, String) = opsrun::sqlx::query_as(
+        "SELECT (SELECT count(*) FROM operation_runs), pg_size_pretty(pg_total_relation_size('operation_runs'))",
+    )
+    .fetch_one(&pool)
+    .await?;
+    println!(
+        "ledger: {total} runs ({} for tenant 1, {} other tenants x {}), {size} with indexes; ready in {:.1}s",
+        cli.runs,
+        cli.other_tenants,
+        cli.other_runs,
+        filled.elapsed().as_secs_f64()
+    );
+
+    let (secret, hash) = generate_token();
+    ledger
+        .create_token(
+            &NewToken {
+                tenant_id: 1,
+                role: Role::Readonly,
+                user: None,
+                label: Some("bench"),
+            },
+            &hash,
+        )
+        .await?;
+    let (small_secret, small_hash) = generate_token();
+    ledger
+        .create_token(
+            &NewToken {
+                tenant_id: 2,
+                role: Role::Readonly,
+                user: None,
+                label: Some("bench"),
+            },
+            &small_hash,
+        )
+        .await?;
+    let app = router(AppState {
+        ledger: ledger.clone(),
+        service: None,
+        links: Arc::new(views::Links::default()),
+        public_url: "http://127.0.0.1:8080".into(),
+    });
+    let get = |uri: String, token: String| {
+        let app = app.clone();
+        async move {
+            let request = Request::get(&uri)
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .expect("request");
+            let response = app.oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 64 << 20)
+                .await
+                .expect("body");
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "{uri}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            body
+        }
+    };
+
+    // A cursor 100 pages (5,000 runs) deep, and run ids to show.
+    let mut deep = "/api/v1/runs".to_string();
+    for _ in 0..100 {
+        let page: serde_json::Value =
+            serde_json::from_slice(&get(deep.clone(), secret.clone()).await)?;
+        deep = page["next_url"].as_str().expect("more pages").to_string();
+    }
+    let ids: Vec<i64> = opsrun::sqlx::query_scalar(
+        "SELECT id FROM operation_runs WHERE tenant_id = 1 ORDER BY random() LIMIT $1",
+    )
+    .bind(cli.requests as i64)
+    .fetch_all(&pool)
+    .await?;
+
+    let cases: Vec<(&str, Box<dyn Fn(usize) -> (String, String)>)> = vec![
+        (
+            "list, first page (50)",
+            Box::new(|_| ("/api/v1/runs".into(), secret.clone())),
+        ),
+        (
+            "list, 100 pages deep",
+            Box::new(|_| (deep.clone(), secret.clone())),
+        ),
+        (
+            "list, limit=200",
+            Box::new(|_| ("/api/v1/runs?limit=200".into(), secret.clone())),
+        ),
+        (
+            "list, type=backup.run",
+            Box::new(|_| ("/api/v1/runs?type=backup.run".into(), secret.clone())),
+        ),
+        (
+            "list, outcome=failed",
+            Box::new(|_| ("/api/v1/runs?outcome=failed".into(), secret.clone())),
+        ),
+        (
+            "list, failure_code=job.timeout",
+            Box::new(|_| {
+                (
+                    "/api/v1/runs?failure_code=job.timeout".into(),
+                    secret.clone(),
+                )
+            }),
+        ),
+        (
+            "list, initiator=42",
+            Box::new(|_| ("/api/v1/runs?initiator=42".into(), secret.clone())),
+        ),
+        (
+            "list, status=running (none: scans the window)",
+            Box::new(|_| ("/api/v1/runs?status=running".into(), secret.clone())),
+        ),
+        (
+            "list, small tenant (100k)",
+            Box::new(|_| ("/api/v1/runs".into(), small_secret.clone())),
+        ),
+        (
+            "list page, HTML",
+            Box::new(|_| ("/tenants/1/operations".into(), secret.clone())),
+        ),
+        (
+            "detail, JSON",
+            Box::new(|i| {
+                (
+                    format!("/api/v1/runs/{}", ids[i % ids.len()]),
+                    secret.clone(),
+                )
+            }),
+        ),
+        (
+            "detail page, HTML",
+            Box::new(|i| {
+                (
+                    format!("/tenants/1/operations/{}", ids[i % ids.len()]),
+                    secret.clone(),
+                )
+            }),
+        ),
+    ];
+    println!(
+        "\n{:<48} {:>9} {:>9} {:>6}",
+        "request (tenant 1 unless said)", "p50 ms", "p99 ms", "n"
+    );
+    for (name, request) in &cases {
+        let n = if name.contains("status=running") {
+            cli.requests.min(20)
+        } else {
+            cli.requests
+        };
+        for i in 0..5 {
+            let (uri, token) = request(i);
+            get(uri, token).await;
+        }
+        let mut times = Vec::with_capacity(n);
+        for i in 0..n {
+            let (uri, token) = request(i);
+            let t = Instant::now();
+            get(uri, token).await;
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "{name:<48} {:>9.2} {:>9.2} {n:>6}",
+            percentile(&times, 0.5),
+            percentile(&times, 0.99)
+        );
+    }
+    println!(
+        "\n(2-core machine; in process through the router: token lookup, query, rendering; Postgres fsync on)"
+    );
+    Ok(())
+}
