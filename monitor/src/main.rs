@@ -77,6 +77,9 @@ struct ServeArgs {
     /// Postgres connections.
     #[arg(long, env = "OPSRUN_MONITOR_POOL", default_value_t = 8)]
     pool: u32,
+    /// Do not apply migrations at start (e.g. when reading from a replica).
+    #[arg(long, env = "OPSRUN_NO_MIGRATE")]
+    no_migrate: bool,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -268,7 +271,9 @@ async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         Err(e) => return Err(e),
     };
     let ledger = Ledger::new(args.database.connect(args.pool).await?);
-    ledger.migrate().await?;
+    if !args.no_migrate {
+        ledger.migrate().await?;
+    }
     let service = transport.map(|t| RunService::new(ledger.clone(), t).with_registry(registry));
     if service.is_none() {
         tracing::warn!(
