@@ -1,7 +1,8 @@
 //! `make demo`: the main job end to end. Uses DATABASE_URL/REDIS_URL when set,
 //! otherwise starts ephemeral Postgres and Redis; migrates; starts two worker
 //! processes; enqueues a mixed batch through the `producer` binary; shows
-//! progress; ends with a summary by outcome and how to inspect the runs.
+//! progress; ends with a summary by outcome, the runs as `monitor` lists
+//! them, and how to inspect them (`--keep` also serves the monitor).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ async fn main() -> Result<()> {
         .parent()
         .context("binary directory")?
         .to_path_buf();
-    for name in ["producer", "worker"] {
+    for name in ["producer", "worker", "monitor"] {
         if !bin.join(name).exists() {
             bail!(
                 "{} is missing: build the binaries first (make demo does)",
@@ -168,6 +169,67 @@ async fn main() -> Result<()> {
         );
     }
 
+    step("Monitoring → Operations (`monitor`)");
+    for args in [
+        &["runs", "list", "--tenant", "1", "--limit", "5"][..],
+        &[
+            "notifications",
+            "list",
+            "--tenant",
+            "1",
+            "--user-id",
+            "7",
+            "--limit",
+            "3",
+        ][..],
+    ] {
+        println!("  $ monitor {}", args.join(" "));
+        let out = command(&bin, "monitor", &stack).args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "monitor {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("    {line}");
+        }
+    }
+    let mut monitor = None;
+    if cli.keep {
+        let token = command(&bin, "monitor", &stack)
+            .args([
+                "token",
+                "create",
+                "--tenant",
+                "1",
+                "--role",
+                "operator",
+                "--user-id",
+                "7",
+                "--user-name",
+                "Ada",
+            ])
+            .stderr(Stdio::null())
+            .output()?;
+        let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+        let mut child = command(&bin, "monitor", &stack)
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-migrate"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the monitor")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().context("monitor stdout")?),
+            &mut line,
+        )?;
+        let url = line.trim().trim_start_matches("listening on ").to_string();
+        println!("  the monitor serves {url}/login; log in with the token {token}");
+        monitor = Some(child);
+    }
+
     step("inspect");
     println!(
         "  psql {} -c \"SELECT id, tenant_id, type, status, outcome, summary_counts FROM operation_runs ORDER BY id DESC LIMIT 10\"",
@@ -186,6 +248,10 @@ async fn main() -> Result<()> {
         println!(
             "\n(the ephemeral servers stop with this demo; run `make demo ARGS=--keep` to keep them for inspection)"
         );
+    }
+    if let Some(mut monitor) = monitor {
+        let _ = monitor.kill();
+        let _ = monitor.wait();
     }
     for worker in &mut workers {
         // SAFETY: signalling our own child; SIGTERM asks it to drain and exit.

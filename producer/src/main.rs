@@ -66,13 +66,8 @@ struct EnqueueArgs {
     /// File with the job inputs as a JSON object ("-" for stdin).
     #[arg(long)]
     inputs_file: Option<PathBuf>,
-    /// Initiating user id; omit for system runs.
-    #[arg(long, requires = "initiator_name", allow_hyphen_values = true,
-          value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
-    user_id: Option<i64>,
-    /// Snapshot of the initiating user's name (required with --user-id).
-    #[arg(long)]
-    initiator_name: Option<String>,
+    #[command(flatten)]
+    initiator: InitiatorArgs,
     /// Context as a JSON object (links, scopes; not part of the identity).
     #[arg(long)]
     context: Option<String>,
@@ -105,6 +100,32 @@ struct EnqueueArgs {
     database: DatabaseArgs,
 }
 
+/// Who starts the run.
+#[derive(Args)]
+struct InitiatorArgs {
+    /// Initiating user id; omit for system runs.
+    #[arg(long, requires = "initiator_name", allow_hyphen_values = true,
+          value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
+    user_id: Option<i64>,
+    /// Snapshot of the initiating user's name (required with --user-id).
+    #[arg(long)]
+    initiator_name: Option<String>,
+}
+
+impl InitiatorArgs {
+    /// The initiator, when one was named (a name alone names a system initiator).
+    fn initiator(&self) -> Option<Initiator> {
+        match (self.user_id, &self.initiator_name) {
+            (Some(id), name) => Some(Initiator::user(id, name.clone().unwrap_or_default())),
+            (None, Some(name)) => Some(Initiator {
+                user_id: None,
+                name: name.clone(),
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
 #[derive(Args)]
 struct MirrorArgs {
     /// Tenant id (positive integer).
@@ -122,13 +143,8 @@ struct MirrorArgs {
     /// succeeded, partially_succeeded, failed or cancelled.
     #[arg(long, value_parser = |s: &str| s.parse::<DomainStatus>().map_err(|e| e.to_string()))]
     domain_status: DomainStatus,
-    /// Initiating user id; omit for system records.
-    #[arg(long, requires = "initiator_name", allow_hyphen_values = true,
-          value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
-    user_id: Option<i64>,
-    /// Snapshot of the initiating user's name (required with --user-id).
-    #[arg(long)]
-    initiator_name: Option<String>,
+    #[command(flatten)]
+    initiator: InitiatorArgs,
     /// Context as a JSON object, e.g. {"restore_run_id": 12}.
     #[arg(long)]
     context: Option<String>,
@@ -182,11 +198,8 @@ async fn mirror(args: MirrorArgs) -> Result<u8, Failure> {
     if let Some(text) = &args.context {
         run = run.context(parse_json_object("context", text)?);
     }
-    if let Some(user_id) = args.user_id {
-        run = run.initiator(Initiator::user(
-            user_id,
-            args.initiator_name.clone().unwrap_or_default(),
-        ));
+    if let Some(initiator) = args.initiator.initiator() {
+        run = run.initiator(initiator);
     }
     let summary_counts = match &args.summary_counts {
         Some(text) => {
@@ -281,16 +294,8 @@ fn build_request(args: &EnqueueArgs) -> Result<RunRequest, Failure> {
     if let Some(text) = &args.context {
         request = request.context(parse_json_object("context", text)?);
     }
-    if let Some(user_id) = args.user_id {
-        request = request.initiator(Initiator::user(
-            user_id,
-            args.initiator_name.clone().unwrap_or_default(),
-        ));
-    } else if let Some(name) = &args.initiator_name {
-        request = request.initiator(Initiator {
-            user_id: None,
-            name: name.clone(),
-        });
+    if let Some(initiator) = args.initiator.initiator() {
+        request = request.initiator(initiator);
     }
     request.validate()?;
     Ok(request)

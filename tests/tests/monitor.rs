@@ -79,14 +79,18 @@ async fn call(
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), 10 << 20)
-        .await
-        .unwrap();
     Answer {
         status,
         headers,
-        text: String::from_utf8(bytes.to_vec()).unwrap(),
+        text: body_text(response).await,
     }
+}
+
+async fn body_text(response: axum::response::Response) -> String {
+    let bytes = axum::body::to_bytes(response.into_body(), 10 << 20)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
 }
 
 async fn get(app: &Router, uri: &str, token: &str) -> Answer {
@@ -650,13 +654,7 @@ async fn html_pages_log_in_with_a_secure_cookie_and_show_a_run() {
         .await
         .unwrap();
     assert_eq!(list.status(), StatusCode::OK);
-    let html = String::from_utf8(
-        axum::body::to_bytes(list.into_body(), 1 << 20)
-            .await
-            .unwrap()
-            .to_vec(),
-    )
-    .unwrap();
+    let html = body_text(list).await;
     assert!(html.contains(&format!("data-run-id=\"{run}\"")), "{html}");
     assert!(html.contains("Partially succeeded"));
     assert!(
@@ -670,13 +668,7 @@ async fn html_pages_log_in_with_a_secure_cookie_and_show_a_run() {
         .await
         .unwrap();
     assert_eq!(detail.status(), StatusCode::OK);
-    let html = String::from_utf8(
-        axum::body::to_bytes(detail.into_body(), 1 << 20)
-            .await
-            .unwrap()
-            .to_vec(),
-    )
-    .unwrap();
+    let html = body_text(detail).await;
     for expected in [
         "inventory.sync #",
         "Partially succeeded",
