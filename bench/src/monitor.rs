@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Request, header};
 use clap::Parser;
 use devstack::{PostgresOptions, Stack};
 use opsrun::Ledger;
@@ -70,8 +70,15 @@ async fn fill(pool: &opsrun::sqlx::PgPool, tenant: i64, count: i64) -> Result<()
     Ok(())
 }
 
-/// A measured request: its name, and the (URI, token) of its i-th sample.
-type Case<'a> = (&'a str, Box<dyn Fn(usize) -> (String, String) + 'a>);
+/// A measured request: its name, and its i-th sample.
+type Case<'a> = (&'a str, Box<dyn Fn(usize) -> Request<Body> + 'a>);
+
+fn get(uri: &str, token: &str) -> Request<Body> {
+    Request::get(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .expect("request")
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -144,28 +151,39 @@ async fn main() -> Result<()> {
             &small_hash,
         )
         .await?;
+    let (operator, operator_hash) = generate_token();
+    ledger
+        .create_token(
+            &NewToken {
+                tenant_id: 1,
+                role: Role::Operator,
+                user: Some((42, "user 42")),
+                label: Some("bench"),
+            },
+            &operator_hash,
+        )
+        .await?;
+    let mut transport = opsrun::TransportConfig::new(stack.redis_url.clone());
+    transport.prefix = "bench_monitor".into();
+    let service = opsrun::RunService::new(ledger.clone(), opsrun::Transport::new(&transport)?);
     let app = router(AppState {
         ledger: ledger.clone(),
-        service: None,
+        service: Some(service),
         links: Arc::new(views::Links::default()),
         public_url: "http://127.0.0.1:8080".into(),
     });
-    let get = |uri: String, token: String| {
+    let send = |request: Request<Body>| {
         let app = app.clone();
         async move {
-            let request = Request::get(&uri)
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .body(Body::empty())
-                .expect("request");
+            let uri = request.uri().to_string();
             let response = app.oneshot(request).await.expect("infallible");
             let status = response.status();
             let body = axum::body::to_bytes(response.into_body(), 64 << 20)
                 .await
                 .expect("body");
-            assert_eq!(
-                status,
-                StatusCode::OK,
-                "{uri}: {}",
+            assert!(
+                status.is_success(),
+                "{uri}: {status} {}",
                 String::from_utf8_lossy(&body)
             );
             body
@@ -175,8 +193,7 @@ async fn main() -> Result<()> {
     // A cursor 100 pages (5,000 runs) deep, and run ids to show.
     let mut deep = "/api/v1/runs".to_string();
     for _ in 0..100 {
-        let page: serde_json::Value =
-            serde_json::from_slice(&get(deep.clone(), secret.clone()).await)?;
+        let page: serde_json::Value = serde_json::from_slice(&send(get(&deep, &secret)).await)?;
         deep = page["next_url"].as_str().expect("more pages").to_string();
     }
     let ids: Vec<i64> = opsrun::sqlx::query_scalar(
@@ -186,74 +203,70 @@ async fn main() -> Result<()> {
     .fetch_all(&pool)
     .await?;
 
+    let start = |i: usize| {
+        let body = serde_json::json!({"type": "inventory.sync", "inputs": {"site": i, "bench": "monitor"}});
+        Request::post("/api/v1/runs")
+            .header(header::AUTHORIZATION, format!("Bearer {operator}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request")
+    };
     let cases: Vec<Case> = vec![
         (
             "list, first page (50)",
-            Box::new(|_| ("/api/v1/runs".into(), secret.clone())),
+            Box::new(|_| get("/api/v1/runs", &secret)),
         ),
-        (
-            "list, 100 pages deep",
-            Box::new(|_| (deep.clone(), secret.clone())),
-        ),
+        ("list, 100 pages deep", Box::new(|_| get(&deep, &secret))),
         (
             "list, limit=200",
-            Box::new(|_| ("/api/v1/runs?limit=200".into(), secret.clone())),
+            Box::new(|_| get("/api/v1/runs?limit=200", &secret)),
         ),
         (
             "list, type=backup.run",
-            Box::new(|_| ("/api/v1/runs?type=backup.run".into(), secret.clone())),
+            Box::new(|_| get("/api/v1/runs?type=backup.run", &secret)),
         ),
         (
             "list, outcome=failed",
-            Box::new(|_| ("/api/v1/runs?outcome=failed".into(), secret.clone())),
+            Box::new(|_| get("/api/v1/runs?outcome=failed", &secret)),
         ),
         (
             "list, failure_code=job.timeout",
-            Box::new(|_| {
-                (
-                    "/api/v1/runs?failure_code=job.timeout".into(),
-                    secret.clone(),
-                )
-            }),
+            Box::new(|_| get("/api/v1/runs?failure_code=job.timeout", &secret)),
         ),
         (
             "list, initiator=42",
-            Box::new(|_| ("/api/v1/runs?initiator=42".into(), secret.clone())),
+            Box::new(|_| get("/api/v1/runs?initiator=42", &secret)),
         ),
         (
             "list, status=running (none exist)",
-            Box::new(|_| ("/api/v1/runs?status=running".into(), secret.clone())),
+            Box::new(|_| get("/api/v1/runs?status=running", &secret)),
         ),
         (
             "list, initiator=nobody (no match: whole window)",
-            Box::new(|_| ("/api/v1/runs?initiator=nobody".into(), secret.clone())),
+            Box::new(|_| get("/api/v1/runs?initiator=nobody", &secret)),
         ),
         (
             "list, small tenant (100k)",
-            Box::new(|_| ("/api/v1/runs".into(), small_secret.clone())),
+            Box::new(|_| get("/api/v1/runs", &small_secret)),
         ),
         (
             "list page, HTML",
-            Box::new(|_| ("/tenants/1/operations".into(), secret.clone())),
+            Box::new(|_| get("/tenants/1/operations", &secret)),
         ),
         (
             "detail, JSON",
-            Box::new(|i| {
-                (
-                    format!("/api/v1/runs/{}", ids[i % ids.len()]),
-                    secret.clone(),
-                )
-            }),
+            Box::new(|i| get(&format!("/api/v1/runs/{}", ids[i % ids.len()]), &secret)),
         ),
         (
             "detail page, HTML",
             Box::new(|i| {
-                (
-                    format!("/tenants/1/operations/{}", ids[i % ids.len()]),
-                    secret.clone(),
+                get(
+                    &format!("/tenants/1/operations/{}", ids[i % ids.len()]),
+                    &secret,
                 )
             }),
         ),
+        ("start a run (POST, dispatched to Redis)", Box::new(start)),
     ];
     println!(
         "\n{:<48} {:>9} {:>9} {:>6}",
@@ -267,14 +280,13 @@ async fn main() -> Result<()> {
             cli.requests
         };
         for i in 0..5 {
-            let (uri, token) = request(i);
-            get(uri, token).await;
+            send(request(n + i)).await;
         }
         let mut times = Vec::with_capacity(n);
         for i in 0..n {
-            let (uri, token) = request(i);
+            let request = request(i);
             let t = Instant::now();
-            get(uri, token).await;
+            send(request).await;
             times.push(t.elapsed());
         }
         times.sort();

@@ -155,8 +155,9 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         }
     }))
     .unwrap();
-    let client = ClientBuilder::rustls()
-        .unwrap()
+    // Plain HTTP to the local chromedriver: no TLS stack needed.
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
         .capabilities(capabilities)
         .connect(&format!("http://127.0.0.1:{port}"))
         .await
