@@ -5,7 +5,6 @@
 //! include durable commits.
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -23,8 +22,8 @@ struct Cli {
     /// `producer enqueue` process samples.
     #[arg(long, default_value_t = 100)]
     process_samples: usize,
-    /// No-op runs for the end-to-end figure.
-    #[arg(long, default_value_t = 5000)]
+    /// No-op runs for the throughput figures.
+    #[arg(long, default_value_t = 50_000)]
     runs: usize,
     /// Worker concurrency for the end-to-end figure.
     #[arg(long, default_value_t = 50)]
@@ -119,80 +118,82 @@ async fn main() -> Result<()> {
         ms(p99)
     );
 
-    // 3. Enqueue with no worker running, then one worker drains the backlog.
-    let service = Arc::new(service);
-    let enqueue_rate = enqueue_noops(&service, "drain", cli.runs).await?;
+    // 3. Bulk enqueue through the batch API, 1000 runs per call, no worker running.
+    let bulk_rate = bulk_enqueue(&service, "bulk", cli.runs).await?;
+    // 4. One worker drains that backlog.
     let started = Instant::now();
-    let worker = Worker::start(&bin, &stack, &prefix, "drain", cli.concurrency)?;
-    wait_completed(&pool, "drain", cli.runs).await?;
+    let worker = Worker::start(&bin, &stack, &prefix, "bulk", cli.concurrency)?;
+    wait_completed(&pool, "bulk", cli.runs).await?;
     let drain_rate = cli.runs as f64 / started.elapsed().as_secs_f64();
     drop(worker);
-
-    // 3b. Bulk enqueue through the batch API, 1000 runs per call.
-    let started = Instant::now();
-    let requests: Vec<RunRequest> = (0..cli.runs)
-        .map(|i| {
-            RunRequest::new(4, "demo.noop")
-                .queue("bulk")
-                .inputs(json!({"i": i}))
-        })
-        .collect();
-    for chunk in requests.chunks(1000) {
-        for result in service.ensure_runs(chunk).await {
-            if result?.dispatch_failed() {
-                bail!("dispatch failed during the benchmark");
-            }
-        }
-    }
-    let bulk_rate = cli.runs as f64 / started.elapsed().as_secs_f64();
-
-    // 4. End to end: enqueue while one worker runs, until the last completes.
-    let worker = Worker::start(&bin, &stack, &prefix, "e2e", cli.concurrency)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let started = Instant::now();
-    enqueue_noops(&service, "e2e", cli.runs).await?;
-    wait_completed(&pool, "e2e", cli.runs).await?;
-    let e2e_rate = cli.runs as f64 / started.elapsed().as_secs_f64();
-    drop(worker);
+    // 5. End to end as BullMQ's is measured: bulk enqueue while the workers run.
+    let e2e_one = end_to_end(
+        &bin,
+        &stack,
+        &prefix,
+        &service,
+        "e2e1",
+        1,
+        cli.concurrency,
+        cli.runs,
+    )
+    .await?;
+    let e2e_two = end_to_end(
+        &bin,
+        &stack,
+        &prefix,
+        &service,
+        "e2e2",
+        2,
+        cli.concurrency,
+        cli.runs,
+    )
+    .await?;
+    let wide = end_to_end(&bin, &stack, &prefix, &service, "e2e100", 1, 100, cli.runs).await?;
 
     println!("\n{:<46} {:>10}", "throughput", "runs/s");
-    println!(
-        "{:<46} {:>10.0}",
-        format!(
-            "enqueue (ensure+dispatch, {PRODUCER_TASKS} tasks, n={})",
-            cli.runs
-        ),
-        enqueue_rate
-    );
-    println!(
-        "{:<46} {:>10.0}",
+    let row = |label: String, value: f64| println!("{label:<46} {value:>10.0}");
+    row(
         format!("bulk enqueue (ensure_runs, 1000 per call, n={})", cli.runs),
-        bulk_rate
+        bulk_rate,
     );
-    println!(
-        "{:<46} {:>10.0}",
+    row(
         format!(
             "worker drain, 1 process x{} (n={})",
             cli.concurrency, cli.runs
         ),
-        drain_rate
+        drain_rate,
+    );
+    row(
+        format!("end to end, 1 worker x{} (n={})", cli.concurrency, cli.runs),
+        e2e_one.per_second,
+    );
+    row(
+        format!(
+            "end to end, 2 workers x{} (n={})",
+            cli.concurrency, cli.runs
+        ),
+        e2e_two.per_second,
+    );
+    row(
+        format!("end to end, 1 worker x100 (n={})", cli.runs),
+        wide.per_second,
     );
     println!(
-        "{:<46} {:>10.0}",
-        format!("end to end, enqueue→completed (n={})", cli.runs),
-        e2e_rate
+        "{:<46} {:>7.1} MB",
+        "worker peak RSS at concurrency 100", wide.rss_mb
     );
 
-    // 5. BullMQ on the same machine and Redis, side by side.
+    // 6. BullMQ on the same machine and Redis, side by side.
     match bullmq_baseline(&stack.redis_url, cli.runs, cli.concurrency, cli.samples) {
         Ok(b) => {
             println!(
                 "\nside by side (BullMQ {}, same Redis)          opsrun     BullMQ  opsrun/BullMQ",
                 b.version
             );
-            let row = |label: &str, ours: f64, theirs: f64, unit: &str| {
+            let row = |label: &str, ours: f64, theirs: f64| {
                 println!(
-                    "{label:<46} {ours:>8.2}{unit} {theirs:>8.2}{unit} {:>10.2}",
+                    "{label:<46} {ours:>10.2} {theirs:>10.2} {:>10.2}",
                     ours / theirs
                 );
             };
@@ -200,25 +201,31 @@ async fn main() -> Result<()> {
                 "single enqueue p50 (ms, lower is better)",
                 p50_in_process.as_secs_f64() * 1e3,
                 b.add_p50_ms,
-                "",
             );
             row(
                 "single enqueue p99 (ms, lower is better)",
                 p99_in_process.as_secs_f64() * 1e3,
                 b.add_p99_ms,
-                "",
             );
             row(
                 "bulk enqueue (runs/s; ensure_runs vs addBulk)",
                 bulk_rate,
                 b.add_bulk_per_s,
-                "",
             );
             row(
                 "end to end, 1 worker (runs/s)",
-                e2e_rate,
+                e2e_one.per_second,
                 b.end_to_end_per_s,
-                "",
+            );
+            row(
+                "end to end, 2 workers (runs/s)",
+                e2e_two.per_second,
+                b.end_to_end_2_workers_per_s,
+            );
+            row(
+                "worker peak RSS, concurrency 100 (MB)",
+                wide.rss_mb,
+                b.worker_rss_mb_c100,
             );
         }
         Err(why) => println!("\nBullMQ baseline skipped: {why}"),
@@ -233,6 +240,8 @@ struct Baseline {
     add_p99_ms: f64,
     add_bulk_per_s: f64,
     end_to_end_per_s: f64,
+    end_to_end_2_workers_per_s: f64,
+    worker_rss_mb_c100: f64,
 }
 
 /// Run the BullMQ script (installed by `make bench` with npm) on `redis_url`.
@@ -281,33 +290,71 @@ fn bullmq_baseline(
         add_p99_ms: num("add_p99_ms")?,
         add_bulk_per_s: num("add_bulk_per_s")?,
         end_to_end_per_s: num("end_to_end_per_s")?,
+        end_to_end_2_workers_per_s: num("end_to_end_2_workers_per_s")?,
+        worker_rss_mb_c100: num("worker_rss_mb_c100")?,
     })
 }
 
-/// Concurrent in-process producers for the throughput figures.
-const PRODUCER_TASKS: usize = 8;
-
-/// Enqueue `runs` no-op runs on `queue`; returns runs/s.
-async fn enqueue_noops(service: &Arc<RunService>, queue: &'static str, runs: usize) -> Result<f64> {
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..PRODUCER_TASKS)
-        .map(|p| {
-            let service = Arc::clone(service);
-            tokio::spawn(async move {
-                for i in (p..runs).step_by(PRODUCER_TASKS) {
-                    let request = RunRequest::new(3, "demo.noop")
-                        .queue(queue)
-                        .inputs(json!({"i": i}));
-                    service.ensure_run(&request).await?;
-                }
-                anyhow::Ok(())
-            })
+/// Start `runs` no-op runs on `queue` through the batch API, 1000 per call; returns runs/s.
+async fn bulk_enqueue(service: &RunService, queue: &str, runs: usize) -> Result<f64> {
+    let requests: Vec<RunRequest> = (0..runs)
+        .map(|i| {
+            RunRequest::new(4, "demo.noop")
+                .queue(queue)
+                .inputs(json!({"i": i}))
         })
         .collect();
-    for task in tasks {
-        task.await??;
+    let started = Instant::now();
+    for chunk in requests.chunks(1000) {
+        for result in service.ensure_runs(chunk).await {
+            if result?.dispatch_failed() {
+                bail!("dispatch failed during the benchmark");
+            }
+        }
     }
     Ok(runs as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs/s from the first creation to the last completion, and the workers' peak RSS.
+struct EndToEnd {
+    per_second: f64,
+    rss_mb: f64,
+}
+
+/// `workers` worker processes at `concurrency` drain `runs` no-op runs
+/// enqueued in bulk while they run. Timed on the Postgres clock, from the
+/// first run's creation to the last one's completion.
+#[allow(clippy::too_many_arguments)]
+async fn end_to_end(
+    bin: &std::path::Path,
+    stack: &Stack,
+    prefix: &str,
+    service: &RunService,
+    queue: &'static str,
+    workers: usize,
+    concurrency: usize,
+    runs: usize,
+) -> Result<EndToEnd> {
+    let started: Vec<Worker> = (0..workers)
+        .map(|_| Worker::start(bin, stack, prefix, queue, concurrency))
+        .collect::<Result<_>>()?;
+    // Let the workers connect and block on their reads.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    bulk_enqueue(service, queue, runs).await?;
+    let pool = service.ledger().pool();
+    wait_completed(pool, queue, runs).await?;
+    let seconds: f64 = opsrun::sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(completed_at) - min(created_at))::float8 FROM operation_runs WHERE queue = $1",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await?;
+    let rss_mb = started.iter().map(Worker::peak_rss_mb).fold(0.0, f64::max);
+    drop(started);
+    Ok(EndToEnd {
+        per_second: runs as f64 / seconds,
+        rss_mb,
+    })
 }
 
 async fn wait_completed(pool: &opsrun::sqlx::PgPool, queue: &str, runs: usize) -> Result<()> {
@@ -323,9 +370,19 @@ async fn wait_completed(pool: &opsrun::sqlx::PgPool, queue: &str, runs: usize) -
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(600) {
-            bail!("only {done} of {runs} runs on {queue} completed in 10 minutes");
+            let states: Vec<(String, i64)> = opsrun::sqlx::query_as(
+                "SELECT status || '/' || (dispatch_entry_id IS NOT NULL)::text, count(*) FROM operation_runs \
+                 WHERE queue = $1 GROUP BY 1",
+            )
+            .bind(queue)
+            .fetch_all(pool)
+            .await?;
+            bail!(
+                "only {done} of {runs} runs on {queue} completed in 10 minutes (status/dispatched: {states:?})"
+            );
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Rarely: the count scans the table and would steal CPU from the system measured.
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -354,6 +411,21 @@ impl Worker {
             .env("RUST_LOG", "warn")
             .spawn()?;
         Ok(Worker(child))
+    }
+}
+
+impl Worker {
+    /// Peak resident memory so far (VmHWM), in MB.
+    fn peak_rss_mb(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .map_or(f64::NAN, |kb| kb / 1024.0)
     }
 }
 

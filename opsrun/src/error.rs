@@ -53,8 +53,8 @@ pub enum Error {
     BatchFailed {
         /// The driver error, as text.
         message: String,
-        /// Whether Postgres was unreachable (worth retrying).
-        unavailable: bool,
+        /// Whether trying again may succeed (see [`Error::is_retryable`]).
+        retryable: bool,
     },
     /// Concurrent starts of one identity kept racing completions; try again.
     #[error("ensuring run: the active run for this identity kept changing; try again")]
@@ -78,7 +78,6 @@ impl Error {
     /// with the "unavailable" code.
     pub fn is_database_unavailable(&self) -> bool {
         match self {
-            Error::BatchFailed { unavailable, .. } => *unavailable,
             Error::Database { source, .. } => match source {
                 sqlx::Error::Io(_)
                 | sqlx::Error::Tls(_)
@@ -95,6 +94,27 @@ impl Error {
                 _ => false,
             },
             _ => false,
+        }
+    }
+}
+
+impl Error {
+    /// True when trying the same statement again may succeed: Postgres was
+    /// unreachable, or the statement lost a deadlock or a serialization
+    /// conflict (SQLSTATE 40P01, 40001) and was rolled back.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::BatchFailed { retryable, .. } => *retryable,
+            Error::Database {
+                source: sqlx::Error::Database(db),
+                ..
+            } if db
+                .code()
+                .is_some_and(|c| matches!(c.as_ref(), "40P01" | "40001")) =>
+            {
+                true
+            }
+            e => e.is_database_unavailable(),
         }
     }
 }

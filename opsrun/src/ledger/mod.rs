@@ -1,6 +1,10 @@
 //! Postgres (sqlx): the only place that holds SQL. Every statement filters by
 //! `tenant_id` where a caller names a run, and every status change states the
-//! status it expects, so a late or forged writer changes nothing.
+//! status it expects, so a late or forged writer changes nothing. Batches
+//! that may meet on the same rows never wait on each other in a cycle:
+//! heartbeats and completions lock their runs in id order first, dispatch
+//! records skip rows a worker is claiming; what is left (a duplicate entry
+//! claimed by two workers at once) is retried when Postgres reports a deadlock.
 
 mod access;
 mod listing;
@@ -264,15 +268,21 @@ impl Ledger {
         .map_err(db("reading active runs"))
     }
 
-    /// Record the stream entries of many dispatches in one statement.
+    /// Record the stream entries of many dispatches in one statement. A run
+    /// a worker is claiming right now is skipped rather than waited for: it
+    /// is being consumed, and should the claim fail, the lost-dispatch pass
+    /// treats a run without a record like one whose entry is old.
     pub async fn record_dispatches(&self, dispatches: &[(i64, RunId, String)]) -> Result<()> {
         if dispatches.is_empty() {
             return Ok(());
         }
         sqlx::query(
-            "UPDATE operation_runs r SET dispatch_entry_id = d.entry_id, dispatched_at = now() \
-             FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS d(tenant_id, id, entry_id) \
-             WHERE r.tenant_id = d.tenant_id AND r.id = d.id AND r.status <> 'completed'",
+            "WITH d AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS d(tenant_id, id, entry_id)), \
+             locked AS (SELECT id FROM operation_runs WHERE id = ANY($2) AND status <> 'completed' \
+                 FOR NO KEY UPDATE SKIP LOCKED) \
+             UPDATE operation_runs r SET dispatch_entry_id = d.entry_id, dispatched_at = now() \
+             FROM d WHERE r.tenant_id = d.tenant_id AND r.id = d.id AND r.id IN (SELECT id FROM locked) \
+               AND r.status <> 'completed'",
         )
         .bind(dispatches.iter().map(|d| d.0).collect::<Vec<_>>())
         .bind(dispatches.iter().map(|d| d.1.0).collect::<Vec<_>>())
@@ -370,6 +380,8 @@ impl Ledger {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
+        // Queued rows are touched by no other batch that waits for locks
+        // (dispatch records skip locked rows), so no ordering is needed here.
         sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
              SET status = 'running', attempt = attempt + 1, holder = $5, lease_seconds = c.c_lease, \
                  heartbeat_at = now(), started_at = now() \
@@ -396,8 +408,10 @@ impl Ledger {
         }
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
         sqlx::query_scalar::<_, RunId>(
-            "UPDATE operation_runs SET heartbeat_at = now() \
-             WHERE id = ANY($1) AND status = 'running' AND holder = $2 RETURNING id",
+            "WITH locked AS (SELECT id FROM operation_runs \
+                 WHERE id = ANY($1) AND status = 'running' AND holder = $2 ORDER BY id FOR NO KEY UPDATE) \
+             UPDATE operation_runs SET heartbeat_at = now() \
+             WHERE id IN (SELECT id FROM locked) AND status = 'running' AND holder = $2 RETURNING id",
         )
         .bind(&ids)
         .bind(holder)
@@ -488,13 +502,16 @@ impl Ledger {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
+        sqlx::query_as::<_, Run>(sql("WITH c AS ( \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+                 AS c(c_tenant, c_id, c_holder, c_attempt, c_outcome, c_counts, c_failures)), \
+             locked AS (SELECT id FROM operation_runs WHERE id = ANY($2) AND status = 'running' \
+                 ORDER BY id FOR NO KEY UPDATE) \
+             UPDATE operation_runs \
              SET status = 'completed', outcome = c.c_outcome, summary_counts = c.c_counts, \
                  failure_summary = c.c_failures, completed_at = now() \
-             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[]) \
-                 AS c(c_tenant, c_id, c_holder, c_attempt, c_outcome, c_counts, c_failures) \
-             WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'running' \
-               AND holder = c.c_holder AND attempt = c.c_attempt \
+             FROM c WHERE tenant_id = c.c_tenant AND id = c.c_id AND id IN (SELECT id FROM locked) \
+               AND status = 'running' AND holder = c.c_holder AND attempt = c.c_attempt \
              RETURNING {cols}"))
         .bind(completions.iter().map(|(c, _)| c.tenant_id).collect::<Vec<_>>())
         .bind(completions.iter().map(|(c, _)| c.run_id.0).collect::<Vec<_>>())

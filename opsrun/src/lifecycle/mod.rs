@@ -23,7 +23,7 @@ pub use handler::{Handler, Job, JobReport, JobResult, Route};
 pub use heartbeat::{InFlight, heartbeat_loop};
 pub use middleware::{Middleware, Next};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ledger::{Claim, Fence, Ledger, Terminal};
 use crate::run::{Outcome, Run, RunId, fold_failures};
 use crate::sanitize;
@@ -442,8 +442,9 @@ fn terminal_state(
     )
 }
 
-/// Retry `op` with backoff while Postgres is unreachable, up to `budget`.
-/// Other errors (a rejected statement) are returned at once.
+/// Retry `op` with backoff while Postgres is unreachable (or a statement
+/// lost a deadlock), up to `budget`. Other errors (a rejected statement) are
+/// returned at once.
 async fn retry_while_unavailable<T, F, Fut>(budget: Duration, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -453,8 +454,8 @@ where
     let mut delay = Duration::from_millis(100);
     loop {
         match op().await {
-            Err(e) if Error::is_database_unavailable(&e) && started.elapsed() + delay < budget => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "postgres unavailable; retrying");
+            Err(e) if e.is_retryable() && started.elapsed() + delay < budget => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "postgres unavailable or conflict; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
