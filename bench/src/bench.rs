@@ -183,6 +183,18 @@ async fn main() -> Result<()> {
         "{:<46} {:>7.1} MB",
         "worker peak RSS at concurrency 100", wide.rss_mb
     );
+    // Statistics reach the view within a second or so of each transaction.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (updates, hot): (i64, i64) = opsrun::sqlx::query_as(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'operation_runs'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    println!(
+        "{:<46} {:>9.0}%",
+        format!("row updates that were HOT ({hot} of {updates})"),
+        100.0 * hot as f64 / updates.max(1) as f64
+    );
 
     // 6. BullMQ on the same machine and Redis, side by side.
     match bullmq_baseline(&stack.redis_url, cli.runs, cli.concurrency, cli.samples) {

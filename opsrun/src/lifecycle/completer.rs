@@ -1,10 +1,8 @@
 //! Group commit of terminal writes: jobs that finish around the same time
 //! have their fenced completions written by one statement. A job hands its
-//! completion over and waits for its own answer; the batch is flushed when
-//! it is full or a few milliseconds after its first completion, so a lone
-//! completion waits at most that long.
-
-use std::time::Duration;
+//! completion over and waits for its own answer. No timer: a batch is
+//! whatever piled up while the previous statement was committing, so a lone
+//! completion is written at once and batches grow with the load.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,9 +11,7 @@ use crate::ledger::{Claim, Ledger, Terminal};
 use crate::run::{Failure, Outcome, Run, RunId, SummaryCounts};
 
 /// Most completions written by one statement.
-pub const MAX_BATCH: usize = 128;
-/// Longest a completion waits for others to join its batch.
-pub const MAX_DELAY: Duration = Duration::from_millis(2);
+pub const MAX_BATCH: usize = 256;
 
 /// One completion waiting to be written.
 struct Pending {
@@ -67,15 +63,10 @@ impl Completer {
 async fn flush_loop(ledger: Ledger, mut rx: mpsc::Receiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        let deadline = tokio::time::sleep(MAX_DELAY);
-        tokio::pin!(deadline);
         while batch.len() < MAX_BATCH {
-            tokio::select! {
-                _ = &mut deadline => break,
-                next = rx.recv() => match next {
-                    Some(p) => batch.push(p),
-                    None => break,
-                },
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
             }
         }
         let rows: Vec<(Claim<'_>, Terminal<'_>)> = batch

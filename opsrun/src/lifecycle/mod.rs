@@ -4,6 +4,7 @@
 //! only then XACK. Delivery is at-least-once; the terminal state is written
 //! exactly once.
 
+mod acker;
 mod completer;
 mod handler;
 mod heartbeat;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use acker::Acker;
 pub use completer::Completer;
 pub use handler::{Handler, Job, JobReport, JobResult, Route};
 pub use heartbeat::{InFlight, heartbeat_loop};
@@ -88,6 +90,7 @@ pub struct Lifecycle {
     in_flight: InFlight,
     stats: Arc<LifecycleStats>,
     completer: Option<Completer>,
+    acker: Option<Acker>,
 }
 
 impl Lifecycle {
@@ -103,6 +106,7 @@ impl Lifecycle {
             in_flight: InFlight::default(),
             stats: Arc::default(),
             completer: None,
+            acker: None,
         }
     }
 
@@ -118,11 +122,12 @@ impl Lifecycle {
         self
     }
 
-    /// Write terminal states in groups: completions that happen within a few
-    /// milliseconds of each other share one statement (same fencing).
-    /// Starts a task, so call it inside a Tokio runtime.
+    /// Write terminal states in groups: completions that happen together
+    /// share one statement (same fencing), and their entries one XACK.
+    /// Starts two tasks, so call it inside a Tokio runtime.
     pub fn group_commit(mut self) -> Self {
         self.completer = Some(Completer::start(self.ledger.clone()));
+        self.acker = Some(Acker::start(self.transport.clone()));
         self
     }
 
@@ -403,6 +408,9 @@ impl Lifecycle {
     }
 
     async fn ack(&self, queue: &str, entry_id: &str) {
+        if let Some(acker) = &self.acker {
+            return acker.ack(queue, entry_id).await;
+        }
         if let Err(e) = self.transport.ack(queue, &[entry_id]).await {
             // The run's state is already committed; a stale pending entry is
             // only a hint and the reaper clears it.

@@ -1,0 +1,74 @@
+//! Batched acknowledgements: entries whose runs are settled in Postgres are
+//! XACKed together, one XACK per stream for whatever piled up while the
+//! previous one was in flight (no timer: a lone ack goes at once). A job
+//! waits for its own ack, so its slot is held until the entry is
+//! acknowledged and a drained worker leaves nothing pending.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::transport::Transport;
+
+/// Most entries acknowledged by one round of XACKs.
+pub const MAX_BATCH: usize = 512;
+
+struct Pending {
+    queue: String,
+    entry_id: String,
+    done: oneshot::Sender<()>,
+}
+
+/// Hands acknowledgements to the batching task.
+#[derive(Clone)]
+pub struct Acker {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Acker {
+    /// Start the batching task over `transport`; it ends when every handle is dropped.
+    pub fn start(transport: Transport) -> Acker {
+        let (tx, rx) = mpsc::channel(MAX_BATCH);
+        tokio::spawn(flush_loop(transport, rx));
+        Acker { tx }
+    }
+
+    /// Acknowledge `entry_id` of `queue` with whatever else is being
+    /// acknowledged now; returns once its XACK was answered (or failed: a
+    /// stale pending entry is only a hint, the reaper clears it).
+    pub async fn ack(&self, queue: &str, entry_id: &str) {
+        let (done, answered) = oneshot::channel();
+        let pending = Pending {
+            queue: queue.to_string(),
+            entry_id: entry_id.to_string(),
+            done,
+        };
+        if self.tx.send(pending).await.is_ok() {
+            let _ = answered.await;
+        }
+    }
+}
+
+async fn flush_loop(transport: Transport, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut by_queue: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for p in &batch {
+            by_queue.entry(&p.queue).or_default().push(&p.entry_id);
+        }
+        for (queue, ids) in by_queue {
+            if let Err(e) = transport.ack(queue, &ids).await {
+                tracing::warn!(queue, entries = ids.len(), error = %e, "acknowledge failed; entries stay pending");
+            }
+        }
+        for p in batch {
+            let _ = p.done.send(());
+        }
+    }
+}
