@@ -618,19 +618,24 @@ impl Ledger {
         age: std::time::Duration,
         batch: i64,
     ) -> Result<u64> {
-        let done = sqlx::query(
-            "DELETE FROM operation_runs WHERE id IN ( \
+        // The runs' notifications go in the same statement (no foreign key:
+        // a per-row cascade halved the rate).
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH doomed AS ( \
                  SELECT id FROM operation_runs \
                  WHERE status = 'completed' AND completed_at < now() - make_interval(secs => $1) \
-                 ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             AND status = 'completed'",
+                 ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             gone AS (DELETE FROM operation_runs WHERE id IN (SELECT id FROM doomed) \
+                 AND status = 'completed' RETURNING id), \
+             notes AS (DELETE FROM notifications WHERE run_id IN (SELECT id FROM gone)) \
+             SELECT count(*) FROM gone",
         )
         .bind(age.as_secs_f64())
         .bind(batch)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(db("deleting completed runs"))?;
-        Ok(done.rows_affected())
+        Ok(deleted as u64)
     }
 
     /// Move a run from `expected` to `status` with the given outcome, counts
