@@ -85,6 +85,19 @@ struct EnqueueArgs {
     /// How long the XADD may take before the dispatch counts as failed.
     #[arg(long, env = "OPSRUN_DISPATCH_TIMEOUT", default_value = "2s", value_parser = duration)]
     dispatch_timeout: Duration,
+    #[command(flatten)]
+    view: ViewArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+/// Where people view runs.
+#[derive(Args)]
+struct ViewArgs {
     /// Base URL of Monitoring → Operations, for view_url.
     #[arg(
         long,
@@ -92,12 +105,6 @@ struct EnqueueArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     monitor_url: String,
-    #[command(flatten)]
-    registry: RegistryArgs,
-    #[command(flatten)]
-    redis: RedisArgs,
-    #[command(flatten)]
-    database: DatabaseArgs,
 }
 
 /// Who starts the run.
@@ -154,13 +161,8 @@ struct MirrorArgs {
     /// A failure of a finished record as CODE=MESSAGE (repeatable; messages are sanitized).
     #[arg(long = "failure", value_parser = parse_failure)]
     failures: Vec<opsrun::Failure>,
-    /// Base URL of Monitoring → Operations, for view_url.
-    #[arg(
-        long,
-        env = "OPSRUN_MONITOR_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    monitor_url: String,
+    #[command(flatten)]
+    view: ViewArgs,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -234,7 +236,7 @@ async fn mirror(args: MirrorArgs) -> Result<u8, Failure> {
             "status": run.status,
             "outcome": run.outcome,
             "changed": mirrored.changed,
-            "view_url": view_url(&args.monitor_url, run),
+            "view_url": view_url(&args.view.monitor_url, run),
             "failure_summary": run.failure_summary,
             "summary_counts": run.summary_counts,
         }),
@@ -380,7 +382,7 @@ async fn enqueue(args: EnqueueArgs) -> Result<u8, Failure> {
     registry.spec(&request.run_type)?;
     let service = service(&args, registry).await?;
     let ensured = service.ensure_run(&request).await?;
-    let (output, code) = result_json(&ensured, &args.monitor_url);
+    let (output, code) = result_json(&ensured, &args.view.monitor_url);
     println!("{output}");
     Ok(code)
 }
@@ -449,7 +451,7 @@ async fn enqueue_batch(
         {
             match result {
                 Ok(ensured) => {
-                    let (mut output, line_code) = result_json(&ensured, &args.monitor_url);
+                    let (mut output, line_code) = result_json(&ensured, &args.view.monitor_url);
                     output["line"] = json!(line);
                     println!("{output}");
                     code = code.max(line_code);

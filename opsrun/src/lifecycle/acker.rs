@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch::next_batch;
 use crate::transport::Transport;
 
 /// Most entries acknowledged by one round of XACKs.
@@ -50,14 +51,7 @@ impl Acker {
 }
 
 async fn flush_loop(transport: Transport, mut rx: mpsc::Receiver<Pending>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx, MAX_BATCH).await {
         let mut by_queue: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for p in &batch {
             by_queue.entry(&p.queue).or_default().push(&p.entry_id);

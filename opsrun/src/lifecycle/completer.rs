@@ -6,6 +6,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch::next_batch;
 use crate::error::{Error, Result};
 use crate::ledger::{Claim, Ledger, Terminal};
 use crate::run::{Failure, Outcome, Run, RunId, SummaryCounts};
@@ -61,14 +62,7 @@ impl Completer {
 }
 
 async fn flush_loop(ledger: Ledger, mut rx: mpsc::Receiver<Pending>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx, MAX_BATCH).await {
         let rows: Vec<(Claim<'_>, Terminal<'_>)> = batch
             .iter()
             .map(|p| {

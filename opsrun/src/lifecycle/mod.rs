@@ -5,6 +5,7 @@
 //! exactly once.
 
 mod acker;
+mod batch;
 mod completer;
 mod handler;
 mod heartbeat;
