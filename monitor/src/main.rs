@@ -317,15 +317,11 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
             let user = match (user_id, user_name.as_deref()) {
                 (Some(id), Some(name)) => {
                     // The name becomes the initiator of the runs the token starts.
-                    if name.trim().is_empty()
-                        || name.chars().count() > 200
-                        || name.chars().any(char::is_control)
-                    {
-                        return Err(Failure::new(
-                            exit::INVALID,
-                            "invalid user_name: must be 1 to 200 characters, without control characters",
-                        ));
-                    }
+                    opsrun::request::check_label(
+                        "user_name",
+                        name,
+                        opsrun::request::MAX_INITIATOR_NAME_CHARS,
+                    )?;
                     Some((id, name))
                 }
                 _ => None,

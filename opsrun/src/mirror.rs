@@ -22,6 +22,9 @@ use crate::service::RunService;
 /// `cancelled` stays reserved).
 pub const DOMAIN_CANCELLED: &str = "domain.cancelled";
 
+/// Longest domain record id.
+pub const MAX_DOMAIN_ID_CHARS: usize = 200;
+
 /// Where a domain record stands, in the words domain workflows use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomainStatus {
@@ -125,12 +128,7 @@ impl MirrorRequest {
     /// inputs set to `{"domain_id": ...}`.
     pub fn validate(&self) -> Result<RunRequest> {
         let id = &self.domain_id;
-        if id.is_empty() || id.chars().count() > 200 || id.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "domain_id",
-                "must be 1 to 200 characters, without control characters",
-            ));
-        }
+        crate::request::check_label("domain_id", id, MAX_DOMAIN_ID_CHARS)?;
         let mut run = self.run.clone();
         run.inputs = json!({ "domain_id": id });
         run.validate()?;

@@ -134,21 +134,28 @@ impl RunRequest {
         {
             return Err(Error::invalid("user_id", "must be a positive integer"));
         }
-        let name = &self.initiator.name;
-        if name.trim().is_empty() || name.chars().count() > MAX_INITIATOR_NAME_CHARS {
-            return Err(Error::invalid(
-                "initiator_name",
-                format!("must be 1 to {MAX_INITIATOR_NAME_CHARS} characters"),
-            ));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "initiator_name",
-                "must not contain control characters",
-            ));
-        }
+        check_label(
+            "initiator_name",
+            &self.initiator.name,
+            MAX_INITIATOR_NAME_CHARS,
+        )?;
         Ok(())
     }
+}
+
+/// Check a short human-readable value (a name, an external id): 1 to `max`
+/// characters, not blank, no control characters.
+pub fn check_label(field: &'static str, value: &str, max: usize) -> Result<()> {
+    if value.trim().is_empty() || value.chars().count() > max {
+        return Err(Error::invalid(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
 }
 
 /// Parse a tenant or user id as strict decimal: digits only, no sign, no
