@@ -28,22 +28,21 @@ fn started_by(user: i64, run_type: &str) -> RunRequest {
         .initiator(Initiator::user(user, format!("user {user}")))
 }
 
+/// A run of `run_type` started by `user`.
+async fn start(env: &TestEnv, user: i64, run_type: &str) -> opsrun::Run {
+    env.service
+        .ensure_run(&started_by(user, run_type))
+        .await
+        .unwrap()
+        .run
+}
+
 #[tokio::test]
 async fn a_users_run_notifies_them_when_queued_and_when_it_ends_with_a_sanitized_summary() {
     let env = TestEnv::new().await;
     let _worker = Worker::spawn(&env, &env.redis_url, &[]);
-    let partial = env
-        .service
-        .ensure_run(&started_by(7, "test.partial"))
-        .await
-        .unwrap()
-        .run;
-    let failing = env
-        .service
-        .ensure_run(&started_by(8, "test.fail"))
-        .await
-        .unwrap()
-        .run;
+    let partial = start(&env, 7, "test.partial").await;
+    let failing = start(&env, 8, "test.fail").await;
     assert_eq!(
         completed(&env, &partial).await.outcome,
         Outcome::PartiallySucceeded
@@ -121,12 +120,7 @@ async fn system_runs_and_deduplicated_callers_get_no_notification() {
 async fn runs_the_reaper_or_a_failed_dispatch_ends_notify_too() {
     let env = TestEnv::new().await;
     // Reaper: a running run whose holder vanished after its last attempt.
-    let run = env
-        .service
-        .ensure_run(&started_by(7, "test.succeed"))
-        .await
-        .unwrap()
-        .run;
+    let run = start(&env, 7, "test.succeed").await;
     sqlx::query(
         "UPDATE operation_runs SET status = 'running', attempt = max_attempts, holder = 'gone', \
              started_at = now(), heartbeat_at = now() - interval '1 hour' WHERE id = $1",
@@ -166,12 +160,7 @@ async fn runs_the_reaper_or_a_failed_dispatch_ends_notify_too() {
 #[tokio::test]
 async fn notifications_are_listed_per_user_marked_read_and_removed_by_retention() {
     let env = TestEnv::new().await;
-    let run = env
-        .service
-        .ensure_run(&started_by(7, "test.succeed"))
-        .await
-        .unwrap()
-        .run;
+    let run = start(&env, 7, "test.succeed").await;
     env.service
         .ensure_run(&started_by(8, "test.succeed"))
         .await
