@@ -99,6 +99,15 @@ impl Error {
 }
 
 impl Error {
+    /// A copy of this error for each member of a group whose shared
+    /// statement failed; each decides for itself whether to try again.
+    pub(crate) fn for_batch_member(&self) -> Error {
+        Error::BatchFailed {
+            message: self.to_string(),
+            retryable: self.is_retryable(),
+        }
+    }
+
     /// True when trying the same statement again may succeed: Postgres was
     /// unreachable, or the statement lost a deadlock or a serialization
     /// conflict (SQLSTATE 40P01, 40001) and was rolled back.

@@ -2,6 +2,12 @@
 //! `concurrency` jobs at once, a batched heartbeat, and a graceful drain on
 //! shutdown (stop reading, let in-flight jobs finish within the grace period,
 //! leave the rest to the reaper).
+//!
+//! A job's slot is freed as soon as its handler returns; its terminal write
+//! and XACK then join the next group commit in the background (River's batch
+//! completer works alike), so slots never wait on Postgres. How many runs may
+//! wait like that is bounded ([`SETTLE_BACKLOG`]); until written they stay
+//! held and heartbeated, and shutdown waits for them.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,7 +16,7 @@ use std::time::Duration;
 use opsrun::lifecycle::{Lifecycle, heartbeat_loop};
 use opsrun::transport::StreamReader;
 use opsrun::{Ledger, Transport};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +30,10 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Most entries taken in one read.
 const MAX_READ_COUNT: usize = 64;
+/// Most finished jobs whose results wait to be written, beyond the running
+/// ones: two group-commit batches (256 each), one being written while the
+/// next gathers.
+pub const SETTLE_BACKLOG: usize = 512;
 
 /// How a worker process consumes.
 #[derive(Debug, Clone)]
@@ -92,7 +102,7 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> WorkerReport {
-    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let capacity = Capacity::new(config.concurrency.max(1));
     let jobs = TaskTracker::new();
     let stop_heartbeat = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat_loop(
@@ -111,7 +121,7 @@ pub async fn run(
             tokio::spawn(read_loop(
                 reader,
                 Arc::clone(&lifecycle),
-                Arc::clone(&slots),
+                capacity.clone(),
                 jobs.clone(),
                 config.block,
                 shutdown.clone(),
@@ -163,12 +173,73 @@ pub async fn run(
     report
 }
 
-/// Read one queue: wait for a free slot, read as many entries as there are
-/// free slots, run each in its own task holding its slot.
+/// Claim one read's entries and run each claimed run in its own task: the
+/// handler holding its slot, then the terminal write holding only its hold.
+/// Permits of entries that were not claimed are released on return.
+async fn claim_and_run(
+    lifecycle: Arc<Lifecycle>,
+    deliveries: Vec<opsrun::transport::Delivery>,
+    mut permits: Vec<JobPermit>,
+    jobs: TaskTracker,
+) {
+    for (delivery, claim) in lifecycle.claim(deliveries).await {
+        let Ok(run) = claim else { continue };
+        // A read never returns more entries than permits were taken for it.
+        let Some(permit) = permits.pop() else {
+            tracing::error!(run_id = %run.id, "more entries than permits; left to the reaper");
+            continue;
+        };
+        let lifecycle = Arc::clone(&lifecycle);
+        jobs.spawn(async move {
+            let finished = lifecycle.run_job(delivery, run).await;
+            drop(permit.slot);
+            lifecycle.settle(finished).await;
+            drop(permit.hold);
+        });
+    }
+}
+
+/// What a job needs before its entry is read: a slot to run its handler in,
+/// and a hold that lasts until its result is written.
+#[derive(Clone)]
+struct Capacity {
+    slots: Arc<Semaphore>,
+    holds: Arc<Semaphore>,
+}
+
+/// A job's slot and hold.
+struct JobPermit {
+    slot: OwnedSemaphorePermit,
+    hold: OwnedSemaphorePermit,
+}
+
+impl Capacity {
+    fn new(concurrency: usize) -> Self {
+        Capacity {
+            slots: Arc::new(Semaphore::new(concurrency)),
+            holds: Arc::new(Semaphore::new(concurrency + SETTLE_BACKLOG)),
+        }
+    }
+
+    async fn acquire(&self) -> Option<JobPermit> {
+        let hold = Arc::clone(&self.holds).acquire_owned().await.ok()?;
+        let slot = Arc::clone(&self.slots).acquire_owned().await.ok()?;
+        Some(JobPermit { slot, hold })
+    }
+
+    fn try_acquire(&self) -> Option<JobPermit> {
+        let hold = Arc::clone(&self.holds).try_acquire_owned().ok()?;
+        let slot = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        Some(JobPermit { slot, hold })
+    }
+}
+
+/// Read one queue: wait for capacity, read as many entries as there are
+/// free slots, hand them to [`claim_and_run`] and read again.
 async fn read_loop(
     mut reader: StreamReader,
     lifecycle: Arc<Lifecycle>,
-    slots: Arc<Semaphore>,
+    capacity: Capacity,
     jobs: TaskTracker,
     block: Duration,
     shutdown: CancellationToken,
@@ -177,13 +248,13 @@ async fn read_loop(
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
-            permit = Arc::clone(&slots).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            permit = capacity.acquire() => match permit { Some(p) => p, None => return },
         };
         let mut permits = vec![first];
         while permits.len() < MAX_READ_COUNT {
-            match Arc::clone(&slots).try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
+            match capacity.try_acquire() {
+                Some(p) => permits.push(p),
+                None => break,
             }
         }
         // The read is never cancelled mid-BLOCK: entries Redis hands over
@@ -194,25 +265,14 @@ async fn read_loop(
         match reader.read(permits.len(), block).await {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(100);
-                // One claim statement for the whole read; each claimed run
-                // then runs in its own task, holding its slot.
-                let claimed = lifecycle.claim(deliveries).await;
-                for (delivery, claim) in claimed {
-                    let Ok(run) = claim else { continue };
-                    // A read never returns more entries than free slots were asked for.
-                    let permit = match permits.pop() {
-                        Some(permit) => permit,
-                        None => match Arc::clone(&slots).acquire_owned().await {
-                            Ok(permit) => permit,
-                            Err(_) => return,
-                        },
-                    };
-                    let lifecycle = Arc::clone(&lifecycle);
-                    jobs.spawn(async move {
-                        lifecycle.run_claimed(delivery, run).await;
-                        drop(permit);
-                    });
-                }
+                // Claimed in the background, so the next read goes out while
+                // this one commits; reads that meet share a claim statement.
+                jobs.spawn(claim_and_run(
+                    Arc::clone(&lifecycle),
+                    deliveries,
+                    permits,
+                    jobs.clone(),
+                ));
             }
             Err(e) => {
                 tracing::warn!(queue = reader.queue(), error = %e, retry_in_ms = backoff.as_millis() as u64, "reading the queue failed; retrying");

@@ -93,13 +93,8 @@ async fn flush_loop(ledger: Ledger, mut rx: mpsc::Receiver<Pending>) {
                 }
             }
             Err(e) => {
-                // Each caller decides whether to retry (Postgres unavailable) or give up.
-                let (message, retryable) = (e.to_string(), e.is_retryable());
                 for p in batch {
-                    let _ = p.reply.send(Err(Error::BatchFailed {
-                        message: message.clone(),
-                        retryable,
-                    }));
+                    let _ = p.reply.send(Err(e.for_batch_member()));
                 }
             }
         }

@@ -6,6 +6,7 @@
 
 mod acker;
 mod batch;
+mod claimer;
 mod completer;
 mod handler;
 mod heartbeat;
@@ -65,6 +66,16 @@ pub enum Processed {
     Deferred,
 }
 
+/// A claimed run whose job has finished and whose result is not written
+/// yet (see [`Lifecycle::settle`]).
+pub struct Finished {
+    delivery: Delivery,
+    run: Run,
+    result: JobResult,
+    retry_backoff: Option<crate::registry::RetryBackoff>,
+    span: tracing::Span,
+}
+
 /// Counters of processed deliveries.
 #[derive(Debug, Default)]
 pub struct LifecycleStats {
@@ -90,6 +101,7 @@ pub struct Lifecycle {
     middleware: Arc<Vec<Arc<dyn Middleware>>>,
     in_flight: InFlight,
     stats: Arc<LifecycleStats>,
+    claimer: Option<claimer::Claimer>,
     completer: Option<Completer>,
     acker: Option<Acker>,
 }
@@ -106,6 +118,7 @@ impl Lifecycle {
             middleware: Arc::new(Vec::new()),
             in_flight: InFlight::default(),
             stats: Arc::default(),
+            claimer: None,
             completer: None,
             acker: None,
         }
@@ -123,10 +136,15 @@ impl Lifecycle {
         self
     }
 
-    /// Write terminal states in groups: completions that happen together
-    /// share one statement (same fencing), and their entries one XACK.
-    /// Starts two tasks, so call it inside a Tokio runtime.
+    /// Write claims and terminal states in groups: reads claimed while a
+    /// claim is committing share the next statement, completions that happen
+    /// together share one statement (same fencing), and their entries one
+    /// XACK. Starts three tasks, so call it inside a Tokio runtime.
     pub fn group_commit(mut self) -> Self {
+        self.claimer = Some(claimer::Claimer::start(
+            self.ledger.clone(),
+            self.holder.clone(),
+        ));
         self.completer = Some(Completer::start(self.ledger.clone()));
         self.acker = Some(Acker::start(self.transport.clone()));
         self
@@ -184,8 +202,11 @@ impl Lifecycle {
                 (e.tenant_id, e.run_id, e.attempt, lease)
             })
             .collect();
-        let claimed = match retry_while_unavailable(CLAIM_RETRY_BUDGET, || {
-            self.ledger.mark_running_many(&requests, &self.holder)
+        let claimed = match retry_while_unavailable(CLAIM_RETRY_BUDGET, || async {
+            match &self.claimer {
+                Some(claimer) => claimer.claim(requests.clone()).await,
+                None => self.ledger.mark_running_many(&requests, &self.holder).await,
+            }
         })
         .await
         {
@@ -246,6 +267,13 @@ impl Lifecycle {
     /// Run a claimed run: the handler stack, then the fenced terminal write
     /// (or a retry), then the acknowledgement.
     pub async fn run_claimed(&self, delivery: Delivery, run: Run) -> Processed {
+        let finished = self.run_job(delivery, run).await;
+        self.settle(finished).await
+    }
+
+    /// Run the handler stack of a claimed run. The run stays held (and
+    /// heartbeated) until [`Lifecycle::settle`] has written its result.
+    pub async fn run_job(&self, delivery: Delivery, run: Run) -> Finished {
         let lost = self.in_flight.insert(run.id);
         let span = tracing::info_span!("run", run_id = %run.id, tenant_id = run.tenant_id, r#type = %run.run_type, attempt = run.attempt, queue = %run.queue);
         tracing::info!(parent: &span, "run started");
@@ -261,6 +289,25 @@ impl Lifecycle {
             .instrument(span.clone())
             .await;
         self.in_flight.job_finished(run.id);
+        Finished {
+            delivery,
+            run,
+            result,
+            retry_backoff,
+            span,
+        }
+    }
+
+    /// Write a finished job's result, fenced on its claim (or schedule its
+    /// retry), then acknowledge its entry.
+    pub async fn settle(&self, finished: Finished) -> Processed {
+        let Finished {
+            delivery,
+            run,
+            result,
+            retry_backoff,
+            span,
+        } = finished;
         let claim = Claim {
             tenant_id: run.tenant_id,
             run_id: run.id,
