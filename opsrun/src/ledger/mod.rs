@@ -5,6 +5,13 @@
 //! heartbeats and completions lock their runs in id order first, dispatch
 //! records skip rows a worker is claiming; what is left (a duplicate entry
 //! claimed by two workers at once) is retried when Postgres reports a deadlock.
+//!
+//! Batch statements find their rows by primary key and state the status
+//! they expect as `status IS NOT DISTINCT FROM '...'`, not `status = '...'`
+//! (the same on this NOT NULL column): an equality would let the planner
+//! prove a small partial index (`WHERE status = 'running'`, say) usable and,
+//! when its statistics say it is nearly empty, scan all of it once per
+//! listed run. Measured on 1,000 completions: 515 ms that way, 29 ms by key.
 
 mod access;
 mod listing;
@@ -50,6 +57,22 @@ pub struct NewRun<'a> {
     pub lease_seconds: i32,
     /// The domain record an adapter run mirrors; `None` for dispatched runs.
     pub domain_id: Option<&'a str>,
+}
+
+/// A delivered entry whose run a worker claims (see [`Ledger::mark_running_many`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// The tenant the entry names.
+    pub tenant_id: i64,
+    /// The run the entry names.
+    pub run_id: RunId,
+    /// The attempt the entry was sent for.
+    pub attempt: i32,
+    /// The lease the claimant heartbeats against.
+    pub lease: std::time::Duration,
+    /// The stream entry that delivered it, recorded as the run's dispatch:
+    /// the entry the reaper acknowledges should this worker vanish.
+    pub entry_id: String,
 }
 
 /// A worker's hold on a running run: completion is fenced on all of it, so a
@@ -268,21 +291,21 @@ impl Ledger {
         .map_err(db("reading active runs"))
     }
 
-    /// Record the stream entries of many dispatches in one statement. A run
-    /// a worker is claiming right now is skipped rather than waited for: it
-    /// is being consumed, and should the claim fail, the lost-dispatch pass
-    /// treats a run without a record like one whose entry is old.
+    /// Record the stream entries of many dispatches in one statement, on the
+    /// runs still queued: a run a worker has claimed holds its delivering
+    /// entry already, and one it is claiming right now is skipped rather than
+    /// waited for (should that claim fail, the lost-dispatch pass treats a
+    /// run without a record like one whose entry is old).
     pub async fn record_dispatches(&self, dispatches: &[(i64, RunId, String)]) -> Result<()> {
         if dispatches.is_empty() {
             return Ok(());
         }
         sqlx::query(
             "WITH d AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS d(tenant_id, id, entry_id)), \
-             locked AS (SELECT id FROM operation_runs WHERE id = ANY($2) AND status <> 'completed' \
-                 FOR NO KEY UPDATE SKIP LOCKED) \
-             UPDATE operation_runs r SET dispatch_entry_id = d.entry_id, dispatched_at = now() \
-             FROM d WHERE r.tenant_id = d.tenant_id AND r.id = d.id AND r.id IN (SELECT id FROM locked) \
-               AND r.status <> 'completed'",
+             locked AS (SELECT r.id, d.entry_id FROM d JOIN operation_runs r ON r.id = d.id AND r.tenant_id = d.tenant_id \
+                 WHERE r.status IS NOT DISTINCT FROM 'queued' FOR NO KEY UPDATE OF r SKIP LOCKED) \
+             UPDATE operation_runs r SET dispatch_entry_id = l.entry_id, dispatched_at = now() \
+             FROM locked l WHERE r.id = l.id AND r.status IS NOT DISTINCT FROM 'queued'",
         )
         .bind(dispatches.iter().map(|d| d.0).collect::<Vec<_>>())
         .bind(dispatches.iter().map(|d| d.1.0).collect::<Vec<_>>())
@@ -305,11 +328,12 @@ impl Ledger {
         .map_err(db("reading run"))
     }
 
-    /// Record the stream entry of the latest dispatch.
+    /// Record the stream entry of the latest dispatch on a run still queued
+    /// (a claimed run holds its delivering entry already).
     pub async fn record_dispatch(&self, tenant_id: i64, id: RunId, entry_id: &str) -> Result<()> {
         sqlx::query(
             "UPDATE operation_runs SET dispatch_entry_id = $3, dispatched_at = now() \
-             WHERE tenant_id = $1 AND id = $2 AND status <> 'completed'",
+             WHERE tenant_id = $1 AND id = $2 AND status = 'queued'",
         )
         .bind(tenant_id)
         .bind(id)
@@ -369,12 +393,12 @@ impl Ledger {
     }
 
     /// Claim many runs in one statement, as [`Ledger::mark_running`] does one:
-    /// each `(tenant_id, run_id, attempt, lease)` is claimed if that run is
-    /// queued, of that tenant, awaiting that attempt and due. Returns the runs
-    /// claimed (a run listed twice is claimed once).
+    /// each request's run is claimed if it is queued, of that tenant,
+    /// awaiting that attempt and due; the delivering entry is recorded as its
+    /// dispatch. Returns the runs claimed (a run listed twice is claimed once).
     pub async fn mark_running_many(
         &self,
-        claims: &[(i64, RunId, i32, std::time::Duration)],
+        claims: &[ClaimRequest],
         holder: &str,
     ) -> Result<Vec<Run>> {
         if claims.is_empty() {
@@ -384,16 +408,19 @@ impl Ledger {
         // (dispatch records skip locked rows), so no ordering is needed here.
         sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
              SET status = 'running', attempt = attempt + 1, holder = $5, lease_seconds = c.c_lease, \
-                 heartbeat_at = now(), started_at = now() \
-             FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[]) AS c(c_tenant, c_id, c_attempt, c_lease) \
-             WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'queued' AND attempt = c.c_attempt - 1 \
+                 heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry \
+             FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $6::text[]) \
+                 AS c(c_tenant, c_id, c_attempt, c_lease, c_entry) \
+             WHERE tenant_id = c.c_tenant AND id = c.c_id AND status IS NOT DISTINCT FROM 'queued' \
+               AND attempt = c.c_attempt - 1 \
                AND (not_before IS NULL OR not_before <= now()) \
              RETURNING {cols}"))
-        .bind(claims.iter().map(|c| c.0).collect::<Vec<_>>())
-        .bind(claims.iter().map(|c| c.1.0).collect::<Vec<_>>())
-        .bind(claims.iter().map(|c| c.2).collect::<Vec<_>>())
-        .bind(claims.iter().map(|c| c.3.as_secs().clamp(1, i32::MAX as u64) as i32).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.tenant_id).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.run_id.0).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.attempt).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.lease.as_secs().clamp(1, i32::MAX as u64) as i32).collect::<Vec<_>>())
         .bind(holder)
+        .bind(claims.iter().map(|c| c.entry_id.as_str()).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await
         .map_err(db("claiming runs"))
@@ -409,9 +436,11 @@ impl Ledger {
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
         sqlx::query_scalar::<_, RunId>(
             "WITH locked AS (SELECT id FROM operation_runs \
-                 WHERE id = ANY($1) AND status = 'running' AND holder = $2 ORDER BY id FOR NO KEY UPDATE) \
+                 WHERE id = ANY($1) AND status IS NOT DISTINCT FROM 'running' AND holder = $2 \
+                 ORDER BY id FOR NO KEY UPDATE) \
              UPDATE operation_runs SET heartbeat_at = now() \
-             WHERE id IN (SELECT id FROM locked) AND status = 'running' AND holder = $2 RETURNING id",
+             WHERE id IN (SELECT id FROM locked) AND status IS NOT DISTINCT FROM 'running' AND holder = $2 \
+             RETURNING id",
         )
         .bind(&ids)
         .bind(holder)
@@ -505,13 +534,15 @@ impl Ledger {
         sqlx::query_as::<_, Run>(sql("WITH c AS ( \
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[]) \
                  AS c(c_tenant, c_id, c_holder, c_attempt, c_outcome, c_counts, c_failures)), \
-             locked AS (SELECT id FROM operation_runs WHERE id = ANY($2) AND status = 'running' \
-                 ORDER BY id FOR NO KEY UPDATE) \
-             UPDATE operation_runs \
-             SET status = 'completed', outcome = c.c_outcome, summary_counts = c.c_counts, \
-                 failure_summary = c.c_failures, completed_at = now() \
-             FROM c WHERE tenant_id = c.c_tenant AND id = c.c_id AND id IN (SELECT id FROM locked) \
-               AND status = 'running' AND holder = c.c_holder AND attempt = c.c_attempt \
+             locked AS (SELECT r.id AS locked_id, c.* FROM c JOIN operation_runs r ON r.id = c.c_id \
+                 WHERE r.tenant_id = c.c_tenant AND r.status IS NOT DISTINCT FROM 'running' \
+                   AND r.holder = c.c_holder AND r.attempt = c.c_attempt \
+                 ORDER BY r.id FOR NO KEY UPDATE OF r) \
+             UPDATE operation_runs r \
+             SET status = 'completed', outcome = l.c_outcome, summary_counts = l.c_counts, \
+                 failure_summary = l.c_failures, completed_at = now() \
+             FROM locked l WHERE r.id = l.locked_id AND r.status IS NOT DISTINCT FROM 'running' \
+               AND r.holder = l.c_holder AND r.attempt = l.c_attempt \
              RETURNING {cols}"))
         .bind(completions.iter().map(|(c, _)| c.tenant_id).collect::<Vec<_>>())
         .bind(completions.iter().map(|(c, _)| c.run_id.0).collect::<Vec<_>>())

@@ -4,23 +4,19 @@
 //! a lone read is claimed at once.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::next_batch;
 use crate::error::{Error, Result};
-use crate::ledger::Ledger;
+use crate::ledger::{ClaimRequest, Ledger};
 use crate::run::{Run, RunId};
 
 /// Most reads claimed by one statement (each read is at most a few dozen entries).
 const MAX_READS: usize = 16;
 
-/// One read's claims: `(tenant_id, run_id, attempt, lease)` per entry.
-pub(super) type Requests = Vec<(i64, RunId, i32, Duration)>;
-
 struct Pending {
-    requests: Requests,
+    requests: Vec<ClaimRequest>,
     reply: oneshot::Sender<Result<Vec<Run>>>,
 }
 
@@ -41,7 +37,7 @@ impl Claimer {
     /// Claim `requests` together with whatever else is being claimed now;
     /// returns the runs claimed for these requests. An error means the
     /// statement was not committed and may be retried.
-    pub(super) async fn claim(&self, requests: Requests) -> Result<Vec<Run>> {
+    pub(super) async fn claim(&self, requests: Vec<ClaimRequest>) -> Result<Vec<Run>> {
         let (reply, answer) = oneshot::channel();
         let gone = || Error::invalid("claimer", "the claim task has stopped");
         self.tx
@@ -54,9 +50,9 @@ impl Claimer {
 
 async fn flush_loop(ledger: Ledger, holder: String, mut rx: mpsc::Receiver<Pending>) {
     while let Some(batch) = next_batch(&mut rx, MAX_READS).await {
-        let all: Requests = batch
+        let all: Vec<ClaimRequest> = batch
             .iter()
-            .flat_map(|p| p.requests.iter().copied())
+            .flat_map(|p| p.requests.iter().cloned())
             .collect();
         match ledger.mark_running_many(&all, &holder).await {
             Ok(runs) => {
@@ -66,7 +62,7 @@ async fn flush_loop(ledger: Ledger, holder: String, mut rx: mpsc::Receiver<Pendi
                     let mine = p
                         .requests
                         .iter()
-                        .filter_map(|r| runs.remove(&r.1))
+                        .filter_map(|r| runs.remove(&r.run_id))
                         .collect();
                     let _ = p.reply.send(Ok(mine));
                 }

@@ -28,7 +28,7 @@ pub use heartbeat::{InFlight, heartbeat_loop};
 pub use middleware::{Middleware, Next};
 
 use crate::error::Result;
-use crate::ledger::{Claim, Fence, Ledger, Terminal};
+use crate::ledger::{Claim, ClaimRequest, Fence, Ledger, Terminal};
 use crate::run::{Outcome, Run, RunId, fold_failures};
 use crate::sanitize;
 use crate::transport::{Delivery, Transport};
@@ -190,16 +190,19 @@ impl Lifecycle {
         &self,
         deliveries: Vec<Delivery>,
     ) -> Vec<(Delivery, Result<Run, Processed>)> {
-        let requests: Vec<(i64, RunId, i32, Duration)> = deliveries
+        let requests: Vec<ClaimRequest> = deliveries
             .iter()
-            .filter_map(|d| d.entry.as_ref())
-            .map(|e| {
-                let lease = self
+            .filter_map(|d| d.entry.as_ref().map(|e| (d, e)))
+            .map(|(d, e)| ClaimRequest {
+                tenant_id: e.tenant_id,
+                run_id: e.run_id,
+                attempt: e.attempt,
+                lease: self
                     .routes
                     .get(&e.run_type)
                     .or(self.fallback.as_ref())
-                    .map_or(crate::registry::DEFAULT_LEASE, |r| r.lease);
-                (e.tenant_id, e.run_id, e.attempt, lease)
+                    .map_or(crate::registry::DEFAULT_LEASE, |r| r.lease),
+                entry_id: d.entry_id.clone(),
             })
             .collect();
         let claimed = match retry_while_unavailable(CLAIM_RETRY_BUDGET, || async {
