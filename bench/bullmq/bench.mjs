@@ -29,12 +29,18 @@ async function workerProcess(queue, concurrency) {
   });
 }
 
+// addBulk in chunks of 1000, two chunks in flight (as opsrun's
+// ensure_runs_chunked overlaps two), results awaited in order.
 async function addAll(queue, jobs) {
+  let previous = Promise.resolve();
   for (let i = 0; i < jobs; i += 1000) {
     const chunk = [];
     for (let j = i; j < Math.min(jobs, i + 1000); j++) chunk.push({ name: "noop", data: { j } });
-    await queue.addBulk(chunk);
+    const current = queue.addBulk(chunk);
+    await previous;
+    previous = current;
   }
+  await previous;
 }
 
 // End to end: `processes` worker processes at `concurrency`, jobs added with

@@ -86,6 +86,16 @@ impl Prepared<'_> {
     }
 }
 
+/// Where one request of a batch stands between its insert and its dispatch.
+enum Stage {
+    /// Settled already: deduplicated, invalid, strict, or started alone.
+    Done(Result<EnsuredRun>),
+    /// Inserted; dispatched in the second stage unless scheduled.
+    Created(Run),
+    /// Folds into the earlier request at this index (same identity).
+    Folded(usize),
+}
+
 /// Starts and updates runs.
 #[derive(Debug, Clone)]
 pub struct RunService {
@@ -199,27 +209,63 @@ impl RunService {
     /// the others proceed (validate first with [`RunRequest::validate`] for
     /// all-or-nothing).
     pub async fn ensure_runs(&self, requests: &[RunRequest]) -> Vec<Result<EnsuredRun>> {
-        let mut results: Vec<Option<Result<EnsuredRun>>> =
-            (0..requests.len()).map(|_| None).collect();
+        let created = self.create_runs(requests).await;
+        self.dispatch_created(requests, created).await
+    }
+
+    /// Ensure any number of runs in chunks of `chunk` requests, each chunk as
+    /// [`RunService::ensure_runs`] does, handing each chunk's results (in
+    /// order) to `each` as it completes. Chunks overlap: one chunk's XADDs
+    /// and dispatch records run while the next chunk is inserted, so
+    /// Postgres works on two statements at once. Dedupe stays exact: a chunk
+    /// is inserted only after the previous chunk's runs are committed.
+    pub async fn ensure_runs_chunked<F>(&self, requests: &[RunRequest], chunk: usize, mut each: F)
+    where
+        F: FnMut(&[RunRequest], Vec<Result<EnsuredRun>>),
+    {
+        let mut previous: Option<(&[RunRequest], Vec<Stage>)> = None;
+        for requests in requests.chunks(chunk.max(1)) {
+            let created = match previous.take() {
+                Some((done, stages)) => {
+                    let (results, created) = tokio::join!(
+                        self.dispatch_created(done, stages),
+                        self.create_runs(requests)
+                    );
+                    each(done, results);
+                    created
+                }
+                None => self.create_runs(requests).await,
+            };
+            previous = Some((requests, created));
+        }
+        if let Some((done, stages)) = previous {
+            let results = self.dispatch_created(done, stages).await;
+            each(done, results);
+        }
+    }
+
+    /// The first stage of [`RunService::ensure_runs`]: validate, fold
+    /// duplicates, insert, and read the active runs that held an identity.
+    async fn create_runs(&self, requests: &[RunRequest]) -> Vec<Stage> {
+        let mut stages: Vec<Option<Stage>> = (0..requests.len()).map(|_| None).collect();
         let mut prepared: Vec<(usize, Prepared<'_>)> = Vec::new();
         for (i, request) in requests.iter().enumerate() {
             match self.prepare(request) {
                 Ok(p) if matches!(p.spec.identity, IdentityRule::Strict { .. }) => {
-                    results[i] = Some(self.ensure_run(request).await);
+                    stages[i] = Some(Stage::Done(self.ensure_run(request).await));
                 }
                 Ok(p) => prepared.push((i, p)),
-                Err(e) => results[i] = Some(Err(e)),
+                Err(e) => stages[i] = Some(Stage::Done(Err(e))),
             }
         }
         // The first request of each identity inserts; later ones in the batch fold into it.
         let mut first_of: std::collections::HashMap<(i64, &str), usize> =
             std::collections::HashMap::new();
         let mut inserting: Vec<(usize, NewRun<'_>)> = Vec::new();
-        let mut folded: Vec<(usize, usize)> = Vec::new();
         for (i, p) in &prepared {
             let key = (requests[*i].tenant_id, p.identity.as_str());
             match first_of.get(&key) {
-                Some(&first) => folded.push((*i, first)),
+                Some(&first) => stages[*i] = Some(Stage::Folded(first)),
                 None => {
                     first_of.insert(key, *i);
                     inserting.push((*i, p.new_run(&requests[*i])));
@@ -233,11 +279,11 @@ impl RunService {
                 // Nothing was inserted: start them one by one, each reporting its own error.
                 tracing::warn!(error = %e, "batch insert failed; starting the runs one by one");
                 for (i, _) in &prepared {
-                    results[*i] = Some(self.ensure_run(&requests[*i]).await);
+                    stages[*i] = Some(Stage::Done(self.ensure_run(&requests[*i]).await));
                 }
-                return results
+                return stages
                     .into_iter()
-                    .map(|r| r.expect("every request has a result"))
+                    .map(|s| s.expect("every request has a stage"))
                     .collect();
             }
         };
@@ -259,30 +305,53 @@ impl RunService {
                     .or_insert(run);
             }
         }
-
-        // Dispatch every created run that is due now, in one round trip.
-        let to_send: Vec<&Run> = created
-            .iter()
-            .filter_map(|k| by_identity.get(k))
-            .filter(|r| r.not_before.is_none())
-            .collect();
-        let mut dispatched = self.dispatch_many(&to_send).await;
-
         for (i, new) in &inserting {
             let key = (new.request.tenant_id, new.identity.to_string());
-            results[*i] = Some(match by_identity.get(&key) {
-                Some(run) if created.contains(&key) => {
-                    Ok(dispatched.remove(&run.id).unwrap_or_else(|| EnsuredRun {
-                        run: run.clone(),
-                        dispatch: Dispatch::Scheduled,
-                    }))
-                }
-                Some(run) => Ok(EnsuredRun {
-                    run: run.clone(),
+            stages[*i] = Some(match by_identity.remove(&key) {
+                Some(run) if created.contains(&key) => Stage::Created(run),
+                Some(run) => Stage::Done(Ok(EnsuredRun {
+                    run,
                     dispatch: Dispatch::Deduplicated,
-                }),
+                })),
                 // The active twin completed between the insert and the read: start it alone.
-                None => self.ensure_run(new.request).await,
+                None => Stage::Done(self.ensure_run(new.request).await),
+            });
+        }
+        stages
+            .into_iter()
+            .map(|s| s.expect("every request has a stage"))
+            .collect()
+    }
+
+    /// The second stage of [`RunService::ensure_runs`]: dispatch every
+    /// created run that is due now in one round trip, then settle the
+    /// requests folded into an earlier one.
+    async fn dispatch_created(
+        &self,
+        requests: &[RunRequest],
+        stages: Vec<Stage>,
+    ) -> Vec<Result<EnsuredRun>> {
+        let to_send: Vec<&Run> = stages
+            .iter()
+            .filter_map(|s| match s {
+                Stage::Created(run) if run.not_before.is_none() => Some(run),
+                _ => None,
+            })
+            .collect();
+        let mut dispatched = self.dispatch_many(&to_send).await;
+        let mut results: Vec<Option<Result<EnsuredRun>>> = Vec::with_capacity(stages.len());
+        let mut folded = Vec::new();
+        for (i, stage) in stages.into_iter().enumerate() {
+            results.push(match stage {
+                Stage::Done(result) => Some(result),
+                Stage::Created(run) => Some(Ok(dispatched.remove(&run.id).unwrap_or(EnsuredRun {
+                    run,
+                    dispatch: Dispatch::Scheduled,
+                }))),
+                Stage::Folded(first) => {
+                    folded.push((i, first));
+                    None
+                }
             });
         }
         for (i, first) in folded {

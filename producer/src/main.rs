@@ -442,31 +442,30 @@ async fn enqueue_batch(
     }
     let service = service(args, registry).await?;
     let mut code = exit::OK;
-    for (chunk, chunk_lines) in requests.chunks(BATCH_CHUNK).zip(lines.chunks(BATCH_CHUNK)) {
-        for (result, line) in service
-            .ensure_runs(chunk)
-            .await
-            .into_iter()
-            .zip(chunk_lines)
-        {
-            match result {
-                Ok(ensured) => {
-                    let (mut output, line_code) = result_json(&ensured, &args.view.monitor_url);
-                    output["line"] = json!(line);
-                    println!("{output}");
-                    code = code.max(line_code);
-                }
-                Err(e) => {
-                    let failure = Failure::from(e);
-                    println!(
-                        "{}",
-                        json!({"line": line, "error": opsrun::sanitize::redact(&failure.message)})
-                    );
-                    code = code.max(failure.code);
+    let mut lines = lines.iter();
+    service
+        .ensure_runs_chunked(&requests, BATCH_CHUNK, |_, results| {
+            for (result, line) in results.into_iter().zip(lines.by_ref()) {
+                match result {
+                    Ok(ensured) => {
+                        let (mut output, line_code) =
+                            result_json(&ensured, &args.view.monitor_url);
+                        output["line"] = json!(line);
+                        println!("{output}");
+                        code = code.max(line_code);
+                    }
+                    Err(e) => {
+                        let failure = Failure::from(e);
+                        println!(
+                            "{}",
+                            json!({"line": line, "error": opsrun::sanitize::redact(&failure.message)})
+                        );
+                        code = code.max(failure.code);
+                    }
                 }
             }
-        }
-    }
+        })
+        .await;
     Ok(code)
 }
 
