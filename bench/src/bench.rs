@@ -154,7 +154,10 @@ async fn main() -> Result<()> {
     println!("\n{:<46} {:>10}", "throughput", "runs/s");
     let row = |label: String, value: f64| println!("{label:<46} {value:>10.0}");
     row(
-        format!("bulk enqueue (ensure_runs_chunked, 1000 per chunk, n={})", cli.runs),
+        format!(
+            "bulk enqueue (ensure_runs_chunked, 1000 per chunk, n={})",
+            cli.runs
+        ),
         bulk_rate,
     );
     row(

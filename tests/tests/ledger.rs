@@ -270,6 +270,51 @@ async fn batches_dedupe_exactly_and_dispatch_in_one_round_trip() {
 }
 
 #[tokio::test]
+async fn chunked_batches_keep_order_and_dedupe_across_chunks() {
+    let env = TestEnv::new().await;
+    let xlen_before = env.xlen("default").await;
+    // 250 requests in chunks of 40 (two chunks overlap at a time): 200
+    // identities, the last 50 repeating identities of earlier chunks.
+    let requests: Vec<_> = (0..250)
+        .map(|n| {
+            RunRequest::new(5, "sync.batch")
+                .inputs(json!({"i": n % 200}))
+                .context(json!({"n": n}))
+        })
+        .collect();
+    let mut results = Vec::new();
+    let mut chunk_sizes = Vec::new();
+    env.service
+        .ensure_runs_chunked(&requests, 40, |chunk, chunk_results| {
+            assert_eq!(chunk.len(), chunk_results.len());
+            chunk_sizes.push(chunk.len());
+            results.extend(chunk_results);
+        })
+        .await;
+    assert_eq!(chunk_sizes, [40, 40, 40, 40, 40, 40, 10]);
+    for (n, result) in results.iter().enumerate() {
+        let ensured = result.as_ref().unwrap();
+        if n < 200 {
+            assert!(
+                matches!(ensured.dispatch, Dispatch::Sent { .. }),
+                "request {n}"
+            );
+            assert_eq!(ensured.run.context.0["n"], n, "results follow the requests");
+        } else {
+            let first = results[n - 200].as_ref().unwrap();
+            assert!(
+                ensured.deduplicated(),
+                "request {n} repeats request {}",
+                n - 200
+            );
+            assert_eq!(ensured.run.id, first.run.id);
+        }
+    }
+    assert_eq!(env.count_runs().await, 200);
+    assert_eq!(env.xlen("default").await - xlen_before, 200);
+}
+
+#[tokio::test]
 async fn a_batch_whose_dispatch_fails_fails_its_new_runs_only() {
     let env = TestEnv::new().await;
     let active = env

@@ -282,11 +282,18 @@ impl Ledger {
             return Ok(Vec::new());
         }
         // One unique-index lookup per pair, whatever the statistics say.
-        sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM unnest($1::bigint[], $2::text[]) AS k(k_tenant, k_hash) \
+        sqlx::query_as::<_, Run>(sql(
+            "SELECT {cols} FROM unnest($1::bigint[], $2::text[]) AS k(k_tenant, k_hash) \
              JOIN operation_runs ON tenant_id = k.k_tenant AND run_identity_hash = k.k_hash \
-             WHERE status IN ('queued', 'running')"))
+             WHERE status IN ('queued', 'running')",
+        ))
         .bind(identities.iter().map(|i| i.0).collect::<Vec<_>>())
-        .bind(identities.iter().map(|i| i.1.to_string()).collect::<Vec<_>>())
+        .bind(
+            identities
+                .iter()
+                .map(|i| i.1.to_string())
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading active runs"))
