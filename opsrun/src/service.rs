@@ -386,7 +386,15 @@ impl RunService {
                     .zip(&ids)
                     .map(|(r, id)| (r.tenant_id, r.id, id.clone()))
                     .collect();
-                if let Err(e) = self.ledger.record_dispatches(&records).await {
+                // A lone dispatch takes the single-row statement, whose cached
+                // plan is a key lookup whatever the batch sizes seen before.
+                let recorded = match records.as_slice() {
+                    [(tenant_id, id, entry_id)] => {
+                        self.ledger.record_dispatch(*tenant_id, *id, entry_id).await
+                    }
+                    _ => self.ledger.record_dispatches(&records).await,
+                };
+                if let Err(e) = recorded {
                     tracing::warn!(error = %e, runs = records.len(), "dispatches sent but not recorded");
                 }
                 for (run, entry_id) in runs.iter().zip(ids) {
