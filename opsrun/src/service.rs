@@ -86,6 +86,9 @@ impl Prepared<'_> {
     }
 }
 
+/// A sent dispatch to record: tenant, run and stream entry.
+type DispatchRecord = (i64, RunId, String);
+
 /// Where one request of a batch stands between its insert and its dispatch.
 enum Stage {
     /// Settled already: deduplicated, invalid, strict, or started alone.
@@ -158,7 +161,8 @@ impl RunService {
                 dispatch: Dispatch::Scheduled,
             });
         }
-        let mut dispatched = self.dispatch_many(&[&run]).await;
+        let (mut dispatched, records) = self.dispatch_many(&[&run]).await;
+        self.record_dispatches(records).await;
         Ok(dispatched.remove(&run.id).unwrap_or(EnsuredRun {
             run,
             dispatch: Dispatch::Scheduled,
@@ -210,28 +214,37 @@ impl RunService {
     /// all-or-nothing).
     pub async fn ensure_runs(&self, requests: &[RunRequest]) -> Vec<Result<EnsuredRun>> {
         let created = self.create_runs(requests).await;
-        self.dispatch_created(requests, created).await
+        let (results, records) = self.dispatch_created(requests, created).await;
+        self.record_dispatches(records).await;
+        results
     }
 
     /// Ensure any number of runs in chunks of `chunk` requests, each chunk as
     /// [`RunService::ensure_runs`] does, handing each chunk's results (in
     /// order) to `each` as it completes. Chunks overlap: one chunk's XADDs
-    /// and dispatch records run while the next chunk is inserted, so
-    /// Postgres works on two statements at once. Dedupe stays exact: a chunk
-    /// is inserted only after the previous chunk's runs are committed.
+    /// run while the next chunk is inserted and the previous chunk's
+    /// dispatches are recorded, so Postgres works on two statements at once.
+    /// Recording a chunk late finds most of its runs claimed already when
+    /// workers keep up, and a claimed run needs no record (its claim holds
+    /// the entry). Dedupe stays exact: a chunk is inserted only after the
+    /// previous chunk's runs are committed. Every record is written before
+    /// this returns.
     pub async fn ensure_runs_chunked<F>(&self, requests: &[RunRequest], chunk: usize, mut each: F)
     where
         F: FnMut(&[RunRequest], Vec<Result<EnsuredRun>>),
     {
         let mut previous: Option<(&[RunRequest], Vec<Stage>)> = None;
+        let mut unrecorded = Vec::new();
         for requests in requests.chunks(chunk.max(1)) {
             let created = match previous.take() {
                 Some((done, stages)) => {
-                    let (results, created) = tokio::join!(
+                    let ((results, records), created, ()) = tokio::join!(
                         self.dispatch_created(done, stages),
-                        self.create_runs(requests)
+                        self.create_runs(requests),
+                        self.record_dispatches(std::mem::take(&mut unrecorded))
                     );
                     each(done, results);
+                    unrecorded = records;
                     created
                 }
                 None => self.create_runs(requests).await,
@@ -239,8 +252,12 @@ impl RunService {
             previous = Some((requests, created));
         }
         if let Some((done, stages)) = previous {
-            let results = self.dispatch_created(done, stages).await;
+            let ((results, records), ()) = tokio::join!(
+                self.dispatch_created(done, stages),
+                self.record_dispatches(std::mem::take(&mut unrecorded))
+            );
             each(done, results);
+            self.record_dispatches(records).await;
         }
     }
 
@@ -325,12 +342,13 @@ impl RunService {
 
     /// The second stage of [`RunService::ensure_runs`]: dispatch every
     /// created run that is due now in one round trip, then settle the
-    /// requests folded into an earlier one.
+    /// requests folded into an earlier one. Returns the results and the
+    /// dispatches to record.
     async fn dispatch_created(
         &self,
         requests: &[RunRequest],
         stages: Vec<Stage>,
-    ) -> Vec<Result<EnsuredRun>> {
+    ) -> (Vec<Result<EnsuredRun>>, Vec<DispatchRecord>) {
         let to_send: Vec<&Run> = stages
             .iter()
             .filter_map(|s| match s {
@@ -338,7 +356,7 @@ impl RunService {
                 _ => None,
             })
             .collect();
-        let mut dispatched = self.dispatch_many(&to_send).await;
+        let (mut dispatched, records) = self.dispatch_many(&to_send).await;
         let mut results: Vec<Option<Result<EnsuredRun>>> = Vec::with_capacity(stages.len());
         let mut folded = Vec::new();
         for (i, stage) in stages.into_iter().enumerate() {
@@ -364,39 +382,36 @@ impl RunService {
             };
             results[i] = Some(run);
         }
-        results
+        let results = results
             .into_iter()
             .map(|r| r.expect("every request has a result"))
-            .collect()
+            .collect();
+        (results, records)
     }
 
     /// Send the entries of many queued runs in one pipelined round trip and
     /// record them in one statement; if the send fails, each run is failed
     /// with `queue.dispatch_failed`, as a single dispatch would be.
-    async fn dispatch_many(&self, runs: &[&Run]) -> std::collections::HashMap<RunId, EnsuredRun> {
+    async fn dispatch_many(
+        &self,
+        runs: &[&Run],
+    ) -> (
+        std::collections::HashMap<RunId, EnsuredRun>,
+        Vec<DispatchRecord>,
+    ) {
         let entries: Vec<(&str, Entry)> = runs
             .iter()
             .map(|r| (r.queue.as_str(), Entry::next_attempt(r)))
             .collect();
         let mut out = std::collections::HashMap::new();
+        let mut records = Vec::new();
         match self.transport.publish_many(&entries).await {
             Ok(ids) => {
-                let records: Vec<(i64, RunId, String)> = runs
+                records = runs
                     .iter()
                     .zip(&ids)
                     .map(|(r, id)| (r.tenant_id, r.id, id.clone()))
                     .collect();
-                // A lone dispatch takes the single-row statement, whose cached
-                // plan is a key lookup whatever the batch sizes seen before.
-                let recorded = match records.as_slice() {
-                    [(tenant_id, id, entry_id)] => {
-                        self.ledger.record_dispatch(*tenant_id, *id, entry_id).await
-                    }
-                    _ => self.ledger.record_dispatches(&records).await,
-                };
-                if let Err(e) = recorded {
-                    tracing::warn!(error = %e, runs = records.len(), "dispatches sent but not recorded");
-                }
                 for (run, entry_id) in runs.iter().zip(ids) {
                     let mut run = (*run).clone();
                     run.dispatch_entry_id = Some(entry_id.clone());
@@ -452,7 +467,25 @@ impl RunService {
                 }
             }
         }
-        out
+        (out, records)
+    }
+
+    /// Record sent dispatches on the runs still queued. Bookkeeping for the
+    /// reaper: if it fails, the runs are still dispatched, and at worst the
+    /// lost-dispatch pass sends a harmless duplicate.
+    async fn record_dispatches(&self, records: Vec<DispatchRecord>) {
+        // A lone dispatch takes the single-row statement, whose cached plan
+        // is a key lookup whatever the batch sizes seen before.
+        let recorded = match records.as_slice() {
+            [] => return,
+            [(tenant_id, id, entry_id)] => {
+                self.ledger.record_dispatch(*tenant_id, *id, entry_id).await
+            }
+            _ => self.ledger.record_dispatches(&records).await,
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, runs = records.len(), "dispatches sent but not recorded");
+        }
     }
 
     /// Send a queued run's entry (for its next attempt) and record it. The

@@ -358,17 +358,19 @@ impl BatchLine {
 /// Runs started per multi-row statement and pipelined XADD.
 const BATCH_CHUNK: usize = 1000;
 
-/// Connect the service the way `enqueue` does.
+/// Connect the service the way `enqueue` does, with `connections` to
+/// Postgres (a batch overlaps an insert with a dispatch record).
 async fn service(
     args: &EnqueueArgs,
     registry: std::sync::Arc<opsrun::registry::Registry>,
+    connections: u32,
 ) -> Result<RunService, Failure> {
     let mut transport_config = args.redis.transport_config()?;
     transport_config.command_timeout = args.dispatch_timeout;
     transport_config.pool_size = 1;
     // Opens no connection: Redis is contacted only when there is something to send.
     let transport = Transport::new(&transport_config)?;
-    let ledger = Ledger::new(args.database.connect(1).await?);
+    let ledger = Ledger::new(args.database.connect(connections).await?);
     Ok(RunService::new(ledger, transport).with_registry(registry))
 }
 
@@ -380,7 +382,7 @@ async fn enqueue(args: EnqueueArgs) -> Result<u8, Failure> {
     let request = build_request(&args)?;
     // Refuse an undeclared type (strict_types) before anything is contacted.
     registry.spec(&request.run_type)?;
-    let service = service(&args, registry).await?;
+    let service = service(&args, registry, 1).await?;
     let ensured = service.ensure_run(&request).await?;
     let (output, code) = result_json(&ensured, &args.view.monitor_url);
     println!("{output}");
@@ -440,7 +442,7 @@ async fn enqueue_batch(
             }
         )));
     }
-    let service = service(args, registry).await?;
+    let service = service(args, registry, 2).await?;
     let mut code = exit::OK;
     let mut lines = lines.iter();
     service
