@@ -7,7 +7,7 @@ use crate::error::Result;
 use std::sync::Arc;
 
 use crate::identity::{identity_hash, nonce_identity_hash, strict_identity_hash};
-use crate::ledger::{Ledger, NewRun};
+use crate::ledger::{DispatchRecord, Ledger, NewRun};
 use crate::registry::{IdentityRule, Registry, TypeSpec};
 use crate::request::RunRequest;
 use crate::run::{Failure, Outcome, Run, RunId, Status, SummaryCounts, fold_failures};
@@ -85,9 +85,6 @@ impl Prepared<'_> {
         }
     }
 }
-
-/// A sent dispatch to record: tenant, run and stream entry.
-type DispatchRecord = (i64, RunId, String);
 
 /// Where one request of a batch stands between its insert and its dispatch.
 enum Stage {
@@ -410,7 +407,12 @@ impl RunService {
                 records = runs
                     .iter()
                     .zip(&ids)
-                    .map(|(r, id)| (r.tenant_id, r.id, id.clone()))
+                    .map(|(r, id)| DispatchRecord {
+                        tenant_id: r.tenant_id,
+                        run_id: r.id,
+                        attempt: r.attempt,
+                        entry_id: id.clone(),
+                    })
                     .collect();
                 for (run, entry_id) in runs.iter().zip(ids) {
                     let mut run = (*run).clone();
@@ -478,9 +480,7 @@ impl RunService {
         // is a key lookup whatever the batch sizes seen before.
         let recorded = match records.as_slice() {
             [] => return,
-            [(tenant_id, id, entry_id)] => {
-                self.ledger.record_dispatch(*tenant_id, *id, entry_id).await
-            }
+            [record] => self.ledger.record_dispatch(record).await,
             _ => self.ledger.record_dispatches(&records).await,
         };
         if let Err(e) = recorded {
@@ -496,14 +496,16 @@ impl RunService {
             .transport
             .publish(&run.queue, &Entry::next_attempt(run))
             .await?;
-        if let Err(e) = self
-            .ledger
-            .record_dispatch(run.tenant_id, run.id, &entry_id)
-            .await
-        {
+        let record = DispatchRecord {
+            tenant_id: run.tenant_id,
+            run_id: run.id,
+            attempt: run.attempt,
+            entry_id,
+        };
+        if let Err(e) = self.ledger.record_dispatch(&record).await {
             tracing::warn!(run_id = %run.id, error = %e, "dispatch sent but not recorded");
         }
-        Ok(entry_id)
+        Ok(record.entry_id)
     }
 
     /// Move `run` to `status` with `outcome`, counts and failures

@@ -349,3 +349,60 @@ async fn a_batch_whose_dispatch_fails_fails_its_new_runs_only() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_late_dispatch_record_never_passes_for_the_next_attempt() {
+    let env = TestEnv::new().await;
+    let ledger = env.ledger();
+    let run = env
+        .service
+        .ensure_run(&RunRequest::new(3, "sync.batch").inputs(json!({"late": true})))
+        .await
+        .unwrap()
+        .run;
+    let first_entry = run.dispatch_entry_id.clone().expect("dispatch recorded");
+    // A worker claims attempt 1, which fails retryably: the run is queued
+    // again, awaiting attempt 2, with no dispatch.
+    let lease = std::time::Duration::from_secs(60);
+    ledger
+        .mark_running(3, run.id, 1, "w:1", lease)
+        .await
+        .unwrap()
+        .expect("claimed");
+    let claim = opsrun::ledger::Claim {
+        tenant_id: 3,
+        run_id: run.id,
+        holder: "w:1",
+        attempt: 1,
+    };
+    ledger
+        .retry(&claim, std::time::Duration::ZERO, &[])
+        .await
+        .unwrap()
+        .expect("queued for a retry");
+    // The record of attempt 1's entry arrives only now, alone and in a batch.
+    let late = opsrun::DispatchRecord {
+        tenant_id: 3,
+        run_id: run.id,
+        attempt: 0,
+        entry_id: first_entry,
+    };
+    ledger.record_dispatch(&late).await.unwrap();
+    ledger
+        .record_dispatches(&[late.clone(), late.clone()])
+        .await
+        .unwrap();
+    let queued = ledger.get(3, run.id).await.unwrap().unwrap();
+    assert_eq!((queued.status, queued.attempt), (Status::Queued, 1));
+    assert_eq!(
+        (queued.dispatch_entry_id, queued.dispatched_at),
+        (None, None),
+        "the late record changed nothing"
+    );
+    // So the due pass sends attempt 2, and that dispatch is recorded.
+    let due = ledger.take_due(10).await.unwrap();
+    assert_eq!(due.iter().map(|r| r.id).collect::<Vec<_>>(), [run.id]);
+    let entry_id = env.service.dispatch(&due[0]).await.unwrap();
+    let sent = ledger.get(3, run.id).await.unwrap().unwrap();
+    assert_eq!(sent.dispatch_entry_id, Some(entry_id));
+}

@@ -79,6 +79,20 @@ pub struct ClaimRequest {
     pub entry_id: String,
 }
 
+/// A sent stream entry to record on its run (see [`Ledger::record_dispatches`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DispatchRecord {
+    /// The run's tenant.
+    pub tenant_id: i64,
+    /// The run.
+    pub run_id: RunId,
+    /// The run's attempt count when the entry was sent (the entry carries
+    /// the next attempt).
+    pub attempt: i32,
+    /// The stream entry.
+    pub entry_id: String,
+}
+
 /// A worker's hold on a running run: completion is fenced on all of it, so a
 /// worker whose run was reclaimed (new holder or attempt) writes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,26 +317,38 @@ impl Ledger {
         .map_err(db("reading active runs"))
     }
 
-    /// Record the stream entries of many dispatches in one statement, on the
-    /// runs still queued: a run a worker has claimed holds its delivering
-    /// entry already, and one it is claiming right now is skipped rather than
-    /// waited for (should that claim fail, the lost-dispatch pass treats a
-    /// run without a record like one whose entry is old).
-    pub async fn record_dispatches(&self, dispatches: &[(i64, RunId, String)]) -> Result<()> {
+    /// Record the stream entries of many dispatches in one statement, each
+    /// on its run only while that run still awaits the attempt the entry was
+    /// sent for: a run a worker has claimed holds its delivering entry
+    /// already, and a record arriving after the run failed and was queued
+    /// for its next attempt must not pass for that attempt's dispatch (the
+    /// due pass would never send it). A run a worker is claiming right now
+    /// is skipped rather than waited for (should that claim fail, the
+    /// lost-dispatch pass treats a run without a record like one whose
+    /// entry is old).
+    pub async fn record_dispatches(&self, dispatches: &[DispatchRecord]) -> Result<()> {
         if dispatches.is_empty() {
             return Ok(());
         }
         sqlx::query(
-            "WITH d AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS d(tenant_id, id, entry_id)), \
-             locked AS (SELECT r.id, d.entry_id FROM d JOIN operation_runs r ON r.id = d.id AND r.tenant_id = d.tenant_id \
+            "WITH d AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[]) \
+                 AS d(tenant_id, id, attempt, entry_id)), \
+             locked AS (SELECT r.id, d.entry_id FROM d JOIN operation_runs r \
+                     ON r.id = d.id AND r.tenant_id = d.tenant_id AND r.attempt = d.attempt \
                  WHERE r.status IS NOT DISTINCT FROM 'queued' FOR NO KEY UPDATE OF r SKIP LOCKED) \
              UPDATE operation_runs r SET dispatch_entry_id = l.entry_id, dispatched_at = now() \
              FROM locked l WHERE r.id = l.id AND r.status IS NOT DISTINCT FROM 'queued'",
         )
         .persistent(false)
-        .bind(dispatches.iter().map(|d| d.0).collect::<Vec<_>>())
-        .bind(dispatches.iter().map(|d| d.1.0).collect::<Vec<_>>())
-        .bind(dispatches.iter().map(|d| d.2.clone()).collect::<Vec<_>>())
+        .bind(dispatches.iter().map(|d| d.tenant_id).collect::<Vec<_>>())
+        .bind(dispatches.iter().map(|d| d.run_id.0).collect::<Vec<_>>())
+        .bind(dispatches.iter().map(|d| d.attempt).collect::<Vec<_>>())
+        .bind(
+            dispatches
+                .iter()
+                .map(|d| d.entry_id.as_str())
+                .collect::<Vec<_>>(),
+        )
         .execute(&self.pool)
         .await
         .map_err(db("recording dispatches"))?;
@@ -341,16 +367,16 @@ impl Ledger {
         .map_err(db("reading run"))
     }
 
-    /// Record the stream entry of the latest dispatch on a run still queued
-    /// (a claimed run holds its delivering entry already).
-    pub async fn record_dispatch(&self, tenant_id: i64, id: RunId, entry_id: &str) -> Result<()> {
+    /// Record one dispatch, as [`Ledger::record_dispatches`] does many.
+    pub async fn record_dispatch(&self, dispatch: &DispatchRecord) -> Result<()> {
         sqlx::query(
-            "UPDATE operation_runs SET dispatch_entry_id = $3, dispatched_at = now() \
-             WHERE tenant_id = $1 AND id = $2 AND status = 'queued'",
+            "UPDATE operation_runs SET dispatch_entry_id = $4, dispatched_at = now() \
+             WHERE tenant_id = $1 AND id = $2 AND attempt = $3 AND status = 'queued'",
         )
-        .bind(tenant_id)
-        .bind(id)
-        .bind(entry_id)
+        .bind(dispatch.tenant_id)
+        .bind(dispatch.run_id)
+        .bind(dispatch.attempt)
+        .bind(&dispatch.entry_id)
         .execute(&self.pool)
         .await
         .map_err(db("recording dispatch"))?;
