@@ -387,8 +387,9 @@ impl RunService {
     }
 
     /// Send the entries of many queued runs in one pipelined round trip and
-    /// record them in one statement; if the send fails, each run is failed
-    /// with `queue.dispatch_failed`, as a single dispatch would be.
+    /// return the dispatches to record (see [`RunService::record_dispatches`]);
+    /// if the send fails, each run is failed with `queue.dispatch_failed`, as
+    /// a single dispatch would be.
     async fn dispatch_many(
         &self,
         runs: &[&Run],
@@ -496,16 +497,14 @@ impl RunService {
             .transport
             .publish(&run.queue, &Entry::next_attempt(run))
             .await?;
-        let record = DispatchRecord {
+        self.record_dispatches(vec![DispatchRecord {
             tenant_id: run.tenant_id,
             run_id: run.id,
             attempt: run.attempt,
-            entry_id,
-        };
-        if let Err(e) = self.ledger.record_dispatch(&record).await {
-            tracing::warn!(run_id = %run.id, error = %e, "dispatch sent but not recorded");
-        }
-        Ok(record.entry_id)
+            entry_id: entry_id.clone(),
+        }])
+        .await;
+        Ok(entry_id)
     }
 
     /// Move `run` to `status` with `outcome`, counts and failures
