@@ -6,12 +6,13 @@
 //! records skip rows a worker is claiming; what is left (a duplicate entry
 //! claimed by two workers at once) is retried when Postgres reports a deadlock.
 //!
-//! Batch statements find their rows by primary key and state the status
-//! they expect as `status IS NOT DISTINCT FROM '...'`, not `status = '...'`
-//! (the same on this NOT NULL column): an equality would let the planner
-//! prove a small partial index (`WHERE status = 'running'`, say) usable and,
-//! when its statistics say it is nearly empty, scan all of it once per
-//! listed run. Measured on 1,000 completions: 515 ms that way, 29 ms by key.
+//! No index mentions `status` (see migration 000007): a claim, heartbeat
+//! or dispatch record then touches no index (a HOT update), and a
+//! status condition is always checked on the row, never used to pick a
+//! small partial index (which, with statistics saying it was nearly empty,
+//! was once scanned whole per listed run: 515 ms for 1,000 completions).
+//! "Active" is written `completed_at IS NULL`, the predicate of the indexes
+//! over active runs. Batch statements find their rows by primary key.
 //! The producer's batch statements (1 to 1,000 rows per call) are also
 //! planned per call (`persistent(false)`, ~0.4 ms against ~30 ms of work):
 //! a plan cached while the table was small (a hash join over a sequential
@@ -196,7 +197,7 @@ impl Ledger {
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
                 identity_rule, max_attempts, lease_seconds, not_before, domain_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (tenant_id, run_identity_hash) WHERE status IN ('queued', 'running') DO NOTHING \
+             ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}";
         const INSERT_STRICT: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
@@ -204,9 +205,9 @@ impl Ledger {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT DO NOTHING RETURNING {cols}";
         const SELECT_ACTIVE: &str = "SELECT {cols} FROM operation_runs \
-             WHERE tenant_id = $1 AND run_identity_hash = $2 AND status IN ('queued', 'running')";
+             WHERE tenant_id = $1 AND run_identity_hash = $2 AND completed_at IS NULL";
         const SELECT_STRICT: &str = "SELECT {cols} FROM operation_runs \
-             WHERE tenant_id = $1 AND run_identity_hash = $2 AND (identity_rule = 'strict' OR status IN ('queued', 'running')) \
+             WHERE tenant_id = $1 AND run_identity_hash = $2 AND (identity_rule = 'strict' OR completed_at IS NULL) \
              ORDER BY status = 'completed', id LIMIT 1";
         let strict = matches!(new.rule, IdentityRule::Strict { .. });
         let request = new.request;
@@ -275,7 +276,7 @@ impl Ledger {
                 identity_rule, max_attempts, lease_seconds, not_before) \
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
                  $6::jsonb[], $7::jsonb[], $8::text[], $9::text[], $10::int[], $11::int[], $12::timestamptz[]) \
-             ON CONFLICT (tenant_id, run_identity_hash) WHERE status IN ('queued', 'running') DO NOTHING \
+             ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}"))
         .bind(runs.iter().map(|r| r.request.tenant_id).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.request.initiator.user_id).collect::<Vec<_>>())
@@ -302,7 +303,7 @@ impl Ledger {
         sqlx::query_as::<_, Run>(sql(
             "SELECT {cols} FROM unnest($1::bigint[], $2::text[]) AS k(k_tenant, k_hash) \
              JOIN operation_runs ON tenant_id = k.k_tenant AND run_identity_hash = k.k_hash \
-             WHERE status IN ('queued', 'running')",
+             WHERE completed_at IS NULL",
         ))
         .persistent(false)
         .bind(identities.iter().map(|i| i.0).collect::<Vec<_>>())
@@ -335,9 +336,9 @@ impl Ledger {
                  AS d(tenant_id, id, attempt, entry_id)), \
              locked AS (SELECT r.id, d.entry_id FROM d JOIN operation_runs r \
                      ON r.id = d.id AND r.tenant_id = d.tenant_id AND r.attempt = d.attempt \
-                 WHERE r.status IS NOT DISTINCT FROM 'queued' FOR NO KEY UPDATE OF r SKIP LOCKED) \
+                 WHERE r.status = 'queued' FOR NO KEY UPDATE OF r SKIP LOCKED) \
              UPDATE operation_runs r SET dispatch_entry_id = l.entry_id, dispatched_at = now() \
-             FROM locked l WHERE r.id = l.id AND r.status IS NOT DISTINCT FROM 'queued'",
+             FROM locked l WHERE r.id = l.id AND r.status = 'queued'",
         )
         .persistent(false)
         .bind(dispatches.iter().map(|d| d.tenant_id).collect::<Vec<_>>())
@@ -450,7 +451,7 @@ impl Ledger {
                  heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry \
              FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $6::text[]) \
                  AS c(c_tenant, c_id, c_attempt, c_lease, c_entry) \
-             WHERE tenant_id = c.c_tenant AND id = c.c_id AND status IS NOT DISTINCT FROM 'queued' \
+             WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'queued' \
                AND attempt = c.c_attempt - 1 \
                AND (not_before IS NULL OR not_before <= now()) \
              RETURNING {cols}"))
@@ -475,10 +476,10 @@ impl Ledger {
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
         sqlx::query_scalar::<_, RunId>(
             "WITH locked AS (SELECT id FROM operation_runs \
-                 WHERE id = ANY($1) AND status IS NOT DISTINCT FROM 'running' AND holder = $2 \
+                 WHERE id = ANY($1) AND status = 'running' AND holder = $2 \
                  ORDER BY id FOR NO KEY UPDATE) \
              UPDATE operation_runs SET heartbeat_at = now() \
-             WHERE id IN (SELECT id FROM locked) AND status IS NOT DISTINCT FROM 'running' AND holder = $2 \
+             WHERE id IN (SELECT id FROM locked) AND status = 'running' AND holder = $2 \
              RETURNING id",
         )
         .bind(&ids)
@@ -548,7 +549,7 @@ impl Ledger {
     pub async fn take_due(&self, limit: i64) -> Result<Vec<Run>> {
         sqlx::query_as::<_, Run>(sql("UPDATE operation_runs SET dispatched_at = now() \
              WHERE id IN (SELECT id FROM operation_runs \
-                 WHERE status = 'queued' AND dispatch_entry_id IS NULL AND dispatched_at IS NULL \
+                 WHERE completed_at IS NULL AND status = 'queued' AND dispatch_entry_id IS NULL AND dispatched_at IS NULL \
                    AND not_before <= now() \
                  ORDER BY not_before, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
                AND status = 'queued' AND dispatched_at IS NULL \
@@ -574,13 +575,13 @@ impl Ledger {
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[]) \
                  AS c(c_tenant, c_id, c_holder, c_attempt, c_outcome, c_counts, c_failures)), \
              locked AS (SELECT r.id AS locked_id, c.* FROM c JOIN operation_runs r ON r.id = c.c_id \
-                 WHERE r.tenant_id = c.c_tenant AND r.status IS NOT DISTINCT FROM 'running' \
+                 WHERE r.tenant_id = c.c_tenant AND r.status = 'running' \
                    AND r.holder = c.c_holder AND r.attempt = c.c_attempt \
                  ORDER BY r.id FOR NO KEY UPDATE OF r) \
              UPDATE operation_runs r \
              SET status = 'completed', outcome = l.c_outcome, summary_counts = l.c_counts, \
                  failure_summary = l.c_failures, completed_at = now() \
-             FROM locked l WHERE r.id = l.locked_id AND r.status IS NOT DISTINCT FROM 'running' \
+             FROM locked l WHERE r.id = l.locked_id AND r.status = 'running' \
                AND r.holder = l.c_holder AND r.attempt = l.c_attempt \
              RETURNING {cols}"))
         .bind(completions.iter().map(|(c, _)| c.tenant_id).collect::<Vec<_>>())
@@ -599,7 +600,7 @@ impl Ledger {
     /// clock), stalest first. Adapter runs are the domain's to move.
     pub async fn stale_running(&self, limit: i64) -> Result<Vec<Run>> {
         sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM operation_runs \
-             WHERE status = 'running' AND domain_id IS NULL \
+             WHERE completed_at IS NULL AND status = 'running' AND domain_id IS NULL \
                AND heartbeat_at < now() - make_interval(secs => lease_seconds) \
              ORDER BY heartbeat_at LIMIT $1"))
         .bind(limit)
@@ -643,7 +644,7 @@ impl Ledger {
         limit: i64,
     ) -> Result<Vec<Run>> {
         sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM operation_runs \
-             WHERE status = 'queued' AND domain_id IS NULL \
+             WHERE completed_at IS NULL AND status = 'queued' AND domain_id IS NULL \
                AND COALESCE(dispatched_at, created_at) < now() - make_interval(secs => $1) \
              ORDER BY COALESCE(dispatched_at, created_at) LIMIT $2"))
         .bind(age.as_secs_f64())
