@@ -236,11 +236,17 @@ pub fn timeline(run: &Run) -> Vec<TimelineEvent> {
             detail: "not dispatched before this time".into(),
         });
     }
-    if let (Some(at), Some(entry)) = (run.dispatched_at, &run.dispatch_entry_id) {
+    if let Some(at) = run.dispatched_at {
+        // The entry id is known once a worker claimed the run (a producer
+        // does not record it).
+        let detail = match &run.dispatch_entry_id {
+            Some(entry) => format!("to queue {} as entry {entry}", run.queue),
+            None => format!("to queue {}", run.queue),
+        };
         events.push(TimelineEvent {
             at,
             event: "dispatched",
-            detail: format!("to queue {} as entry {entry}", run.queue),
+            detail,
         });
     }
     for reclaim in &run.reclaims.0 {

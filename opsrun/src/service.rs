@@ -158,8 +158,7 @@ impl RunService {
                 dispatch: Dispatch::Scheduled,
             });
         }
-        let (mut dispatched, records) = self.dispatch_many(&[&run]).await;
-        self.record_dispatches(records).await;
+        let mut dispatched = self.dispatch_many(&[&run]).await;
         Ok(dispatched.remove(&run.id).unwrap_or(EnsuredRun {
             run,
             dispatch: Dispatch::Scheduled,
@@ -201,8 +200,8 @@ impl RunService {
     }
 
     /// Ensure many runs at once: one INSERT for all, one read of the active
-    /// runs that already held an identity, one pipelined XADD round trip and
-    /// one UPDATE recording the dispatches. Dedupe is as exact as
+    /// runs that already held an identity, and one pipelined XADD round
+    /// trip. Dedupe is as exact as
     /// [`RunService::ensure_run`]'s: two requests with one identity in the
     /// batch get one run (the later one deduplicated), decided by the same
     /// unique index. Strict types go one by one. The results follow the
@@ -211,37 +210,27 @@ impl RunService {
     /// all-or-nothing).
     pub async fn ensure_runs(&self, requests: &[RunRequest]) -> Vec<Result<EnsuredRun>> {
         let created = self.create_runs(requests).await;
-        let (results, records) = self.dispatch_created(requests, created).await;
-        self.record_dispatches(records).await;
-        results
+        self.dispatch_created(requests, created).await
     }
 
     /// Ensure any number of runs in chunks of `chunk` requests, each chunk as
     /// [`RunService::ensure_runs`] does, handing each chunk's results (in
     /// order) to `each` as it completes. Chunks overlap: one chunk's XADDs
-    /// run while the next chunk is inserted and the previous chunk's
-    /// dispatches are recorded, so Postgres works on two statements at once.
-    /// Recording a chunk late finds most of its runs claimed already when
-    /// workers keep up, and a claimed run needs no record (its claim holds
-    /// the entry). Dedupe stays exact: a chunk is inserted only after the
-    /// previous chunk's runs are committed. Every record is written before
-    /// this returns.
+    /// run while the next chunk is inserted. Dedupe stays exact: a chunk is
+    /// inserted only after the previous chunk's runs are committed.
     pub async fn ensure_runs_chunked<F>(&self, requests: &[RunRequest], chunk: usize, mut each: F)
     where
         F: FnMut(&[RunRequest], Vec<Result<EnsuredRun>>),
     {
         let mut previous: Option<(&[RunRequest], Vec<Stage>)> = None;
-        let mut unrecorded = Vec::new();
         for requests in requests.chunks(chunk.max(1)) {
             let created = match previous.take() {
                 Some((done, stages)) => {
-                    let ((results, records), created, ()) = tokio::join!(
+                    let (results, created) = tokio::join!(
                         self.dispatch_created(done, stages),
-                        self.create_runs(requests),
-                        self.record_dispatches(std::mem::take(&mut unrecorded))
+                        self.create_runs(requests)
                     );
                     each(done, results);
-                    unrecorded = records;
                     created
                 }
                 None => self.create_runs(requests).await,
@@ -249,12 +238,7 @@ impl RunService {
             previous = Some((requests, created));
         }
         if let Some((done, stages)) = previous {
-            let ((results, records), ()) = tokio::join!(
-                self.dispatch_created(done, stages),
-                self.record_dispatches(std::mem::take(&mut unrecorded))
-            );
-            each(done, results);
-            self.record_dispatches(records).await;
+            each(done, self.dispatch_created(done, stages).await);
         }
     }
 
@@ -339,13 +323,12 @@ impl RunService {
 
     /// The second stage of [`RunService::ensure_runs`]: dispatch every
     /// created run that is due now in one round trip, then settle the
-    /// requests folded into an earlier one. Returns the results and the
-    /// dispatches to record.
+    /// requests folded into an earlier one.
     async fn dispatch_created(
         &self,
         requests: &[RunRequest],
         stages: Vec<Stage>,
-    ) -> (Vec<Result<EnsuredRun>>, Vec<DispatchRecord>) {
+    ) -> Vec<Result<EnsuredRun>> {
         let to_send: Vec<&Run> = stages
             .iter()
             .filter_map(|s| match s {
@@ -353,7 +336,7 @@ impl RunService {
                 _ => None,
             })
             .collect();
-        let (mut dispatched, records) = self.dispatch_many(&to_send).await;
+        let mut dispatched = self.dispatch_many(&to_send).await;
         let mut results: Vec<Option<Result<EnsuredRun>>> = Vec::with_capacity(stages.len());
         let mut folded = Vec::new();
         for (i, stage) in stages.into_iter().enumerate() {
@@ -379,42 +362,24 @@ impl RunService {
             };
             results[i] = Some(run);
         }
-        let results = results
+        results
             .into_iter()
             .map(|r| r.expect("every request has a result"))
-            .collect();
-        (results, records)
+            .collect()
     }
 
-    /// Send the entries of many queued runs in one pipelined round trip and
-    /// return the dispatches to record (see [`RunService::record_dispatches`]);
-    /// if the send fails, each run is failed with `queue.dispatch_failed`, as
-    /// a single dispatch would be.
-    async fn dispatch_many(
-        &self,
-        runs: &[&Run],
-    ) -> (
-        std::collections::HashMap<RunId, EnsuredRun>,
-        Vec<DispatchRecord>,
-    ) {
+    /// Send the entries of many queued runs in one pipelined round trip; if
+    /// the send fails, each run is failed with `queue.dispatch_failed`, as a
+    /// single dispatch would be. Nothing is recorded on success: the insert
+    /// stamped the dispatch time, and the claim records the entry.
+    async fn dispatch_many(&self, runs: &[&Run]) -> std::collections::HashMap<RunId, EnsuredRun> {
         let entries: Vec<(&str, Entry)> = runs
             .iter()
             .map(|r| (r.queue.as_str(), Entry::next_attempt(r)))
             .collect();
         let mut out = std::collections::HashMap::new();
-        let mut records = Vec::new();
         match self.transport.publish_many(&entries).await {
             Ok(ids) => {
-                records = runs
-                    .iter()
-                    .zip(&ids)
-                    .map(|(r, id)| DispatchRecord {
-                        tenant_id: r.tenant_id,
-                        run_id: r.id,
-                        attempt: r.attempt,
-                        entry_id: id.clone(),
-                    })
-                    .collect();
                 for (run, entry_id) in runs.iter().zip(ids) {
                     let mut run = (*run).clone();
                     run.dispatch_entry_id = Some(entry_id.clone());
@@ -470,40 +435,28 @@ impl RunService {
                 }
             }
         }
-        (out, records)
+        out
     }
 
-    /// Record sent dispatches on the runs still queued. Bookkeeping for the
-    /// reaper: if it fails, the runs are still dispatched, and at worst the
-    /// lost-dispatch pass sends a harmless duplicate.
-    async fn record_dispatches(&self, records: Vec<DispatchRecord>) {
-        // A lone dispatch takes the single-row statement, whose cached plan
-        // is a key lookup whatever the batch sizes seen before.
-        let recorded = match records.as_slice() {
-            [] => return,
-            [record] => self.ledger.record_dispatch(record).await,
-            _ => self.ledger.record_dispatches(&records).await,
-        };
-        if let Err(e) = recorded {
-            tracing::warn!(error = %e, runs = records.len(), "dispatches sent but not recorded");
-        }
-    }
-
-    /// Send a queued run's entry (for its next attempt) and record it. The
-    /// record is bookkeeping for the reaper: if it fails, the run is still
-    /// dispatched, and at worst the reaper sends a harmless duplicate.
+    /// Send a queued run's entry (for its next attempt) and record it: the
+    /// reaper's dispatches (due, reclaimed, lost), whose taking statement
+    /// stamped the dispatch time. The record is bookkeeping for the reaper:
+    /// if it fails, the run is still dispatched, and at worst the reaper
+    /// sends a harmless duplicate.
     pub async fn dispatch(&self, run: &Run) -> Result<String> {
         let entry_id = self
             .transport
             .publish(&run.queue, &Entry::next_attempt(run))
             .await?;
-        self.record_dispatches(vec![DispatchRecord {
+        let record = DispatchRecord {
             tenant_id: run.tenant_id,
             run_id: run.id,
             attempt: run.attempt,
             entry_id: entry_id.clone(),
-        }])
-        .await;
+        };
+        if let Err(e) = self.ledger.record_dispatches(&[record]).await {
+            tracing::warn!(run_id = %run.id, error = %e, "dispatch sent but not recorded");
+        }
         Ok(entry_id)
     }
 

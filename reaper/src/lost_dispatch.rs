@@ -8,19 +8,30 @@
 //! Two reapers never both re-send a run: the re-dispatch is claimed in
 //! Postgres first, on the entry both saw.
 //!
+//! A producer does not record the entry it sent (a claim records the entry
+//! it came from, so most runs never need it); for a run that waited long
+//! with none recorded, the entry is looked for by its fields among the
+//! pending and the first undelivered entries, and recorded when it is
+//! found waiting, so later rounds look it up by id.
+//!
 //! Touches: `queued` rows with an old `dispatched_at`; their stream entries.
 //! Options: [`LostDispatchConfig`]. Reports: [`LostDispatchReport`].
 
 use std::time::Duration;
 
+use std::collections::{HashMap, HashSet};
+
 use opsrun::transport::EntryState;
-use opsrun::{ReclaimReason, Result, RunService};
+use opsrun::{DispatchRecord, ReclaimReason, Result, Run, RunId, RunService};
 use serde::Serialize;
 
 /// Default age of a dispatch before its entry is checked.
 pub const DEFAULT_AFTER: Duration = Duration::from_secs(60);
 /// Default runs examined per round.
 pub const DEFAULT_BATCH: i64 = 500;
+/// Undelivered entries read per queue and round when looking for entries
+/// that were never recorded.
+const LOCATE_SCAN: usize = 20_000;
 
 /// Options of the lost-dispatch pass.
 #[derive(Debug, Clone)]
@@ -62,22 +73,38 @@ pub async fn run_once(
     config: &LostDispatchConfig,
 ) -> Result<LostDispatchReport> {
     let mut report = LostDispatchReport::default();
-    for run in service
+    let runs = service
         .ledger()
         .queued_dispatched_before(config.after, config.batch)
-        .await?
-    {
-        let state = match &run.dispatch_entry_id {
-            None => EntryState::Missing,
-            Some(entry_id) => {
+        .await?;
+    let mut located = locate_unrecorded(service, &runs).await?;
+    let mut found_waiting = Vec::new();
+    for run in runs {
+        let (entry_id, state) = match &run.dispatch_entry_id {
+            Some(entry_id) => (
+                Some(entry_id.clone()),
                 service
                     .transport()
                     .entry_state(&run.queue, entry_id)
-                    .await?
-            }
+                    .await?,
+            ),
+            None => match located.remove(&(run.id, run.attempt + 1)) {
+                Some((entry_id, state)) => (Some(entry_id), state),
+                None => (None, EntryState::Missing),
+            },
         };
         let reason = match state {
             EntryState::Waiting => {
+                if run.dispatch_entry_id.is_none()
+                    && let Some(entry_id) = entry_id
+                {
+                    found_waiting.push(DispatchRecord {
+                        tenant_id: run.tenant_id,
+                        run_id: run.id,
+                        attempt: run.attempt,
+                        entry_id,
+                    });
+                }
                 report.waiting += 1;
                 continue;
             }
@@ -105,9 +132,38 @@ pub async fn run_once(
                 report.dispatch_failed += 1;
             }
         }
-        if let (ReclaimReason::DeliveryStalled, Some(old)) = (reason, &run.dispatch_entry_id) {
+        if let (ReclaimReason::DeliveryStalled, Some(old)) = (reason, &entry_id) {
             let _ = service.transport().ack(&run.queue, &[old]).await;
         }
     }
+    // Bookkeeping only: without it the next round looks for them again.
+    if let Err(e) = service.ledger().record_dispatches(&found_waiting).await {
+        tracing::warn!(error = %e, "recording found entries failed");
+    }
     Ok(report)
+}
+
+/// The entries of the runs among `runs` whose entry was never recorded,
+/// looked for in their queues' streams, keyed by `(run, attempt)`.
+async fn locate_unrecorded(
+    service: &RunService,
+    runs: &[Run],
+) -> Result<HashMap<(RunId, i32), (String, EntryState)>> {
+    let mut wanted: HashMap<&str, HashSet<(RunId, i32)>> = HashMap::new();
+    for run in runs.iter().filter(|r| r.dispatch_entry_id.is_none()) {
+        wanted
+            .entry(run.queue.as_str())
+            .or_default()
+            .insert((run.id, run.attempt + 1));
+    }
+    let mut located = HashMap::new();
+    for (queue, wanted) in wanted {
+        located.extend(
+            service
+                .transport()
+                .locate_entries(queue, &wanted, LOCATE_SCAN)
+                .await?,
+        );
+    }
+    Ok(located)
 }

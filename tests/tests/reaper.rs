@@ -269,6 +269,10 @@ async fn a_delivery_nobody_claimed_is_dispatched_again() {
         untouched.reclaims.0.is_empty(),
         "a run waiting in the backlog is left alone"
     );
+    assert_eq!(
+        untouched.dispatch_entry_id, waiting.dispatch_entry_id,
+        "its entry, never recorded by the producer, was found and recorded"
+    );
 }
 
 #[tokio::test]

@@ -188,21 +188,26 @@ impl Ledger {
     /// replaced), for `strict` the run in any state (that occurrence runs
     /// once); `nonce` identities never collide. The unique indexes decide
     /// races; each statement runs with a fresh snapshot, and the loop covers
-    /// a twin completing in between. Returns the run and whether it was created.
+    /// a twin completing in between. A run without a start time is stamped
+    /// as dispatched now (`dispatched_at`): its XADD follows the commit, and
+    /// the lost-dispatch pass counts its grace period from here. Returns the
+    /// run and whether it was created.
     pub async fn insert_or_get(&self, new: &NewRun<'_>) -> Result<(Run, bool)> {
         // Deterministic and nonce runs conflict only on the active-identity
         // index; a strict run may also conflict on the strict index, in any
         // state, hence no conflict target there.
         const INSERT_ACTIVE: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, domain_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                identity_rule, max_attempts, lease_seconds, not_before, domain_id, dispatched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 CASE WHEN $12::timestamptz IS NULL THEN now() END) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}";
         const INSERT_STRICT: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, domain_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                identity_rule, max_attempts, lease_seconds, not_before, domain_id, dispatched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 CASE WHEN $12::timestamptz IS NULL THEN now() END) \
              ON CONFLICT DO NOTHING RETURNING {cols}";
         const SELECT_ACTIVE: &str = "SELECT {cols} FROM operation_runs \
              WHERE tenant_id = $1 AND run_identity_hash = $2 AND completed_at IS NULL";
@@ -264,7 +269,8 @@ impl Ledger {
 
     /// Insert many deterministic or nonce runs in one statement; a run whose
     /// identity is already active is skipped (the caller reads the active one
-    /// with [`Ledger::active_by_identity`]). Returns the runs inserted.
+    /// with [`Ledger::active_by_identity`]). Stamps `dispatched_at` as
+    /// [`Ledger::insert_or_get`] does. Returns the runs inserted.
     pub async fn insert_many(&self, runs: &[NewRun<'_>]) -> Result<Vec<Run>> {
         if runs.is_empty() {
             return Ok(Vec::new());
@@ -273,9 +279,11 @@ impl Ledger {
             |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
         sqlx::query_as::<_, Run>(sql("INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+                identity_rule, max_attempts, lease_seconds, not_before, dispatched_at) \
+             SELECT *, CASE WHEN nb IS NULL THEN now() END \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
                  $6::jsonb[], $7::jsonb[], $8::text[], $9::text[], $10::int[], $11::int[], $12::timestamptz[]) \
+                 AS u(t, ui, n, ty, h, c, i, q, r, m, l, nb) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}"))
         .bind(runs.iter().map(|r| r.request.tenant_id).collect::<Vec<_>>())
@@ -320,13 +328,16 @@ impl Ledger {
 
     /// Record the stream entries of many dispatches in one statement, each
     /// on its run only while that run still awaits the attempt the entry was
-    /// sent for: a run a worker has claimed holds its delivering entry
-    /// already, and a record arriving after the run failed and was queued
-    /// for its next attempt must not pass for that attempt's dispatch (the
-    /// due pass would never send it). A run a worker is claiming right now
-    /// is skipped rather than waited for (should that claim fail, the
-    /// lost-dispatch pass treats a run without a record like one whose
-    /// entry is old).
+    /// sent for: a record arriving after the run was claimed, failed and
+    /// queued for its next attempt must not pass for that attempt's dispatch
+    /// (the due pass would never send it). `dispatched_at` is left alone: the
+    /// statement that decided the dispatch stamped it. A run a worker is
+    /// claiming right now is skipped rather than waited for (its claim
+    /// records the delivering entry itself).
+    ///
+    /// Only the reaper's dispatches, and the entries it finds for runs that
+    /// have waited long, are recorded: a producer's are not (one write per
+    /// run saved), since a claim records the entry it came from.
     pub async fn record_dispatches(&self, dispatches: &[DispatchRecord]) -> Result<()> {
         if dispatches.is_empty() {
             return Ok(());
@@ -337,7 +348,7 @@ impl Ledger {
              locked AS (SELECT r.id, d.entry_id FROM d JOIN operation_runs r \
                      ON r.id = d.id AND r.tenant_id = d.tenant_id AND r.attempt = d.attempt \
                  WHERE r.status = 'queued' FOR NO KEY UPDATE OF r SKIP LOCKED) \
-             UPDATE operation_runs r SET dispatch_entry_id = l.entry_id, dispatched_at = now() \
+             UPDATE operation_runs r SET dispatch_entry_id = l.entry_id \
              FROM locked l WHERE r.id = l.id AND r.status = 'queued'",
         )
         .persistent(false)
@@ -366,22 +377,6 @@ impl Ledger {
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading run"))
-    }
-
-    /// Record one dispatch, as [`Ledger::record_dispatches`] does many.
-    pub async fn record_dispatch(&self, dispatch: &DispatchRecord) -> Result<()> {
-        sqlx::query(
-            "UPDATE operation_runs SET dispatch_entry_id = $4, dispatched_at = now() \
-             WHERE tenant_id = $1 AND id = $2 AND attempt = $3 AND status = 'queued'",
-        )
-        .bind(dispatch.tenant_id)
-        .bind(dispatch.run_id)
-        .bind(dispatch.attempt)
-        .bind(&dispatch.entry_id)
-        .execute(&self.pool)
-        .await
-        .map_err(db("recording dispatch"))?;
-        Ok(())
     }
 
     /// End a run that never started (`queued → completed/failed`), e.g. when

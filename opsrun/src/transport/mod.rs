@@ -522,6 +522,79 @@ impl Transport {
         }
     }
 
+    /// Find the entries dispatching `wanted` runs, keyed by `(run, attempt)`
+    /// as the entries carry them, for runs whose entry id was never recorded
+    /// (a producer does not record it; the claim does). An entry not yet
+    /// acknowledged is either pending (delivered) or among the undelivered
+    /// ones, oldest first, where a long-waiting run's entry sits near the
+    /// front: the pending list (up to 1,000) and the first `scan`
+    /// undelivered entries are read. A run not found had its entry
+    /// acknowledged without a claim, trimmed, or lost with Redis.
+    pub async fn locate_entries(
+        &self,
+        queue: &str,
+        wanted: &std::collections::HashSet<(RunId, i32)>,
+        scan: usize,
+    ) -> Result<std::collections::HashMap<(RunId, i32), (String, EntryState)>> {
+        let mut found = std::collections::HashMap::new();
+        let stream = self.keys.queue_stream(queue);
+        let keep = |found: &mut std::collections::HashMap<_, _>, item: &StreamId, state| {
+            if let Some(e) = Entry::from_stream_id(item)
+                && wanted.contains(&(e.run_id, e.attempt))
+            {
+                found.insert((e.run_id, e.attempt), (item.id.clone(), state));
+            }
+        };
+        let pending = self.pending_idle(queue, Duration::ZERO, 1000).await?;
+        if !pending.is_empty() {
+            let mut pipe = redis::pipe();
+            for p in &pending {
+                pipe.cmd("XRANGE")
+                    .arg(&stream)
+                    .arg(&p.entry_id)
+                    .arg(&p.entry_id);
+            }
+            let replies: Vec<redis::streams::StreamRangeReply> = self
+                .with_connection(
+                    || format!("reading pending entries of {stream}"),
+                    async |conn| pipe.query_async(conn).await,
+                )
+                .await?;
+            for (p, reply) in pending.iter().zip(&replies) {
+                for item in &reply.ids {
+                    let state = EntryState::Pending {
+                        idle: p.idle,
+                        deliveries: p.deliveries,
+                    };
+                    keep(&mut found, item, state);
+                }
+            }
+        }
+        // No group yet: nothing was delivered, every entry is undelivered.
+        let mut from = match self.last_delivered(queue).await? {
+            Some(last) => successor(&last),
+            None => "-".to_string(),
+        };
+        let mut scanned = 0;
+        while scanned < scan && found.len() < wanted.len() {
+            let page = (scan - scanned).min(1000);
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(&stream).arg(&from).arg("+").arg("COUNT").arg(page);
+            let reply: redis::streams::StreamRangeReply = self
+                .run(|| format!("reading undelivered entries of {stream}"), &cmd)
+                .await?;
+            for item in &reply.ids {
+                keep(&mut found, item, EntryState::Waiting);
+            }
+            scanned += reply.ids.len();
+            match reply.ids.last() {
+                Some(last) if reply.ids.len() == page => from = successor(&last.id),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
     /// Trim `queue`'s stream below the oldest entry that may still matter:
     /// the oldest pending entry, the first undelivered one, and anything newer
     /// than `keep` (kept for inspection). A stream without the group is left
