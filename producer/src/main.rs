@@ -359,7 +359,7 @@ impl BatchLine {
 const BATCH_CHUNK: usize = 1000;
 
 /// Connect the service the way `enqueue` does, with `connections` to
-/// Postgres (a batch overlaps an insert with a dispatch record).
+/// Postgres (a batch inserts the two halves of a chunk at once).
 async fn service(
     args: &EnqueueArgs,
     registry: std::sync::Arc<opsrun::registry::Registry>,

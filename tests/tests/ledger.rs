@@ -271,6 +271,47 @@ async fn batches_dedupe_exactly_and_dispatch_in_one_round_trip() {
 }
 
 #[tokio::test]
+async fn a_failed_half_of_a_large_batch_is_started_run_by_run() {
+    let env = TestEnv::new().await;
+    // The database refuses one row, which fails the statement holding it:
+    // the half of the batch inserted beside it must still be dispatched,
+    // and the refused half started alone, each run reporting for itself.
+    for statement in [
+        "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.inputs ? 'refuse' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_marked BEFORE INSERT ON operation_runs \
+         FOR EACH ROW EXECUTE FUNCTION refuse_marked()",
+    ] {
+        sqlx::query(statement).execute(&env.pool).await.unwrap();
+    }
+    let xlen_before = env.xlen("default").await;
+    let requests: Vec<_> = (0..300)
+        .map(|n| {
+            let inputs = if n == 250 {
+                json!({"i": n, "refuse": true})
+            } else {
+                json!({"i": n})
+            };
+            RunRequest::new(5, "sync.batch").inputs(inputs)
+        })
+        .collect();
+    let results = env.service.ensure_runs(&requests).await;
+    for (n, result) in results.iter().enumerate() {
+        match result {
+            Err(e) => assert_eq!(n, 250, "only the refused run fails: {e}"),
+            Ok(ensured) => assert!(
+                matches!(ensured.dispatch, Dispatch::Sent { .. }),
+                "run {n}: {:?}",
+                ensured.dispatch
+            ),
+        }
+    }
+    assert!(results[250].is_err());
+    assert_eq!(env.count_runs().await, 299);
+    assert_eq!(env.xlen("default").await - xlen_before, 299);
+}
+
+#[tokio::test]
 async fn chunked_batches_keep_order_and_dedupe_across_chunks() {
     let env = TestEnv::new().await;
     let xlen_before = env.xlen("default").await;
