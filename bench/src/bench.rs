@@ -392,22 +392,21 @@ async fn end_to_end(
 }
 
 /// Wait until every one of the `runs` runs already started on `queue` has
-/// completed. Counts the active runs only (the partial index over active
-/// runs holds just those), so polling costs little next to the system
-/// being measured.
+/// completed. Asks only whether any is still active, which stops at the
+/// first one found: counting them read every active row (~100 ms per poll
+/// with a 20,000-run backlog, half a core taken from the system measured).
 async fn wait_completed(pool: &opsrun::sqlx::PgPool, queue: &str, runs: usize) -> Result<()> {
     let started = Instant::now();
     loop {
-        let active: i64 = opsrun::sqlx::query_scalar(
-            "SELECT count(*) FROM operation_runs WHERE completed_at IS NULL AND queue = $1",
+        let active: bool = opsrun::sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM operation_runs WHERE completed_at IS NULL AND queue = $1)",
         )
         .bind(queue)
         .fetch_one(pool)
         .await?;
-        if active == 0 {
+        if !active {
             return Ok(());
         }
-        let done = runs as i64 - active;
         if started.elapsed() > Duration::from_secs(600) {
             let states: Vec<(String, i64)> = opsrun::sqlx::query_as(
                 "SELECT status || '/' || (dispatch_entry_id IS NOT NULL)::text, count(*) FROM operation_runs \
@@ -417,7 +416,7 @@ async fn wait_completed(pool: &opsrun::sqlx::PgPool, queue: &str, runs: usize) -
             .fetch_all(pool)
             .await?;
             bail!(
-                "only {done} of {runs} runs on {queue} completed in 10 minutes (status/dispatched: {states:?})"
+                "not all {runs} runs on {queue} completed in 10 minutes (status/entry recorded: {states:?})"
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
