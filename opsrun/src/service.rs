@@ -203,9 +203,9 @@ impl RunService {
         Ok(Prepared { spec, identity })
     }
 
-    /// Ensure many runs at once: one INSERT for all, one read of the active
-    /// runs that already held an identity, and one pipelined XADD round
-    /// trip. Dedupe is as exact as
+    /// Ensure many runs at once: one INSERT for all (two at once for a
+    /// large batch), one read of the active runs that already held an
+    /// identity, and one pipelined XADD round trip. Dedupe is as exact as
     /// [`RunService::ensure_run`]'s: two requests with one identity in the
     /// batch get one run (the later one deduplicated), decided by the same
     /// unique index. Strict types go one by one. The results follow the

@@ -165,6 +165,10 @@ async fn shadow_runs_are_never_dispatched_or_reclaimed() {
     let now_running = env.ledger().get(3, running.id).await.unwrap().unwrap();
     assert_eq!(now_queued.status, Status::Queued);
     assert!(now_queued.dispatch_entry_id.is_none() && now_queued.reclaims.0.is_empty());
+    assert_eq!(
+        now_queued.dispatched_at, None,
+        "never stamped as dispatched"
+    );
     assert_eq!(now_running.status, Status::Running);
     assert!(now_running.reclaims.0.is_empty());
     assert_eq!(env.xlen("default").await, 0);

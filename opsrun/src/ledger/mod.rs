@@ -188,9 +188,10 @@ impl Ledger {
     /// replaced), for `strict` the run in any state (that occurrence runs
     /// once); `nonce` identities never collide. The unique indexes decide
     /// races; each statement runs with a fresh snapshot, and the loop covers
-    /// a twin completing in between. A run without a start time is stamped
-    /// as dispatched now (`dispatched_at`): its XADD follows the commit, and
-    /// the lost-dispatch pass counts its grace period from here. Returns the
+    /// a twin completing in between. A run without a start time (and not an
+    /// adapter's, which is never dispatched) is stamped as dispatched now
+    /// (`dispatched_at`): its XADD follows the commit, and the lost-dispatch
+    /// pass counts its grace period from here. Returns the
     /// run and whether it was created.
     pub async fn insert_or_get(&self, new: &NewRun<'_>) -> Result<(Run, bool)> {
         // Deterministic and nonce runs conflict only on the active-identity
@@ -200,14 +201,14 @@ impl Ledger {
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
                 identity_rule, max_attempts, lease_seconds, not_before, domain_id, dispatched_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                 CASE WHEN $12::timestamptz IS NULL THEN now() END) \
+                 CASE WHEN $12::timestamptz IS NULL AND $13::text IS NULL THEN now() END) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}";
         const INSERT_STRICT: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
                 identity_rule, max_attempts, lease_seconds, not_before, domain_id, dispatched_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                 CASE WHEN $12::timestamptz IS NULL THEN now() END) \
+                 CASE WHEN $12::timestamptz IS NULL AND $13::text IS NULL THEN now() END) \
              ON CONFLICT DO NOTHING RETURNING {cols}";
         const SELECT_ACTIVE: &str = "SELECT {cols} FROM operation_runs \
              WHERE tenant_id = $1 AND run_identity_hash = $2 AND completed_at IS NULL";
