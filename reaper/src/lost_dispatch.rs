@@ -17,9 +17,8 @@
 //! Touches: `queued` rows with an old `dispatched_at`; their stream entries.
 //! Options: [`LostDispatchConfig`]. Reports: [`LostDispatchReport`].
 
-use std::time::Duration;
-
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use opsrun::transport::EntryState;
 use opsrun::{DispatchRecord, ReclaimReason, Result, Run, RunId, RunService};
@@ -88,7 +87,7 @@ pub async fn run_once(
                     .entry_state(&run.queue, entry_id)
                     .await?,
             ),
-            None => match located.remove(&(run.id, run.attempt + 1)) {
+            None => match located.remove(&(run.tenant_id, run.id, run.attempt + 1)) {
                 Some((entry_id, state)) => (Some(entry_id), state),
                 None => (None, EntryState::Missing),
             },
@@ -144,17 +143,18 @@ pub async fn run_once(
 }
 
 /// The entries of the runs among `runs` whose entry was never recorded,
-/// looked for in their queues' streams, keyed by `(run, attempt)`.
+/// looked for in their queues' streams, keyed by `(tenant, run, attempt)`.
 async fn locate_unrecorded(
     service: &RunService,
     runs: &[Run],
-) -> Result<HashMap<(RunId, i32), (String, EntryState)>> {
-    let mut wanted: HashMap<&str, HashSet<(RunId, i32)>> = HashMap::new();
+) -> Result<HashMap<(i64, RunId, i32), (String, EntryState)>> {
+    let mut wanted: HashMap<&str, HashSet<(i64, RunId, i32)>> = HashMap::new();
     for run in runs.iter().filter(|r| r.dispatch_entry_id.is_none()) {
-        wanted
-            .entry(run.queue.as_str())
-            .or_default()
-            .insert((run.id, run.attempt + 1));
+        wanted.entry(run.queue.as_str()).or_default().insert((
+            run.tenant_id,
+            run.id,
+            run.attempt + 1,
+        ));
     }
     let mut located = HashMap::new();
     for (queue, wanted) in wanted {

@@ -522,8 +522,8 @@ impl Transport {
         }
     }
 
-    /// Find the entries dispatching `wanted` runs, keyed by `(run, attempt)`
-    /// as the entries carry them, for runs whose entry id was never recorded
+    /// Find the entries dispatching `wanted` runs, keyed by `(tenant, run,
+    /// attempt)` as the entries carry them, for runs whose entry id was never recorded
     /// (a producer does not record it; the claim does). An entry not yet
     /// acknowledged is either pending (delivered) or among the undelivered
     /// ones, oldest first, where a long-waiting run's entry sits near the
@@ -533,16 +533,16 @@ impl Transport {
     pub async fn locate_entries(
         &self,
         queue: &str,
-        wanted: &std::collections::HashSet<(RunId, i32)>,
+        wanted: &std::collections::HashSet<(i64, RunId, i32)>,
         scan: usize,
-    ) -> Result<std::collections::HashMap<(RunId, i32), (String, EntryState)>> {
+    ) -> Result<std::collections::HashMap<(i64, RunId, i32), (String, EntryState)>> {
         let mut found = std::collections::HashMap::new();
         let stream = self.keys.queue_stream(queue);
         let keep = |found: &mut std::collections::HashMap<_, _>, item: &StreamId, state| {
             if let Some(e) = Entry::from_stream_id(item)
-                && wanted.contains(&(e.run_id, e.attempt))
+                && wanted.contains(&(e.tenant_id, e.run_id, e.attempt))
             {
-                found.insert((e.run_id, e.attempt), (item.id.clone(), state));
+                found.insert((e.tenant_id, e.run_id, e.attempt), (item.id.clone(), state));
             }
         };
         let pending = self.pending_idle(queue, Duration::ZERO, 1000).await?;
