@@ -26,11 +26,12 @@ CREATE UNIQUE INDEX operation_runs_active_identity_hot
 DROP INDEX operation_runs_active_identity;
 ALTER INDEX operation_runs_active_identity_hot RENAME TO operation_runs_active_identity;
 
--- The reaper's lost-dispatch and stuck passes: the active runs (the backlog
--- and what runs now, not the whole history); status, heartbeat and latest
--- dispatch are checked on the rows. Replaces one index per status, whose
--- predicates kept claims from being HOT.
-CREATE INDEX operation_runs_active_created ON operation_runs (created_at)
+-- The active runs (the backlog and what runs now, not the whole history):
+-- the reaper's lost-dispatch and stuck passes read them all and check
+-- status, heartbeat and latest dispatch on the rows; the monitor lists a
+-- tenant's queued or running runs through it, newest first. Replaces one
+-- index per status, whose predicates kept claims from being HOT.
+CREATE INDEX operation_runs_active ON operation_runs (tenant_id, created_at, id)
     WHERE completed_at IS NULL;
 DROP INDEX operation_runs_queued_created;
 DROP INDEX operation_runs_running_heartbeat;
