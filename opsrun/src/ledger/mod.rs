@@ -191,8 +191,8 @@ impl Ledger {
     /// a twin completing in between. A run without a start time (and not an
     /// adapter's, which is never dispatched) is stamped as dispatched now
     /// (`dispatched_at`): its XADD follows the commit, and the lost-dispatch
-    /// pass counts its grace period from here. Returns the
-    /// run and whether it was created.
+    /// pass counts its grace period from here. Returns the run and whether
+    /// it was created.
     pub async fn insert_or_get(&self, new: &NewRun<'_>) -> Result<(Run, bool)> {
         // Deterministic and nonce runs conflict only on the active-identity
         // index; a strict run may also conflict on the strict index, in any
@@ -281,10 +281,11 @@ impl Ledger {
         sqlx::query_as::<_, Run>(sql("INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
                 identity_rule, max_attempts, lease_seconds, not_before, dispatched_at) \
-             SELECT *, CASE WHEN nb IS NULL THEN now() END \
+             SELECT *, CASE WHEN u.not_before IS NULL THEN now() END \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
                  $6::jsonb[], $7::jsonb[], $8::text[], $9::text[], $10::int[], $11::int[], $12::timestamptz[]) \
-                 AS u(t, ui, n, ty, h, c, i, q, r, m, l, nb) \
+                 AS u(tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
+                      identity_rule, max_attempts, lease_seconds, not_before) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}"))
         .bind(runs.iter().map(|r| r.request.tenant_id).collect::<Vec<_>>())
