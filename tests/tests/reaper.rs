@@ -276,6 +276,76 @@ async fn a_delivery_nobody_claimed_is_dispatched_again() {
 }
 
 #[tokio::test]
+async fn unrecorded_entries_of_a_backlog_are_found_and_lost_ones_sent_again() {
+    let env = TestEnv::new().await;
+    env.service
+        .transport()
+        .ensure_group("default")
+        .await
+        .unwrap();
+    // 400 runs started in bulk: their producer records no entry id.
+    let requests: Vec<_> = (0..400)
+        .map(|n| RunRequest::new(3, "a.b").inputs(json!({ "n": n })))
+        .collect();
+    let ensured: Vec<_> = env
+        .service
+        .ensure_runs(&requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let entry = |n: usize| ensured[n].run.dispatch_entry_id.clone().unwrap();
+    // The first 100 were delivered and acknowledged without a claim, the last
+    // 10 deleted (as a trim would); the 290 between wait in the stream.
+    let acked = deliver(&env, "skipped:1", 100).await;
+    assert_eq!(acked, (0..100).map(entry).collect::<Vec<_>>());
+    let mut redis = env.redis().await;
+    let _: i64 = redis::cmd("XACK")
+        .arg(env.stream("default"))
+        .arg("workers")
+        .arg(&acked)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("XDEL")
+        .arg(env.stream("default"))
+        .arg((390..400).map(entry).collect::<Vec<_>>())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE operation_runs SET dispatched_at = now() - interval '1 hour'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let config = lost_dispatch::LostDispatchConfig {
+        after: Duration::from_millis(1),
+        ..Default::default()
+    };
+    let report = lost_dispatch::run_once(&env.service, &config)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.waiting, report.missing, report.stalled),
+        (290, 110, 0),
+        "{report:?}"
+    );
+    for (n, sent) in ensured.iter().enumerate() {
+        let run = env.ledger().get(3, sent.run.id).await.unwrap().unwrap();
+        if (100..390).contains(&n) {
+            assert!(run.reclaims.0.is_empty(), "run {n} is left waiting");
+            assert_eq!(
+                run.dispatch_entry_id,
+                Some(entry(n)),
+                "run {n}'s entry found"
+            );
+        } else {
+            assert_eq!(run.reclaims.0[0].reason, ReclaimReason::DispatchMissing);
+            assert_ne!(run.dispatch_entry_id, Some(entry(n)), "run {n} sent again");
+        }
+    }
+}
+
+#[tokio::test]
 async fn reaper_once_prints_counts_and_rejects_bad_configuration() {
     let env = TestEnv::new().await;
     env.service
