@@ -22,6 +22,23 @@ async fn xpending_count(env: &TestEnv) -> i64 {
     count
 }
 
+/// One lost-dispatch round as if every queued run's dispatch were an hour
+/// old (and every delivery idle longer than the pass's grace).
+async fn lost_dispatch_an_hour_later(env: &TestEnv) -> lost_dispatch::LostDispatchReport {
+    sqlx::query("UPDATE operation_runs SET dispatched_at = now() - interval '1 hour' WHERE status = 'queued'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let config = lost_dispatch::LostDispatchConfig {
+        after: Duration::from_millis(1),
+        ..Default::default()
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    lost_dispatch::run_once(&env.service, &config)
+        .await
+        .unwrap()
+}
+
 /// Deliver up to `count` new entries to consumer `name` without processing them.
 async fn deliver(env: &TestEnv, name: &str, count: usize) -> Vec<String> {
     let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
@@ -239,18 +256,7 @@ async fn a_delivery_nobody_claimed_is_dispatched_again() {
         .run;
     // The first entry goes to a consumer that dies before claiming the run.
     deliver(&env, "died-before-claim:1", 1).await;
-    sqlx::query("UPDATE operation_runs SET dispatched_at = now() - interval '1 hour' WHERE status = 'queued'")
-        .execute(&env.pool)
-        .await
-        .unwrap();
-    let config = lost_dispatch::LostDispatchConfig {
-        after: Duration::from_millis(1),
-        ..Default::default()
-    };
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let report = lost_dispatch::run_once(&env.service, &config)
-        .await
-        .unwrap();
+    let report = lost_dispatch_an_hour_later(&env).await;
     assert_eq!(
         (report.stalled, report.waiting, report.missing),
         (1, 1, 0),
@@ -313,17 +319,7 @@ async fn unrecorded_entries_of_a_backlog_are_found_and_lost_ones_sent_again() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    sqlx::query("UPDATE operation_runs SET dispatched_at = now() - interval '1 hour'")
-        .execute(&env.pool)
-        .await
-        .unwrap();
-    let config = lost_dispatch::LostDispatchConfig {
-        after: Duration::from_millis(1),
-        ..Default::default()
-    };
-    let report = lost_dispatch::run_once(&env.service, &config)
-        .await
-        .unwrap();
+    let report = lost_dispatch_an_hour_later(&env).await;
     assert_eq!(
         (report.waiting, report.missing, report.stalled),
         (290, 110, 0),
