@@ -41,6 +41,17 @@ const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status,
      dispatch_entry_id, dispatched_at, reclaims, identity_rule, lease_seconds, not_before, domain_id, \
      started_at, completed_at, created_at, updated_at";
 
+/// A one-row `FROM` item that makes the statement's own transaction commit
+/// without waiting for the WAL flush (`synchronous_commit` is local to that
+/// transaction). Only for claims and heartbeats: a crash of Postgres may undo
+/// the last fraction of a second of them, which leaves the run queued (or its
+/// heartbeat older) exactly as if the worker had died before claiming, and the
+/// reaper's lost-dispatch and stuck passes recover it. Any later durable
+/// commit, such as the run's completion, flushes the claim with it, so a
+/// completion never survives without its claim. Creations and completions
+/// stay durable: a producer and XACK act on them.
+const ASYNC_COMMIT: &str = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit";
+
 /// How often `insert_or_get_active` retries when the active twin completes
 /// between the insert and the read.
 const DEDUPE_ROUNDS: usize = 8;
@@ -160,10 +171,15 @@ pub struct Ledger {
     pool: PgPool,
 }
 
-/// Build a statement from a template with `{cols}` replaced by [`RUN_COLUMNS`].
-/// Only ever called with `'static` templates, so no caller text reaches SQL.
+/// Build a statement from a template with `{cols}` replaced by [`RUN_COLUMNS`]
+/// and `{async_commit}` by [`ASYNC_COMMIT`]. Only ever called with `'static`
+/// templates, so no caller text reaches SQL.
 fn sql(template: &'static str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(template.replace("{cols}", RUN_COLUMNS))
+    sqlx::AssertSqlSafe(
+        template
+            .replace("{cols}", RUN_COLUMNS)
+            .replace("{async_commit}", ASYNC_COMMIT),
+    )
 }
 
 impl Ledger {
@@ -433,6 +449,7 @@ impl Ledger {
     /// each request's run is claimed if it is queued, of that tenant,
     /// awaiting that attempt and due; the delivering entry is recorded as its
     /// dispatch. Returns the runs claimed (a run listed twice is claimed once).
+    /// Commits asynchronously (see [`ASYNC_COMMIT`]).
     pub async fn mark_running_many(
         &self,
         claims: &[ClaimRequest],
@@ -447,7 +464,7 @@ impl Ledger {
              SET status = 'running', attempt = attempt + 1, holder = $5, lease_seconds = c.c_lease, \
                  heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry \
              FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $6::text[]) \
-                 AS c(c_tenant, c_id, c_attempt, c_lease, c_entry) \
+                 AS c(c_tenant, c_id, c_attempt, c_lease, c_entry), {async_commit} \
              WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'queued' \
                AND attempt = c.c_attempt - 1 \
                AND (not_before IS NULL OR not_before <= now()) \
@@ -465,20 +482,18 @@ impl Ledger {
 
     /// Refresh the heartbeat of every listed run `holder` still holds, in one
     /// statement. Returns the runs refreshed; a listed run missing from it is
-    /// no longer held by `holder`.
+    /// no longer held by `holder`. Commits asynchronously (see [`ASYNC_COMMIT`]).
     pub async fn heartbeat(&self, holder: &str, ids: &[RunId]) -> Result<Vec<RunId>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-        sqlx::query_scalar::<_, RunId>(
-            "WITH locked AS (SELECT id FROM operation_runs \
+        sqlx::query_scalar::<_, RunId>(sql("WITH locked AS (SELECT id FROM operation_runs \
                  WHERE id = ANY($1) AND status = 'running' AND holder = $2 \
                  ORDER BY id FOR NO KEY UPDATE) \
-             UPDATE operation_runs SET heartbeat_at = now() \
+             UPDATE operation_runs SET heartbeat_at = now() FROM {async_commit} \
              WHERE id IN (SELECT id FROM locked) AND status = 'running' AND holder = $2 \
-             RETURNING id",
-        )
+             RETURNING id"))
         .bind(&ids)
         .bind(holder)
         .fetch_all(&self.pool)

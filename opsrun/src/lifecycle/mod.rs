@@ -332,12 +332,12 @@ impl Lifecycle {
             let failures =
                 fold_failures(prior.into_iter().chain([sanitize::failure(code, message)]));
             let delay = delay.unwrap_or_else(|| backoff.delay(run.attempt));
-            let retried = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || {
+            let retried = Box::pin(retry_while_unavailable(COMPLETE_RETRY_BUDGET, || {
                 self.ledger.retry(&claim, delay, &failures)
-            })
+            }))
             .await;
             self.in_flight.remove(run.id);
-            return self.after_retry(retried, &delivery, &span, delay).await;
+            return Box::pin(self.after_retry(retried, &delivery, &span, delay)).await;
         }
         let (outcome, counts, failures) = terminal_state(result, prior);
         let terminal = Terminal {
@@ -349,7 +349,7 @@ impl Lifecycle {
         let completion = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || async {
             match &self.completer {
                 Some(completer) => completer.complete(&claim, terminal).await,
-                None => self.ledger.complete(Fence::Claim(claim), terminal).await,
+                None => Box::pin(self.ledger.complete(Fence::Claim(claim), terminal)).await,
             }
         })
         .await;
@@ -462,7 +462,7 @@ impl Lifecycle {
         if let Some(acker) = &self.acker {
             return acker.ack(queue, entry_id).await;
         }
-        if let Err(e) = self.transport.ack(queue, &[entry_id]).await {
+        if let Err(e) = Box::pin(self.transport.ack(queue, &[entry_id])).await {
             // The run's state is already committed; a stale pending entry is
             // only a hint and the reaper clears it.
             tracing::warn!(queue, entry_id, error = %e, "acknowledge failed; entry stays pending");
