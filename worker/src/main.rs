@@ -12,12 +12,6 @@ use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit}
 use opsrun_worker::consumer::{self, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
-// Jobs allocate and free many small buffers across threads (rows, entries,
-// futures); mimalloc's thread-local free lists take ~15% of the worker's CPU
-// that glibc malloc spent on them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const EXIT_CODES: &str = "\
 Exit codes:
   0  stopped by SIGTERM/SIGINT after draining in-flight jobs
