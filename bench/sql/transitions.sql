@@ -7,7 +7,8 @@
 --   psql -d DB -f bench/sql/transitions.sql
 --
 -- Prints microseconds per row for each step and how many updates were HOT.
--- Used to size the index and fillfactor choices of migration 000007.
+-- Used to size the index and fillfactor choices of migration 000007 and the
+-- column domains of migration 000008.
 \set ON_ERROR_STOP 1
 TRUNCATE operation_runs RESTART IDENTITY;
 SELECT pg_stat_reset_single_table_counters('operation_runs'::regclass);

@@ -451,3 +451,90 @@ async fn a_late_dispatch_record_never_passes_for_the_next_attempt() {
     let sent = ledger.get(3, run.id).await.unwrap().unwrap();
     assert_eq!(sent.dispatch_entry_id, Some(entry_id));
 }
+
+/// The row's shape is Postgres's to enforce, not only the library's: a write
+/// that bypasses validation is refused (identity hash, type, queue and JSON
+/// columns are domains checked when written), and the claim of a valid row
+/// passes without re-checking them.
+#[tokio::test]
+async fn postgres_refuses_malformed_runs_written_past_the_library() {
+    let env = TestEnv::new().await;
+    let pool = env.ledger().pool();
+    let insert = |hash: &str, run_type: &str, queue: &str, inputs: &str| {
+        format!(
+            "INSERT INTO operation_runs (tenant_id, initiator_name, type, run_identity_hash, queue, inputs) \
+             VALUES (1, 'System', '{run_type}', '{hash}', '{queue}', '{inputs}'::jsonb)"
+        )
+    };
+    let good_hash = "ab".repeat(32);
+    for (why, statement) in [
+        (
+            "uppercase hash",
+            insert(&"AB".repeat(32), "backup.run", "default", "{}"),
+        ),
+        (
+            "short hash",
+            insert(&"ab".repeat(31), "backup.run", "default", "{}"),
+        ),
+        (
+            "non-hex hash",
+            insert(
+                &format!("{}zz", "ab".repeat(31)),
+                "backup.run",
+                "default",
+                "{}",
+            ),
+        ),
+        (
+            "undotted type",
+            insert(&good_hash, "backup", "default", "{}"),
+        ),
+        (
+            "queue with a space",
+            insert(&good_hash, "backup.run", "bad queue", "{}"),
+        ),
+        (
+            "inputs not an object",
+            insert(&good_hash, "backup.run", "default", "[1]"),
+        ),
+    ] {
+        let refused = opsrun::sqlx::raw_sql(opsrun::sqlx::AssertSqlSafe(statement))
+            .execute(pool)
+            .await
+            .expect_err(why);
+        let code = refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.to_string());
+        assert_eq!(code.as_deref(), Some("23514"), "{why}: {refused}");
+    }
+    assert_eq!(env.count_runs().await, 0, "nothing was written");
+
+    opsrun::sqlx::raw_sql(opsrun::sqlx::AssertSqlSafe(insert(
+        &good_hash,
+        "backup.run",
+        "default",
+        r#"{"scope": "all"}"#,
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+    let id: i64 = opsrun::sqlx::query_scalar("SELECT id FROM operation_runs")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let claimed = env
+        .ledger()
+        .mark_running(
+            1,
+            opsrun::RunId(id),
+            1,
+            "w:1",
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .expect("a valid row is claimed");
+    assert_eq!(claimed.run_identity_hash, good_hash);
+    assert_eq!(claimed.run_type, "backup.run");
+}
