@@ -99,11 +99,7 @@ pub fn strict_identity_hash(
 }
 
 fn hex(hasher: Sha256) -> String {
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    format!("{:x}", hasher.finalize())
 }
 
 #[cfg(test)]

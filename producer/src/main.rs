@@ -2,6 +2,7 @@
 //! request before any I/O, ensures the run (dedupe), dispatches it, and prints
 //! one JSON object describing the run.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -447,24 +448,28 @@ async fn enqueue_batch(
     let mut lines = lines.iter();
     service
         .ensure_runs_chunked(&requests, BATCH_CHUNK, |_, results| {
+            // One write per chunk: stdout flushes every line otherwise.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for (result, line) in results.into_iter().zip(lines.by_ref()) {
-                match result {
+                let output = match result {
                     Ok(ensured) => {
-                        let (mut output, line_code) =
-                            result_json(&ensured, &args.view.monitor_url);
+                        let (mut output, line_code) = result_json(&ensured, &args.view.monitor_url);
                         output["line"] = json!(line);
-                        println!("{output}");
                         code = code.max(line_code);
+                        output
                     }
                     Err(e) => {
                         let failure = Failure::from(e);
-                        println!(
-                            "{}",
-                            json!({"line": line, "error": opsrun::sanitize::redact(&failure.message)})
-                        );
                         code = code.max(failure.code);
+                        json!({"line": line, "error": opsrun::sanitize::redact(&failure.message)})
                     }
+                };
+                if writeln!(out, "{output}").is_err() {
+                    code = code.max(exit::INTERNAL);
                 }
+            }
+            if out.flush().is_err() {
+                code = code.max(exit::INTERNAL);
             }
         })
         .await;
