@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::batch::next_batch;
 use crate::error::{Error, Result};
 use crate::ledger::{Claim, Ledger, Terminal};
-use crate::run::{Failure, Outcome, Run, RunId, SummaryCounts};
+use crate::run::{Failure, Outcome, RunId, SummaryCounts};
 
 /// Most completions written by one statement.
 pub const MAX_BATCH: usize = 256;
@@ -23,7 +23,7 @@ struct Pending {
     outcome: Outcome,
     counts: SummaryCounts,
     failures: Vec<Failure>,
-    reply: oneshot::Sender<Result<Option<Run>>>,
+    reply: oneshot::Sender<Result<bool>>,
 }
 
 /// Hands completions to the batching task.
@@ -41,9 +41,9 @@ impl Completer {
     }
 
     /// Write `terminal` fenced on `claim`, together with whatever else is
-    /// completing now. `None`: the claim was lost. An error means the batch
+    /// completing now. `false`: the claim was lost. An error means the batch
     /// was not written (Postgres unreachable, say) and may be retried.
-    pub async fn complete(&self, claim: &Claim<'_>, terminal: Terminal<'_>) -> Result<Option<Run>> {
+    pub async fn complete(&self, claim: &Claim<'_>, terminal: Terminal<'_>) -> Result<bool> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             tenant_id: claim.tenant_id,
@@ -85,11 +85,10 @@ async fn flush_loop(ledger: Ledger, mut rx: mpsc::Receiver<Pending>) {
         let written = ledger.complete_many(&rows).await;
         drop(rows);
         match written {
-            Ok(runs) => {
-                let mut runs: std::collections::HashMap<RunId, Run> =
-                    runs.into_iter().map(|r| (r.id, r)).collect();
+            Ok(ids) => {
+                let written: std::collections::HashSet<RunId> = ids.into_iter().collect();
                 for p in batch {
-                    let _ = p.reply.send(Ok(runs.remove(&p.run_id)));
+                    let _ = p.reply.send(Ok(written.contains(&p.run_id)));
                 }
             }
             Err(e) => {

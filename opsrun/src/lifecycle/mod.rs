@@ -54,8 +54,8 @@ pub enum SkipReason {
 /// What happened to one delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Processed {
-    /// The job ran and its terminal state was written.
-    Completed(Box<Run>),
+    /// The job ran and its terminal state was written, with this outcome.
+    Completed(Outcome),
     /// Nothing ran; the entry was acknowledged.
     Skipped(SkipReason),
     /// The attempt failed retryably; the run is queued again for later.
@@ -346,21 +346,27 @@ impl Lifecycle {
             failures: &failures,
             reclaim: None,
         };
+        // The outcome written, or `None` when the claim was lost.
         let completion = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || async {
             match &self.completer {
-                Some(completer) => completer.complete(&claim, terminal).await,
-                None => Box::pin(self.ledger.complete(Fence::Claim(claim), terminal)).await,
+                Some(completer) => Ok(completer
+                    .complete(&claim, terminal)
+                    .await?
+                    .then_some(outcome)),
+                None => Box::pin(self.ledger.complete(Fence::Claim(claim), terminal))
+                    .await
+                    .map(|done| done.map(|run| run.outcome)),
             }
         })
         .await;
         self.in_flight.remove(run.id);
 
         match completion {
-            Ok(Some(done)) => {
-                tracing::info!(parent: &span, outcome = done.outcome.as_str(), "run completed");
+            Ok(Some(outcome)) => {
+                tracing::info!(parent: &span, outcome = outcome.as_str(), "run completed");
                 self.ack(&delivery.queue, &delivery.entry_id).await;
                 self.stats.completed.fetch_add(1, Ordering::Relaxed);
-                Processed::Completed(Box::new(done))
+                Processed::Completed(outcome)
             }
             Ok(None) => {
                 // Another holder took the run over; it owns the result now.
