@@ -20,6 +20,9 @@ pub struct PostgresOptions {
     pub fsync: bool,
     /// `max_connections`.
     pub max_connections: u32,
+    /// `wal_writer_delay`: how long an asynchronous commit may stay in
+    /// memory only (a crash test lengthens it to lose such commits for sure).
+    pub wal_writer_delay: Duration,
 }
 
 impl PostgresOptions {
@@ -28,6 +31,7 @@ impl PostgresOptions {
         PostgresOptions {
             fsync: false,
             max_connections: 400,
+            wal_writer_delay: Duration::from_millis(200),
         }
     }
 
@@ -36,6 +40,7 @@ impl PostgresOptions {
         PostgresOptions {
             fsync: true,
             max_connections: 400,
+            wal_writer_delay: Duration::from_millis(200),
         }
     }
 }
@@ -109,6 +114,11 @@ impl Postgres {
             .arg(format!("full_page_writes={}", on_off(self.options.fsync)))
             .arg("-c")
             .arg(format!("max_connections={}", self.options.max_connections))
+            .arg("-c")
+            .arg(format!(
+                "wal_writer_delay={}ms",
+                self.options.wal_writer_delay.as_millis()
+            ))
             .args([
                 "-c",
                 "shared_buffers=256MB",

@@ -476,3 +476,65 @@ async fn a_reaper_killed_mid_retention_leaves_a_consistent_ledger() {
         "every expired run deleted, the active one kept"
     );
 }
+
+/// Claims commit without waiting for the WAL flush. A Postgres crash right
+/// after a claim undoes it: the run is queued again as if never claimed,
+/// the job that ran meanwhile finds its claim gone, and the reaper sends
+/// the run again, so it completes (having run twice, as after any crash
+/// mid-job). The WAL writer is slowed down so the crash surely lands
+/// before the claim reaches the disk.
+#[tokio::test]
+async fn a_claim_undone_by_a_postgres_crash_is_run_again() {
+    let mut postgres = devstack::Postgres::start(devstack::PostgresOptions {
+        wal_writer_delay: Duration::from_secs(10),
+        ..devstack::PostgresOptions::fast()
+    })
+    .unwrap();
+    let url = postgres.create_database("opsrun").await.unwrap();
+    let env = TestEnv::on_database(&url).await;
+    let worker = Worker::spawn(&env, &env.redis_url, &[]);
+    let run = enqueue(&env.service, 1, "test.slow").await;
+    let claimed = wait_until(Duration::from_secs(10), || async {
+        let run = env.ledger().get(1, run.id).await.unwrap().unwrap();
+        (run.status == Status::Running).then_some(run)
+    })
+    .await
+    .expect("the worker claims the run");
+    assert_eq!(claimed.attempt, 1);
+
+    postgres.crash_restart().unwrap();
+    let undone = wait_until(Duration::from_secs(10), || async {
+        env.ledger().get(1, run.id).await.ok().flatten()
+    })
+    .await
+    .expect("Postgres is back");
+    assert_eq!(
+        (
+            undone.status,
+            undone.attempt,
+            undone.dispatch_entry_id.as_deref()
+        ),
+        (Status::Queued, 0, None),
+        "the claim was not flushed before the crash, so recovery undid it"
+    );
+
+    // The job (2 s) ends, finds no claim to complete and acknowledges its
+    // entry; the lost-dispatch pass then finds no entry and sends the run again.
+    wait_until(Duration::from_secs(15), || async {
+        let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+            .arg(env.stream("default"))
+            .arg("workers")
+            .query_async(&mut env.redis().await)
+            .await
+            .unwrap();
+        (worker.executions_of(run.id) == 1 && pending.count() == 0).then_some(())
+    })
+    .await
+    .expect("the first execution ends and its entry is acknowledged");
+    age(&env).await;
+    let report = reap(&env.service).await;
+    assert_eq!(report.lost_dispatch.missing, 1, "{report:?}");
+    let done = completed(&env, &run).await;
+    assert_eq!((done.outcome, done.attempt), (Outcome::Succeeded, 1));
+    assert_eq!(worker.executions_of(run.id), 2);
+}
