@@ -332,6 +332,8 @@ impl Lifecycle {
             let failures =
                 fold_failures(prior.into_iter().chain([sanitize::failure(code, message)]));
             let delay = delay.unwrap_or_else(|| backoff.delay(run.attempt));
+            // Rare paths are boxed: inlined, their statement futures made
+            // every job's task 11 KB (3 KB now), copied on each spawn and poll.
             let retried = Box::pin(retry_while_unavailable(COMPLETE_RETRY_BUDGET, || {
                 self.ledger.retry(&claim, delay, &failures)
             }))
