@@ -498,7 +498,7 @@ async fn postgres_refuses_malformed_runs_written_past_the_library() {
             insert(&good_hash, "backup.run", "default", "[1]"),
         ),
     ] {
-        let refused = opsrun::sqlx::raw_sql(opsrun::sqlx::AssertSqlSafe(statement))
+        let refused = sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
             .execute(pool)
             .await
             .expect_err(why);
@@ -510,7 +510,7 @@ async fn postgres_refuses_malformed_runs_written_past_the_library() {
     }
     assert_eq!(env.count_runs().await, 0, "nothing was written");
 
-    opsrun::sqlx::raw_sql(opsrun::sqlx::AssertSqlSafe(insert(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(insert(
         &good_hash,
         "backup.run",
         "default",
@@ -519,7 +519,7 @@ async fn postgres_refuses_malformed_runs_written_past_the_library() {
     .execute(pool)
     .await
     .unwrap();
-    let id: i64 = opsrun::sqlx::query_scalar("SELECT id FROM operation_runs")
+    let id: i64 = sqlx::query_scalar("SELECT id FROM operation_runs")
         .fetch_one(pool)
         .await
         .unwrap();
