@@ -35,7 +35,8 @@ struct Cli {
     /// Do not apply migrations at start.
     #[arg(long, env = "OPSRUN_NO_MIGRATE")]
     no_migrate: bool,
-    /// Postgres connections (claims, heartbeats and completions are short).
+    /// Postgres connections (at least 3: the claim and completion loops each
+    /// keep one, heartbeats and retries share the rest).
     #[arg(long, env = "OPSRUN_DB_POOL_SIZE", default_value_t = 10)]
     db_pool_size: u32,
     /// Time in-flight jobs get to finish after SIGTERM/SIGINT.
@@ -88,7 +89,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let pool = retry_at_start("postgres", cli.startup_timeout, &shutdown, || {
         connect_postgres(
             pg_options.clone(),
-            cli.db_pool_size.max(2),
+            cli.db_pool_size.max(3),
             cli.database.timeout(),
         )
     })

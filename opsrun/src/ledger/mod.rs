@@ -21,8 +21,10 @@
 mod access;
 mod listing;
 mod notifications;
+mod session;
 
 pub use access::NewToken;
+pub use session::Session;
 
 use sqlx::PgPool;
 use sqlx::types::Json;
@@ -191,6 +193,12 @@ impl Ledger {
     /// The underlying pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A session that keeps one connection across its statements, for a loop
+    /// that writes many times a second (see [`Session`]).
+    pub fn session(&self) -> Session {
+        Session::new(self.pool.clone())
     }
 
     /// Apply pending migrations (serialized across processes by an advisory lock).
@@ -455,29 +463,7 @@ impl Ledger {
         claims: &[ClaimRequest],
         holder: &str,
     ) -> Result<Vec<Run>> {
-        if claims.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Queued rows are touched by no other batch that waits for locks
-        // (dispatch records skip locked rows), so no ordering is needed here.
-        sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
-             SET status = 'running', attempt = attempt + 1, holder = $5, lease_seconds = c.c_lease, \
-                 heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry \
-             FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $6::text[]) \
-                 AS c(c_tenant, c_id, c_attempt, c_lease, c_entry), {async_commit} \
-             WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'queued' \
-               AND attempt = c.c_attempt - 1 \
-               AND (not_before IS NULL OR not_before <= now()) \
-             RETURNING {cols}"))
-        .bind(claims.iter().map(|c| c.tenant_id).collect::<Vec<_>>())
-        .bind(claims.iter().map(|c| c.run_id.0).collect::<Vec<_>>())
-        .bind(claims.iter().map(|c| c.attempt).collect::<Vec<_>>())
-        .bind(claims.iter().map(|c| c.lease.as_secs().clamp(1, i32::MAX as u64) as i32).collect::<Vec<_>>())
-        .bind(holder)
-        .bind(claims.iter().map(|c| c.entry_id.as_str()).collect::<Vec<_>>())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("claiming runs"))
+        self.session().mark_running_many(claims, holder).await
     }
 
     /// Refresh the heartbeat of every listed run `holder` still holds, in one
@@ -573,41 +559,13 @@ impl Ledger {
     }
 
     /// Write the terminal states of many runs in one statement, each fenced
-    /// on its claim exactly as [`Ledger::complete`] with [`Fence::Claim`]
-    /// does. Returns the ids of the runs completed; a run missing from the
-    /// result was no longer held by that claim. (The rows are not read back:
-    /// the caller knows what it wrote, and reading five JSON columns back
-    /// per run cost both sides for nothing.)
+    /// on its claim as [`Ledger::complete`] with [`Fence::Claim`] does; see
+    /// [`Session::complete_many`].
     pub async fn complete_many(
         &self,
         completions: &[(Claim<'_>, Terminal<'_>)],
     ) -> Result<Vec<RunId>> {
-        if completions.is_empty() {
-            return Ok(Vec::new());
-        }
-        sqlx::query_scalar::<_, RunId>(sql("WITH c AS ( \
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[]) \
-                 AS c(c_tenant, c_id, c_holder, c_attempt, c_outcome, c_counts, c_failures)), \
-             locked AS (SELECT r.id AS locked_id, c.* FROM c JOIN operation_runs r ON r.id = c.c_id \
-                 WHERE r.tenant_id = c.c_tenant AND r.status = 'running' \
-                   AND r.holder = c.c_holder AND r.attempt = c.c_attempt \
-                 ORDER BY r.id FOR NO KEY UPDATE OF r) \
-             UPDATE operation_runs r \
-             SET status = 'completed', outcome = l.c_outcome, summary_counts = l.c_counts, \
-                 failure_summary = l.c_failures, completed_at = now() \
-             FROM locked l WHERE r.id = l.locked_id AND r.status = 'running' \
-               AND r.holder = l.c_holder AND r.attempt = l.c_attempt \
-             RETURNING r.id"))
-        .bind(completions.iter().map(|(c, _)| c.tenant_id).collect::<Vec<_>>())
-        .bind(completions.iter().map(|(c, _)| c.run_id.0).collect::<Vec<_>>())
-        .bind(completions.iter().map(|(c, _)| c.holder.to_string()).collect::<Vec<_>>())
-        .bind(completions.iter().map(|(c, _)| c.attempt).collect::<Vec<_>>())
-        .bind(completions.iter().map(|(_, t)| t.outcome.as_str().to_string()).collect::<Vec<_>>())
-        .bind(completions.iter().map(|(_, t)| Json(t.counts)).collect::<Vec<_>>())
-        .bind(completions.iter().map(|(_, t)| Json(t.failures)).collect::<Vec<_>>())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("completing runs"))
+        self.session().complete_many(completions).await
     }
 
     /// Running runs whose heartbeat is older than their lease (Postgres

@@ -49,12 +49,13 @@ impl Claimer {
 }
 
 async fn flush_loop(ledger: Ledger, holder: String, mut rx: mpsc::Receiver<Pending>) {
+    let mut session = ledger.session();
     while let Some(batch) = next_batch(&mut rx, MAX_READS).await {
         let all: Vec<ClaimRequest> = batch
             .iter()
             .flat_map(|p| p.requests.iter().cloned())
             .collect();
-        match ledger.mark_running_many(&all, &holder).await {
+        match session.mark_running_many(&all, &holder).await {
             Ok(runs) => {
                 // A run listed by two reads (a duplicate entry) goes to the first.
                 let mut runs: HashMap<RunId, Run> = runs.into_iter().map(|r| (r.id, r)).collect();

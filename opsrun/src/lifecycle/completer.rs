@@ -62,6 +62,7 @@ impl Completer {
 }
 
 async fn flush_loop(ledger: Ledger, mut rx: mpsc::Receiver<Pending>) {
+    let mut session = ledger.session();
     while let Some(batch) = next_batch(&mut rx, MAX_BATCH).await {
         let rows: Vec<(Claim<'_>, Terminal<'_>)> = batch
             .iter()
@@ -82,7 +83,7 @@ async fn flush_loop(ledger: Ledger, mut rx: mpsc::Receiver<Pending>) {
                 )
             })
             .collect();
-        let written = ledger.complete_many(&rows).await;
+        let written = session.complete_many(&rows).await;
         drop(rows);
         match written {
             Ok(ids) => {
