@@ -538,3 +538,53 @@ async fn postgres_refuses_malformed_runs_written_past_the_library() {
     assert_eq!(claimed.run_identity_hash, good_hash);
     assert_eq!(claimed.run_type, "backup.run");
 }
+
+#[tokio::test]
+async fn a_session_lets_a_dead_connection_go_and_takes_a_fresh_one() {
+    let env = TestEnv::new().await;
+    let ledger = env.ledger();
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let request = RunRequest::new(5, "sync.batch").inputs(json!({"session": i}));
+        runs.push(env.service.ensure_run(&request).await.unwrap().run);
+    }
+    let claim = |run: &opsrun::Run| opsrun::ClaimRequest {
+        tenant_id: 5,
+        run_id: run.id,
+        attempt: 1,
+        lease: std::time::Duration::from_secs(60),
+        entry_id: run.dispatch_entry_id.clone().expect("dispatched"),
+    };
+    let mut session = ledger.session();
+    let claimed = session
+        .mark_running_many(&[claim(&runs[0])], "w:1")
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    // Postgres ends every other backend of this test's database, the
+    // session's held connection among them.
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS ended",
+    )
+    .fetch_one(ledger.pool())
+    .await
+    .unwrap();
+    assert!(ended >= 1, "the session's connection was ended");
+
+    // The next statement fails on the dead connection, retryably, and writes nothing;
+    let error = session
+        .mark_running_many(&[claim(&runs[1])], "w:1")
+        .await
+        .unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    let untouched = ledger.get(5, runs[1].id).await.unwrap().unwrap();
+    assert_eq!(untouched.status, Status::Queued);
+    // the one after it runs on a fresh connection.
+    let claimed = session
+        .mark_running_many(&[claim(&runs[1]), claim(&runs[2])], "w:1")
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+}
