@@ -1,8 +1,8 @@
 //! Batched acknowledgements: entries whose runs are settled in Postgres are
 //! XACKed together, one XACK per stream for whatever piled up while the
-//! previous one was in flight (no timer: a lone ack goes at once). A job
-//! waits for its own ack, so its slot is held until the entry is
-//! acknowledged and a drained worker leaves nothing pending.
+//! previous one was in flight (no timer: a lone ack goes at once). A job's
+//! task waits for its own ack, so a worker that waits for its tasks when it
+//! drains leaves nothing pending.
 
 use std::collections::BTreeMap;
 
