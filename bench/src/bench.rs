@@ -38,10 +38,13 @@ async fn main() -> Result<()> {
         .context("binary directory")?
         .to_path_buf();
     let stack = Stack::from_env_or_start("opsrun_bench", PostgresOptions::durable()).await?;
-    let pool = opsrun::sqlx::postgres::PgPoolOptions::new()
-        .max_connections(16)
-        .connect(&stack.database_url)
-        .await?;
+    // The library's pool, as the binaries build it.
+    let pool = opsrun::config::connect_postgres(
+        opsrun::config::postgres_options(&stack.database_url)?,
+        16,
+        opsrun::config::DEFAULT_CONNECT_TIMEOUT,
+    )
+    .await?;
     let ledger = Ledger::new(pool.clone());
     ledger.migrate().await?;
     let prefix = format!("bench{}", std::process::id());

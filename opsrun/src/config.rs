@@ -12,6 +12,15 @@ use crate::error::{Error, Result};
 /// Default time to wait for a Postgres connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A pooled connection used this recently is handed out without a ping.
+/// sqlx pings every idle connection it hands out by default: one more round
+/// trip per statement, which on a busy machine also waits for a Postgres
+/// backend to be scheduled. An idler connection is still pinged first, as
+/// HikariCP's `aliveBypassWindowMs` does; one that died within the window
+/// (Postgres restarted) fails its next statement once, as any statement may
+/// while Postgres is away, and is then let go.
+pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Pick a secret given directly (env var) or by a file holding it (`*_FILE`,
 /// as Docker and Kubernetes mount secrets). Exactly one must be given.
 pub fn resolve_secret(
@@ -62,7 +71,8 @@ pub fn postgres_options(url: &str) -> Result<PgConnectOptions> {
 }
 
 /// Connect a pool of at most `max_connections`, failing after `timeout` when
-/// the server cannot be reached.
+/// the server cannot be reached. Connections idle for less than
+/// [`PING_IDLE_AFTER`] are handed out without a ping.
 pub async fn connect_postgres(
     options: PgConnectOptions,
     max_connections: u32,
@@ -71,6 +81,15 @@ pub async fn connect_postgres(
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(timeout)
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IDLE_AFTER {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(crate::error::db("connecting to postgres"))
