@@ -559,8 +559,11 @@ impl Ledger {
     }
 
     /// Write the terminal states of many runs in one statement, each fenced
-    /// on its claim as [`Ledger::complete`] with [`Fence::Claim`] does; see
-    /// [`Session::complete_many`].
+    /// on its claim exactly as [`Ledger::complete`] with [`Fence::Claim`]
+    /// does. Returns the ids of the runs completed; a run missing from the
+    /// result was no longer held by that claim. (The rows are not read back:
+    /// the caller knows what it wrote, and reading five JSON columns back per
+    /// run cost both sides for nothing.)
     pub async fn complete_many(
         &self,
         completions: &[(Claim<'_>, Terminal<'_>)],

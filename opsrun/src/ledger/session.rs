@@ -57,10 +57,7 @@ impl Session {
         result
     }
 
-    /// Claim every listed run that is still queued at the attempt its entry
-    /// names, in one statement that commits asynchronously (see
-    /// [`ASYNC_COMMIT`](super::ASYNC_COMMIT)). Returns the runs claimed; a listed run missing from
-    /// it was not claimable (already claimed, completed, retried or not due).
+    /// [`Ledger::mark_running_many`](super::Ledger::mark_running_many) on the held connection.
     pub async fn mark_running_many(
         &mut self,
         claims: &[ClaimRequest],
@@ -90,12 +87,7 @@ impl Session {
         self.kept(claimed).map_err(db("claiming runs"))
     }
 
-    /// Write the terminal states of many runs in one statement, each fenced
-    /// on its claim exactly as [`super::Ledger::complete`] with
-    /// [`super::Fence::Claim`] does. Returns the ids of the runs completed; a
-    /// run missing from the result was no longer held by that claim. (The
-    /// rows are not read back: the caller knows what it wrote, and reading
-    /// five JSON columns back per run cost both sides for nothing.)
+    /// [`Ledger::complete_many`](super::Ledger::complete_many) on the held connection.
     pub async fn complete_many(
         &mut self,
         completions: &[(Claim<'_>, Terminal<'_>)],
