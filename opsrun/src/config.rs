@@ -12,13 +12,14 @@ use crate::error::{Error, Result};
 /// Default time to wait for a Postgres connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A pooled connection used this recently is handed out without a ping.
-/// sqlx pings every idle connection it hands out by default: one more round
-/// trip per statement, which on a busy machine also waits for a Postgres
-/// backend to be scheduled. An idler connection is still pinged first, as
-/// HikariCP's `aliveBypassWindowMs` does; one that died within the window
-/// (Postgres restarted) fails its next statement once, as any statement may
-/// while Postgres is away, and is then let go.
+/// A pooled connection used this recently is handed out without a check.
+/// sqlx pings every idle Postgres connection it hands out by default, and
+/// deadpool-redis sends UNWATCH + PING on every checkout: one more round trip
+/// per statement or command, which on a busy machine also waits for the
+/// server to be scheduled. An idler connection is still checked first, as
+/// HikariCP's `aliveBypassWindowMs` does. One that died within the window
+/// (the server restarted) fails its next statement once, as any statement
+/// may while the server is away, and is then let go.
 pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Pick a secret given directly (env var) or by a file holding it (`*_FILE`,

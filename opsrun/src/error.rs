@@ -77,24 +77,32 @@ impl Error {
     /// opposed to a statement being rejected), so callers can retry or exit
     /// with the "unavailable" code.
     pub fn is_database_unavailable(&self) -> bool {
+        use sqlx::migrate::MigrateError;
         match self {
-            Error::Database { source, .. } => match source {
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed => true,
-                // The server answered, but is going away or not ready:
-                // connection exceptions (class 08), shutdown and crash
-                // recovery (57P01-57P03), and a full connection table.
-                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    code.starts_with("08")
-                        || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-                }),
-                _ => false,
-            },
+            Error::Database { source, .. }
+            | Error::Migrate(
+                MigrateError::Execute(source) | MigrateError::ExecuteMigration(source, _),
+            ) => unreachable_postgres(source),
             _ => false,
         }
+    }
+}
+
+/// True when `source` says Postgres could not be reached or is going away.
+fn unreachable_postgres(source: &sqlx::Error) -> bool {
+    match source {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // The server answered, but is going away or not ready:
+        // connection exceptions (class 08), shutdown and crash
+        // recovery (57P01-57P03), and a full connection table.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
     }
 }
 

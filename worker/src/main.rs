@@ -97,7 +97,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     .map_err(|e| Failure::new(exit::DATABASE_UNAVAILABLE, e.to_string()))?;
     let ledger = Ledger::new(pool);
     if !cli.no_migrate {
-        ledger.migrate().await?;
+        // Postgres going away mid-migration (a restart) is waited out like
+        // an unreachable Postgres; a migration that fails on its own is not.
+        retry_at_start("postgres", cli.startup_timeout, &shutdown, || async {
+            match ledger.migrate().await {
+                Err(e) if e.is_database_unavailable() => Err(e),
+                applied => Ok(applied),
+            }
+        })
+        .await
+        .map_err(|e| Failure::new(exit::DATABASE_UNAVAILABLE, e.to_string()))??;
     }
     for queue in &queues {
         retry_at_start("redis", cli.startup_timeout, &shutdown, || {

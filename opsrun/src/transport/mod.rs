@@ -3,16 +3,18 @@
 //! only `run_id`, `tenant_id`, `type` and `attempt`: Postgres holds the rest.
 //! Every command touches one key, so any key may live on any cluster shard.
 
+mod pool;
 mod reader;
 
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, Runtime};
+use deadpool_redis::Runtime;
 use redis::AsyncConnectionConfig;
 use redis::streams::StreamId;
 
 use crate::error::{Error, Result};
 use crate::run::RunId;
+use pool::{Manager, Pool};
 
 pub use reader::StreamReader;
 
@@ -192,6 +194,13 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// What [`Transport::with_connection`] sends: one command or a pipeline.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Command(&'a redis::Cmd),
+    Pipeline(&'a redis::Pipeline),
+}
+
 impl Transport {
     /// Build the pool; connects lazily, so this fails only on a bad URL.
     pub fn new(config: &TransportConfig) -> Result<Self> {
@@ -209,8 +218,10 @@ impl Transport {
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.command_timeout))
             .set_response_timeout(Some(config.command_timeout));
-        let manager =
-            Manager::new_with_config(config.url.as_str(), connection).map_err(redis_err)?;
+        let manager = Manager(
+            deadpool_redis::Manager::new_with_config(config.url.as_str(), connection)
+                .map_err(redis_err)?,
+        );
         let pool = Pool::builder(manager)
             .max_size(config.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -237,21 +248,41 @@ impl Transport {
         StreamReader::new(self.client.clone(), self.keys.clone(), queue, consumer)
     }
 
-    /// Run `f` on a pooled connection under the command timeout.
-    async fn with_connection<T>(
+    /// Send `request` on a pooled connection under the command timeout. A command
+    /// that fails because its connection broke (Redis restarted since the
+    /// connection was last used) runs once more on a fresh one: every
+    /// command here may run twice (a second XADD of an entry is skipped by
+    /// the claim's fencing, XACK and reads are idempotent). See [`pool`].
+    async fn with_connection<T: redis::FromRedisValue>(
         &self,
         operation: impl Fn() -> String,
-        f: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+        request: Request<'_>,
     ) -> Result<T> {
         let work = async {
-            let mut conn = self.pool.get().await.map_err(|source| Error::RedisPool {
-                operation: operation(),
-                source,
-            })?;
-            f(&mut conn).await.map_err(|source| Error::Redis {
-                operation: operation(),
-                source,
-            })
+            let mut retried = false;
+            loop {
+                let mut conn = self.pool.get().await.map_err(|source| Error::RedisPool {
+                    operation: operation(),
+                    source,
+                })?;
+                let reply = match request {
+                    Request::Command(cmd) => cmd.query_async(&mut conn.connection).await,
+                    Request::Pipeline(pipe) => pipe.query_async(&mut conn.connection).await,
+                };
+                match reply {
+                    Ok(value) => return Ok(value),
+                    Err(source) => {
+                        if pool::after_error(conn, &source) == pool::Kept::No && !retried {
+                            retried = true;
+                            continue;
+                        }
+                        return Err(Error::Redis {
+                            operation: operation(),
+                            source,
+                        });
+                    }
+                }
+            }
         };
         // The connection has its own response timeout; this bounds pool waits
         // and connects too, so a caller is never held longer than promised.
@@ -270,8 +301,7 @@ impl Transport {
         operation: impl Fn() -> String,
         cmd: &redis::Cmd,
     ) -> Result<T> {
-        self.with_connection(operation, async |conn| cmd.query_async::<T>(conn).await)
-            .await
+        self.with_connection(operation, Request::Command(cmd)).await
     }
 
     /// XADD an entry to `queue`'s stream; returns the entry id. An error
@@ -308,10 +338,8 @@ impl Transport {
             [(queue, _)] => format!("publishing to stream {}", self.keys.queue_stream(queue)),
             _ => format!("publishing {} entries", entries.len()),
         };
-        self.with_connection(operation, async |conn| {
-            pipe.query_async::<Vec<String>>(conn).await
-        })
-        .await
+        self.with_connection(operation, Request::Pipeline(&pipe))
+            .await
     }
 
     /// Create the consumer group of `queue` (and its stream) if missing.
@@ -557,7 +585,7 @@ impl Transport {
             let replies: Vec<redis::streams::StreamRangeReply> = self
                 .with_connection(
                     || format!("reading pending entries of {stream}"),
-                    async |conn| pipe.query_async(conn).await,
+                    Request::Pipeline(&pipe),
                 )
                 .await?;
             for (p, reply) in pending.iter().zip(&replies) {

@@ -1,0 +1,76 @@
+//! The pool of connections for non-blocking commands: deadpool-redis's
+//! manager, except that a connection checked out within the last
+//! [`PING_IDLE_AFTER`] is handed out again without its check. deadpool-redis
+//! checks every checkout with an UNWATCH + PING round trip, so each XADD or
+//! XACK cost two round trips instead of one. A connection whose command
+//! failed is never handed out again unchecked: a broken one leaves the pool
+//! at once, and one whose command timed out is checked at its next checkout
+//! (closing it at once would drop a command Redis may still apply, such as
+//! an XADD held by `CLIENT PAUSE`, which the claim's fencing handles).
+
+use deadpool::managed::{self, Metrics, RecycleResult};
+use redis::RedisError;
+use redis::aio::MultiplexedConnection;
+
+use crate::config::PING_IDLE_AFTER;
+
+/// deadpool-redis's manager, trusting recently used connections.
+pub(super) struct Manager(pub(super) deadpool_redis::Manager);
+
+/// The pool of [`Manager`] connections.
+pub(super) type Pool = managed::Pool<Manager>;
+
+/// A pooled connection, and whether it must be checked before its next use.
+pub(super) struct Pooled {
+    pub(super) connection: MultiplexedConnection,
+    suspect: bool,
+}
+
+impl managed::Manager for Manager {
+    type Type = Pooled;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<Pooled, RedisError> {
+        Ok(Pooled {
+            connection: self.0.create().await?,
+            suspect: false,
+        })
+    }
+
+    async fn recycle(&self, pooled: &mut Pooled, metrics: &Metrics) -> RecycleResult<RedisError> {
+        if !pooled.suspect && metrics.last_used() < PING_IDLE_AFTER {
+            return Ok(());
+        }
+        self.0.recycle(&mut pooled.connection, metrics).await?;
+        pooled.suspect = false;
+        Ok(())
+    }
+
+    fn detach(&self, pooled: &mut Pooled) {
+        self.0.detach(&mut pooled.connection)
+    }
+}
+
+/// Whether a connection went back to the pool after a failed command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kept {
+    Yes,
+    No,
+}
+
+/// After a failed command: a connection whose command timed out is checked
+/// before its next use; one whose socket failed, or whose reply could not be
+/// read, leaves the pool. A server's refusal (BUSYGROUP, NOGROUP, WRONGTYPE)
+/// leaves the connection as good as before.
+pub(super) fn after_error(mut pooled: managed::Object<Manager>, error: &RedisError) -> Kept {
+    if error.is_timeout() {
+        pooled.suspect = true;
+        Kept::Yes
+    } else if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
+    {
+        drop(managed::Object::take(pooled));
+        Kept::No
+    } else {
+        Kept::Yes
+    }
+}
