@@ -17,9 +17,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// deadpool-redis sends UNWATCH + PING on every checkout: one more round trip
 /// per statement or command, which on a busy machine also waits for the
 /// server to be scheduled. An idler connection is still checked first, as
-/// HikariCP's `aliveBypassWindowMs` does. One that died within the window
-/// (the server restarted) fails its next statement once, as any statement
-/// may while the server is away, and is then let go.
+/// HikariCP's `aliveBypassWindowMs` does. A restart that takes longer than
+/// the window leaves every connection idle past it, so each is checked; one
+/// that died within the window fails its next statement once, as any
+/// statement may while the server is away, and is then let go (a Redis
+/// command is then sent again on a fresh connection, see `transport`).
 pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Pick a secret given directly (env var) or by a file holding it (`*_FILE`,
