@@ -2,17 +2,19 @@
 //! that write many times a second (the group commit of claims and of
 //! completions).
 //!
-//! A statement through the pool costs two more round trips than its own:
-//! sqlx pings a connection when it leaves the pool and again when it goes
-//! back. Each ping wakes a Postgres backend, and on a machine whose cores
-//! Postgres shares with the workers each wakeup waits its turn; the claim
-//! loop has one statement in flight, so those waits are the worker's pace.
-//! Keeping one connection per loop took one worker's drain at concurrency 50
-//! from 11.7–12.4k to 14.7–15.6k runs/s (2 cores, three runs each).
+//! A statement through the pool costs more round trips than its own: sqlx
+//! pings a connection when it goes back to the pool, and did when it left
+//! it too (now only after a second idle, see
+//! [`PING_IDLE_AFTER`](crate::config::PING_IDLE_AFTER)). Each ping wakes a
+//! Postgres backend, and on a machine whose cores Postgres shares with the
+//! workers each wakeup waits its turn; the claim loop has one statement in
+//! flight, so those waits set the worker's pace. Keeping one connection per
+//! loop took one worker's drain at concurrency 50 from 11.7–12.4k to
+//! 14.7–15.6k runs/s (2 cores, three runs each).
 //!
 //! A failed statement lets its connection go: after an I/O error or a server
-//! restart its state is unknown. The next statement takes a fresh one, which
-//! the pool checks first, so a retry after an error is as good as before.
+//! restart its state is unknown. The next statement takes another from the
+//! pool; callers retry a statement that failed for want of Postgres.
 
 use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
