@@ -251,8 +251,10 @@ impl Transport {
     /// Send `request` on a pooled connection under the command timeout. A command
     /// that fails because its connection broke (Redis restarted since the
     /// connection was last used) runs once more on a fresh one: every
-    /// command here may run twice (a second XADD of an entry is skipped by
-    /// the claim's fencing, XACK and reads are idempotent). See [`pool`].
+    /// command here may run twice (a second queue entry is skipped by the
+    /// claim's fencing, a second dead-letter record names the same entry,
+    /// XGROUP CREATE answers BUSYGROUP, XACK, XTRIM and reads are
+    /// idempotent). See [`pool`].
     async fn with_connection<T: redis::FromRedisValue>(
         &self,
         operation: impl Fn() -> String,
