@@ -2,7 +2,7 @@
 //! one tenant's runs (the 30-day default window, capped page sizes) and the
 //! keyset position of a page. Parsing only; the ledger runs the query.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -206,21 +206,39 @@ impl FilterParams {
 /// Parse a time: RFC 3339, or `YYYY-MM-DDTHH:MM[:SS]` / `YYYY-MM-DD` read as UTC
 /// (what an HTML date or datetime-local field sends).
 fn parse_time(field: &'static str, text: &str) -> Result<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
+    let parsed = DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
+                .iter()
+                .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+                .map(|t| t.and_utc())
+        })
+        .or_else(|| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
+        });
+    match parsed {
+        Some(t) if in_listable_range(t) => Ok(t),
+        Some(_) => Err(Error::invalid(
+            field,
+            format!("{text:?} is outside the years 1970 to 9999"),
+        )),
+        None => Err(Error::invalid(
+            field,
+            format!("{text:?} is not a time such as 2026-11-22T10:00:00Z or 2026-11-22"),
+        )),
     }
-    for format in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Ok(t.and_utc());
-        }
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
-    }
-    Err(Error::invalid(
-        field,
-        format!("{text:?} is not a time such as 2026-11-22T10:00:00Z or 2026-11-22"),
-    ))
+}
+
+/// Whether `t` is a time a filter or cursor may name: Postgres's timestamp
+/// range is wider than chrono's in places and narrower in others, so
+/// anything outside 1970–9999 (no run is created there) is refused before
+/// it reaches a statement.
+fn in_listable_range(t: DateTime<Utc>) -> bool {
+    (1970..=9999).contains(&t.year())
 }
 
 /// A keyset position: the last run of a page, by `(created_at, id)`
@@ -253,8 +271,14 @@ impl Cursor {
         let (micros, id) = text.split_once('.').ok_or_else(bad)?;
         let micros: i64 = micros.parse().map_err(|_| bad())?;
         let id: i64 = id.parse().map_err(|_| bad())?;
+        let created_at = DateTime::from_timestamp_micros(micros)
+            .filter(|t| in_listable_range(*t))
+            .ok_or_else(bad)?;
+        if id <= 0 {
+            return Err(bad());
+        }
         Ok(Cursor {
-            created_at: DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
+            created_at,
             id: RunId(id),
         })
     }
@@ -348,6 +372,10 @@ mod tests {
             ("limit", "0"),
             ("limit", "-5"),
             ("cursor", "nope"),
+            ("cursor", "-8000000000000000000.1"),
+            ("cursor", "1795350439883000.0"),
+            ("since", "0001-01-01"),
+            ("until", "+275760-01-01T00:00:00Z"),
             ("initiator", "0"),
         ] {
             let err = params(&[(field, value)]).unwrap().parse(now()).unwrap_err();

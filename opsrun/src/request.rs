@@ -127,6 +127,9 @@ impl RunRequest {
         if let Some(queue) = &self.queue {
             validate_queue(queue)?;
         }
+        if let Some(at) = self.not_before {
+            check_not_before(at, chrono::Utc::now())?;
+        }
         check_json_object("inputs", &self.inputs)?;
         check_json_object("context", &self.context)?;
         if let Some(user_id) = self.initiator.user_id
@@ -141,6 +144,27 @@ impl RunRequest {
         )?;
         Ok(())
     }
+}
+
+/// How far ahead a run may be scheduled.
+pub const MAX_SCHEDULE_AHEAD_DAYS: i64 = 3660;
+
+/// Check a run's start time: at most [`MAX_SCHEDULE_AHEAD_DAYS`] ahead of
+/// `now` (a time in the past starts the run now).
+pub fn check_not_before(
+    at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<()> {
+    if at > now + chrono::TimeDelta::days(MAX_SCHEDULE_AHEAD_DAYS) {
+        return Err(Error::invalid(
+            "at",
+            format!(
+                "{} is more than {MAX_SCHEDULE_AHEAD_DAYS} days ahead",
+                at.to_rfc3339()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Check a short human-readable value (a name, an external id): 1 to `max`

@@ -163,6 +163,11 @@ impl std::str::FromStr for Outcome {
     }
 }
 
+/// The largest count a run stores: 2^53 − 1, the largest integer every JSON
+/// reader holds exactly (and far inside Postgres's bigint, which the
+/// notification trigger reads the total as).
+pub const MAX_COUNT: u64 = (1 << 53) - 1;
+
 /// Item counts a job reports, e.g. `{"total":10,"success":8,"failed":2,"skipped":0}`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -175,6 +180,20 @@ pub struct SummaryCounts {
     pub failed: u64,
     /// Items skipped.
     pub skipped: u64,
+}
+
+impl SummaryCounts {
+    /// The first count above [`MAX_COUNT`], by name, if any.
+    pub fn out_of_range(&self) -> Option<(&'static str, u64)> {
+        [
+            ("total", self.total),
+            ("success", self.success),
+            ("failed", self.failed),
+            ("skipped", self.skipped),
+        ]
+        .into_iter()
+        .find(|(_, n)| *n > MAX_COUNT)
+    }
 }
 
 /// One entry of `failure_summary`: a stable code, a sanitized message and how
@@ -200,8 +219,11 @@ pub fn fold_failures(failures: impl IntoIterator<Item = Failure>) -> Vec<Failure
     let mut folded: Vec<Failure> = Vec::new();
     for f in failures {
         match folded.iter_mut().find(|g| g.code == f.code) {
-            Some(g) => g.count += f.count,
-            None => folded.push(f),
+            Some(g) => g.count = g.count.saturating_add(f.count).min(MAX_COUNT),
+            None => folded.push(Failure {
+                count: f.count.min(MAX_COUNT),
+                ..f
+            }),
         }
     }
     folded

@@ -283,9 +283,13 @@ fn build_request(args: &EnqueueArgs) -> Result<RunRequest, Failure> {
     let now = chrono::Utc::now();
     let not_before = match (args.at, args.in_) {
         (Some(at), _) => Some(at),
-        (None, Some(delay)) => chrono::TimeDelta::from_std(delay)
-            .ok()
-            .and_then(|d| now.checked_add_signed(d)),
+        // A delay past what a time can hold is refused, never dropped.
+        (None, Some(delay)) => Some(
+            chrono::TimeDelta::from_std(delay)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .ok_or_else(|| invalid(format!("invalid --in: {delay:?} is too far ahead")))?,
+        ),
         (None, None) => None,
     };
     if let Some(at) = not_before {

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use opsrun::ledger::{Claim, Fence, Terminal};
-use opsrun::lifecycle::{Handler, Job, JobResult, Lifecycle, Middleware, Next, Route};
-use opsrun::{Outcome, RunRequest, Status};
+use opsrun::lifecycle::{
+    Completer, Handler, Job, JobReport, JobResult, Lifecycle, Middleware, Next, Route,
+};
+use opsrun::{Initiator, Outcome, RunRequest, Status, SummaryCounts};
 use opsrun_worker::consumer::{self, WorkerConfig};
 use serde_json::json;
 use support::{TestEnv, wait_until};
@@ -44,7 +46,16 @@ impl Handler for TestHandler {
             "rust.slow" => {
                 let ms = job.inputs()["ms"].as_u64().unwrap_or(0);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                JobResult::succeeded()
+                // `inputs.total`: report that many items, all succeeded.
+                let total = job.inputs()["total"].as_u64().unwrap_or(0);
+                JobResult::Finished(JobReport {
+                    summary_counts: SummaryCounts {
+                        total,
+                        success: total,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
             }
             _ => JobResult::succeeded(),
         }
@@ -70,6 +81,7 @@ fn start(env: &TestEnv, trace: &Trace) -> Running {
     let mut config = WorkerConfig::new(vec!["default".into()]);
     config.block = Duration::from_millis(300);
     config.heartbeat_interval = Duration::from_millis(200);
+    config.concurrency = 40;
     let stop = CancellationToken::new();
     let ledger = env.ledger().clone();
     let token = stop.clone();
@@ -395,5 +407,191 @@ async fn a_batch_claim_gives_each_run_to_exactly_one_delivery() {
             .skipped
             .load(std::sync::atomic::Ordering::Relaxed),
         4
+    );
+}
+
+#[tokio::test]
+async fn a_result_too_large_to_store_fails_its_run_and_the_runs_completed_with_it_succeed() {
+    let env = TestEnv::new().await;
+    let trace: Trace = Arc::default();
+    // 31 jobs that finish together, so their completions share statements.
+    let mut runs = Vec::new();
+    for n in 0..30 {
+        let request = RunRequest::new(2, "rust.slow")
+            .inputs(json!({"ms": 500, "total": 3, "n": n}))
+            .initiator(Initiator::user(7, "Ada"));
+        runs.push(env.service.ensure_run(&request).await.unwrap().run);
+    }
+    let bad = RunRequest::new(1, "rust.slow")
+        .inputs(json!({"ms": 500, "total": u64::MAX}))
+        .initiator(Initiator::user(7, "Ada"));
+    let bad = env.service.ensure_run(&bad).await.unwrap().run;
+    let worker = start(&env, &trace);
+
+    let bad = finished(&env, 1, bad.id).await;
+    assert_eq!(bad.outcome, Outcome::Failed);
+    assert_eq!(bad.failure_summary.0[0].code, "job.bad_result");
+    assert!(
+        bad.failure_summary.0[0]
+            .message
+            .contains("summary_counts.total"),
+        "{:?}",
+        bad.failure_summary
+    );
+    assert_eq!(bad.attempt, 1, "the bad result ran once");
+    for run in runs {
+        let done = finished(&env, 2, run.id).await;
+        assert_eq!(
+            done.outcome,
+            Outcome::Succeeded,
+            "{:?}",
+            done.failure_summary
+        );
+        assert_eq!(done.summary_counts.0.total, 3);
+    }
+    worker.stop.cancel();
+    worker.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_grouped_completion_postgres_refuses_is_written_run_by_run() {
+    let env = TestEnv::new().await;
+    let mut runs = Vec::new();
+    for n in 0..31 {
+        let request = RunRequest::new(if n == 0 { 1 } else { 2 }, "a.b")
+            .inputs(json!({"n": n}))
+            .initiator(Initiator::user(7, "Ada"));
+        runs.push(env.service.ensure_run(&request).await.unwrap().run);
+    }
+    let claims: Vec<opsrun::ledger::ClaimRequest> = runs
+        .iter()
+        .map(|r| opsrun::ledger::ClaimRequest {
+            tenant_id: r.tenant_id,
+            run_id: r.id,
+            attempt: 1,
+            lease: Duration::from_secs(60),
+            entry_id: "1-0".into(),
+        })
+        .collect();
+    assert_eq!(
+        env.ledger()
+            .mark_running_many(&claims, "h:1")
+            .await
+            .unwrap()
+            .len(),
+        31
+    );
+    // Past the library's own range check: a count Postgres cannot take
+    // (the notification trigger reads the total as bigint).
+    let too_large = SummaryCounts {
+        total: u64::MAX,
+        ..Default::default()
+    };
+    let fine = SummaryCounts {
+        total: 1,
+        success: 1,
+        ..Default::default()
+    };
+    let completer = Completer::start(env.ledger().clone());
+    let written = futures::future::join_all(runs.iter().map(|r| {
+        let completer = completer.clone();
+        let counts = if r.tenant_id == 1 { too_large } else { fine };
+        async move {
+            let claim = Claim {
+                tenant_id: r.tenant_id,
+                run_id: r.id,
+                holder: "h:1",
+                attempt: 1,
+            };
+            let terminal = Terminal {
+                outcome: Outcome::Succeeded,
+                counts: &counts,
+                failures: &[],
+                reclaim: None,
+            };
+            completer.complete(&claim, terminal).await.unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(written[0], Some(Outcome::Failed));
+    assert!(written[1..].iter().all(|w| *w == Some(Outcome::Succeeded)));
+    let bad = env.ledger().get(1, runs[0].id).await.unwrap().unwrap();
+    assert_eq!(bad.status, Status::Completed);
+    assert_eq!(bad.failure_summary.0[0].code, "ledger.write_rejected");
+    for run in &runs[1..] {
+        let done = env.ledger().get(2, run.id).await.unwrap().unwrap();
+        assert_eq!(done.outcome, Outcome::Succeeded);
+    }
+}
+
+#[tokio::test]
+async fn a_grouped_claim_postgres_refuses_is_claimed_run_by_run() {
+    let env = TestEnv::new().await;
+    let mut claims = Vec::new();
+    for n in 0..10 {
+        let run = env
+            .service
+            .ensure_run(&RunRequest::new(3, "a.b").inputs(json!({"n": n})))
+            .await
+            .unwrap()
+            .run;
+        claims.push(opsrun::ledger::ClaimRequest {
+            tenant_id: 3,
+            run_id: run.id,
+            attempt: 1,
+            lease: Duration::from_secs(60),
+            entry_id: format!("{n}-0"),
+        });
+    }
+    // An attempt the claim cannot compute with (`attempt - 1` overflows).
+    let mut forged = claims[0].clone();
+    forged.attempt = i32::MIN;
+    claims.insert(5, forged);
+    let claimed = env
+        .ledger()
+        .mark_running_many(&claims, "h:1")
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 10, "every good claim went through");
+}
+
+#[tokio::test]
+async fn a_forged_entry_out_of_range_is_skipped_and_the_entries_read_with_it_run() {
+    let env = TestEnv::new().await;
+    let trace: Trace = Arc::default();
+    env.service
+        .transport()
+        .ensure_group("default")
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(env.stream("default"))
+        .arg("*")
+        .arg("run_id")
+        .arg("1")
+        .arg("tenant_id")
+        .arg("1")
+        .arg("type")
+        .arg("a.b")
+        .arg("attempt")
+        .arg("-2147483648")
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    for n in 0..10 {
+        let request = RunRequest::new(4, "rust.ok").inputs(json!({"n": n}));
+        runs.push(env.service.ensure_run(&request).await.unwrap().run);
+    }
+    let worker = start(&env, &trace);
+    for run in runs {
+        assert_eq!(finished(&env, 4, run.id).await.outcome, Outcome::Succeeded);
+    }
+    worker.stop.cancel();
+    let report = worker.task.await.unwrap();
+    assert_eq!(report.completed, 10);
+    assert_eq!(
+        report.skipped, 1,
+        "the forged entry was acknowledged and skipped"
     );
 }

@@ -331,6 +331,8 @@ async fn bad_filters_are_400_naming_the_field_and_leak_nothing() {
         ("since=yesterday", "since"),
         ("limit=0", "limit"),
         ("cursor=abc", "cursor"),
+        ("cursor=-8000000000000000000.1", "cursor"),
+        ("until=0001-01-01", "until"),
         ("tenant_id=202", "query"),
     ] {
         let answer = get(&app, &format!("/api/v1/runs?{query}"), &reader).await;

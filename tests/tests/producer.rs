@@ -157,6 +157,25 @@ async fn bad_input_exits_2_and_writes_nothing() {
             "inputs-file",
         ),
         (vec!["--type", "a.b"], "tenant"),
+        (
+            vec!["--tenant", "1", "--type", "a.b", "--in", "300000years"],
+            "--in",
+        ),
+        (
+            vec!["--tenant", "1", "--type", "a.b", "--in", "20years"],
+            "at",
+        ),
+        (
+            vec![
+                "--tenant",
+                "1",
+                "--type",
+                "a.b",
+                "--at",
+                "9999-01-01T00:00:00Z",
+            ],
+            "at",
+        ),
     ];
     for (args, field) in &cases {
         let mut all = vec!["enqueue"];

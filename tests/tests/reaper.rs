@@ -378,3 +378,49 @@ async fn reaper_once_prints_counts_and_rejects_bad_configuration() {
         .unwrap();
     support::assert_exit(&out, 4);
 }
+
+#[tokio::test]
+async fn a_stream_key_that_is_not_a_queue_name_is_skipped_and_every_queue_still_trimmed() {
+    let env = TestEnv::new().await;
+    let transport = env.service.transport();
+    transport.ensure_group("default").await.unwrap();
+    for i in 1..=300 {
+        let entry = Entry {
+            run_id: opsrun::RunId(i),
+            tenant_id: 1,
+            run_type: "a.b".into(),
+            attempt: 1,
+        };
+        transport.publish("default", &entry).await.unwrap();
+    }
+    let acked = deliver(&env, "c1", 300).await;
+    let ids: Vec<&str> = acked.iter().map(String::as_str).collect();
+    transport.ack("default", &ids).await.unwrap();
+    // A stream under the queue prefix whose name is not UTF-8 (anyone with
+    // write access to Redis can make one).
+    let mut bad_key = format!("{}:queue:", env.prefix).into_bytes();
+    bad_key.extend_from_slice(b"\xff\xfeq");
+    let _: String = redis::cmd("XADD")
+        .arg(&bad_key)
+        .arg("*")
+        .arg("run_id")
+        .arg("1")
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+
+    assert_eq!(transport.queues().await.unwrap(), ["default"]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let out = env
+        .command("reaper")
+        .args(["--once", "--trim-keep", "10ms"])
+        .output()
+        .unwrap();
+    support::assert_exit(&out, 0);
+    let report = json_stdout(&out);
+    assert_eq!(report["failed_passes"], json!([]), "{report}");
+    assert!(
+        report["trim"]["trimmed"].as_u64().unwrap() >= 200,
+        "{report}"
+    );
+}

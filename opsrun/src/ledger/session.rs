@@ -60,11 +60,40 @@ impl Session {
     }
 
     /// [`Ledger::mark_running_many`](super::Ledger::mark_running_many) on the held connection.
+    ///
+    /// When Postgres refuses the statement for a value in it (not for want
+    /// of Postgres), the claims are tried one by one, so one bad entry never
+    /// holds up the others: a claim refused on its own is left unclaimed,
+    /// which its caller acknowledges and skips like any unclaimable entry.
     pub async fn mark_running_many(
         &mut self,
         claims: &[ClaimRequest],
         holder: &str,
     ) -> Result<Vec<Run>> {
+        match self.claim_statement(claims, holder).await {
+            Err(e) if claims.len() > 1 && !e.is_retryable() => {
+                tracing::warn!(claims = claims.len(), error = %e, "a grouped claim was refused; claiming its runs one by one");
+                let mut claimed = Vec::with_capacity(claims.len());
+                for claim in claims {
+                    match self
+                        .claim_statement(std::slice::from_ref(claim), holder)
+                        .await
+                    {
+                        Ok(runs) => claimed.extend(runs),
+                        Err(e) if e.is_retryable() => return Err(e),
+                        Err(e) => {
+                            tracing::error!(run_id = %claim.run_id, tenant_id = claim.tenant_id, attempt = claim.attempt,
+                                entry_id = %claim.entry_id, error = %e, "claim refused by Postgres; the entry is skipped");
+                        }
+                    }
+                }
+                Ok(claimed)
+            }
+            other => other,
+        }
+    }
+
+    async fn claim_statement(&mut self, claims: &[ClaimRequest], holder: &str) -> Result<Vec<Run>> {
         if claims.is_empty() {
             return Ok(Vec::new());
         }

@@ -8,8 +8,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::batch::next_batch;
 use crate::error::{Error, Result};
-use crate::ledger::{Claim, Ledger, Terminal};
+use crate::ledger::{Claim, Ledger, Session, Terminal};
 use crate::run::{Failure, Outcome, RunId, SummaryCounts};
+use crate::sanitize;
 
 /// Most completions written by one statement.
 pub const MAX_BATCH: usize = 256;
@@ -23,7 +24,7 @@ struct Pending {
     outcome: Outcome,
     counts: SummaryCounts,
     failures: Vec<Failure>,
-    reply: oneshot::Sender<Result<bool>>,
+    reply: oneshot::Sender<Result<Option<Outcome>>>,
 }
 
 /// Hands completions to the batching task.
@@ -41,9 +42,15 @@ impl Completer {
     }
 
     /// Write `terminal` fenced on `claim`, together with whatever else is
-    /// completing now. `false`: the claim was lost. An error means the batch
-    /// was not written (Postgres unreachable, say) and may be retried.
-    pub async fn complete(&self, claim: &Claim<'_>, terminal: Terminal<'_>) -> Result<bool> {
+    /// completing now. Returns the outcome written (the job's, or `failed`
+    /// with `ledger.write_rejected` when Postgres refused the job's result),
+    /// or `None` when the claim was lost. An error means nothing was written
+    /// (Postgres unreachable, say) and the call may be retried.
+    pub async fn complete(
+        &self,
+        claim: &Claim<'_>,
+        terminal: Terminal<'_>,
+    ) -> Result<Option<Outcome>> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             tenant_id: claim.tenant_id,
@@ -61,42 +68,78 @@ impl Completer {
     }
 }
 
+impl Pending {
+    fn row(&self) -> (Claim<'_>, Terminal<'_>) {
+        (
+            Claim {
+                tenant_id: self.tenant_id,
+                run_id: self.run_id,
+                holder: &self.holder,
+                attempt: self.attempt,
+            },
+            Terminal {
+                outcome: self.outcome,
+                counts: &self.counts,
+                failures: &self.failures,
+                reclaim: None,
+            },
+        )
+    }
+}
+
 async fn flush_loop(ledger: Ledger, mut rx: mpsc::Receiver<Pending>) {
     let mut session = ledger.session();
     while let Some(batch) = next_batch(&mut rx, MAX_BATCH).await {
-        let rows: Vec<(Claim<'_>, Terminal<'_>)> = batch
-            .iter()
-            .map(|p| {
-                (
-                    Claim {
-                        tenant_id: p.tenant_id,
-                        run_id: p.run_id,
-                        holder: &p.holder,
-                        attempt: p.attempt,
-                    },
-                    Terminal {
-                        outcome: p.outcome,
-                        counts: &p.counts,
-                        failures: &p.failures,
-                        reclaim: None,
-                    },
-                )
-            })
-            .collect();
+        let rows: Vec<(Claim<'_>, Terminal<'_>)> = batch.iter().map(Pending::row).collect();
         let written = session.complete_many(&rows).await;
         drop(rows);
         match written {
             Ok(ids) => {
                 let written: std::collections::HashSet<RunId> = ids.into_iter().collect();
                 for p in batch {
-                    let _ = p.reply.send(Ok(written.contains(&p.run_id)));
+                    let outcome = written.contains(&p.run_id).then_some(p.outcome);
+                    let _ = p.reply.send(Ok(outcome));
                 }
             }
-            Err(e) => {
+            Err(e) if e.is_retryable() => {
                 for p in batch {
                     let _ = p.reply.send(Err(e.for_batch_member()));
                 }
             }
+            // Postgres refused the statement because of some row's values:
+            // write the rows one by one, so only the bad one is affected.
+            Err(e) => {
+                tracing::warn!(runs = batch.len(), error = %e, "a grouped completion was refused; writing its runs one by one");
+                for p in batch {
+                    let written = complete_alone(&mut session, &p).await;
+                    let _ = p.reply.send(written);
+                }
+            }
         }
     }
+}
+
+/// Write one completion on its own. When Postgres refuses this run's result,
+/// the run still ends: `failed`, with a failure saying its result could not
+/// be stored and why.
+async fn complete_alone(session: &mut Session, p: &Pending) -> Result<Option<Outcome>> {
+    let refused = match session.complete_many(&[p.row()]).await {
+        Ok(ids) => return Ok(ids.contains(&p.run_id).then_some(p.outcome)),
+        Err(e) if e.is_retryable() => return Err(e),
+        Err(e) => e,
+    };
+    tracing::error!(run_id = %p.run_id, tenant_id = p.tenant_id, error = %refused, "the job's result was refused by Postgres; failing the run");
+    let failures = [sanitize::failure(
+        "ledger.write_rejected",
+        &format!("the job's result could not be stored: {refused}"),
+    )];
+    let (claim, _) = p.row();
+    let substitute = Terminal {
+        outcome: Outcome::Failed,
+        counts: &SummaryCounts::default(),
+        failures: &failures,
+        reclaim: None,
+    };
+    let ids = session.complete_many(&[(claim, substitute)]).await?;
+    Ok(ids.contains(&p.run_id).then_some(Outcome::Failed))
 }

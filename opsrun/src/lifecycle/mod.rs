@@ -351,10 +351,7 @@ impl Lifecycle {
         // The outcome written, or `None` when the claim was lost.
         let completion = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || async {
             match &self.completer {
-                Some(completer) => Ok(completer
-                    .complete(&claim, terminal)
-                    .await?
-                    .then_some(outcome)),
+                Some(completer) => completer.complete(&claim, terminal).await,
                 None => Box::pin(self.ledger.complete(Fence::Claim(claim), terminal))
                     .await
                     .map(|done| done.map(|run| run.outcome)),
@@ -486,6 +483,22 @@ fn terminal_state(
     prior: Vec<crate::Failure>,
 ) -> (Outcome, crate::SummaryCounts, Vec<crate::Failure>) {
     let (outcome, counts, failures) = match result {
+        // Counts a run cannot store fail the run, by name, instead of
+        // failing the statement that writes it and every run grouped with it.
+        JobResult::Finished(report) if report.summary_counts.out_of_range().is_some() => {
+            let (name, n) = report.summary_counts.out_of_range().expect("checked");
+            (
+                Outcome::Failed,
+                Default::default(),
+                vec![sanitize::failure(
+                    "job.bad_result",
+                    &format!(
+                        "the job reported summary_counts.{name} = {n}, above the largest count a run stores ({})",
+                        crate::run::MAX_COUNT
+                    ),
+                )],
+            )
+        }
         JobResult::Finished(report) => {
             let failures =
                 fold_failures(report.failures.into_iter().map(sanitize::sanitize_failure));

@@ -76,13 +76,18 @@ impl Entry {
         }
     }
 
+    /// The entry's fields, or `None` when one is missing or out of range:
+    /// ids are positive and an attempt is at least 1, as the ledger writes
+    /// them. Anyone who can XADD can forge an entry, and a value the claim
+    /// cannot compute with (`attempt - 1` of `i32::MIN`) must not reach it.
     fn from_stream_id(item: &StreamId) -> Option<Entry> {
         let text = |field: &str| item.get::<String>(field);
+        let positive = |value: i64| (value > 0).then_some(value);
         Some(Entry {
-            run_id: RunId(text("run_id")?.parse().ok()?),
-            tenant_id: text("tenant_id")?.parse().ok()?,
+            run_id: RunId(positive(text("run_id")?.parse().ok()?)?),
+            tenant_id: positive(text("tenant_id")?.parse().ok()?)?,
             run_type: text("type")?,
-            attempt: text("attempt")?.parse().ok()?,
+            attempt: text("attempt")?.parse().ok().filter(|a: &i32| *a >= 1)?,
         })
     }
 }
@@ -481,10 +486,24 @@ impl Transport {
                 .arg(1000)
                 .arg("TYPE")
                 .arg("stream");
-            let (next, keys): (u64, Vec<String>) = self
+            // Keys are bytes: one that is not a queue name (not UTF-8, or
+            // outside the queue alphabet) is skipped, not allowed to fail
+            // the listing of every other queue.
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
                 .run(|| "listing queue streams".to_string(), &cmd)
                 .await?;
-            queues.extend(keys.into_iter().map(|k| k[prefix_len..].to_string()));
+            for key in keys {
+                let queue = std::str::from_utf8(&key[prefix_len..])
+                    .ok()
+                    .filter(|q| crate::request::validate_queue(q).is_ok());
+                match queue {
+                    Some(queue) => queues.push(queue.to_string()),
+                    None => tracing::warn!(
+                        key = %String::from_utf8_lossy(&key).escape_debug(),
+                        "a stream under the queue prefix is not named like a queue; skipped"
+                    ),
+                }
+            }
             if next == 0 {
                 break;
             }
