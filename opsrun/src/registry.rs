@@ -19,6 +19,9 @@
 //! queue = "inventory"
 //! identity = "deterministic"    # deterministic | nonce | strict
 //! command = ["python3", "jobs/inventory_sync.py"]   # exec handler
+//! env = { REGION = "eu" }       # variables the job gets
+//! inherit_env = ["PATH", "LANG", "AWS_PROFILE"]      # the worker's variables it may see
+//! run_as = "opsrun-job"         # the user it runs as (the worker needs root or CAP_SETUID)
 //!
 //! [types."backup.scheduled"]
 //! identity = "strict"
@@ -45,6 +48,19 @@ pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(10);
 /// Default longest retry delay.
 pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+/// The worker's variables an exec job sees unless its type says otherwise:
+/// enough to find programs and format text, nothing that grants access.
+pub const DEFAULT_INHERIT_ENV: &[&str] =
+    &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "HOME"];
+/// The worker's own credentials: never passed to a job, whatever a type lists.
+pub const WORKER_CREDENTIALS: &[&str] = &[
+    "DATABASE_URL",
+    "DATABASE_URL_FILE",
+    "REDIS_URL",
+    "REDIS_URL_FILE",
+    "PGPASSWORD",
+    "PGPASSFILE",
+];
 
 /// How a run's identity is computed and how long it deduplicates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,14 +118,29 @@ pub enum HandlerSpec {
         command: Vec<String>,
         /// Working directory.
         working_dir: Option<PathBuf>,
-        /// Extra environment variables.
+        /// Variables set for the job.
         env: BTreeMap<String, String>,
+        /// Names of the worker's variables the job sees (its environment
+        /// starts empty otherwise).
+        inherit_env: Vec<String>,
+        /// The user the job runs as (a name or a numeric uid); `None`: the
+        /// worker's own user.
+        run_as: Option<String>,
     },
     /// A Rust handler registered with the worker under this name.
     Rust {
         /// The registered name.
         name: String,
     },
+}
+
+/// The `[defaults]` of exec types' isolation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecDefaults {
+    /// See [`HandlerSpec::Exec::inherit_env`].
+    pub inherit_env: Vec<String>,
+    /// See [`HandlerSpec::Exec::run_as`].
+    pub run_as: Option<String>,
 }
 
 /// Everything declared about one run type (defaults filled in).
@@ -138,6 +169,8 @@ pub struct Registry {
     pub strict_types: bool,
     /// What undeclared types get (with no handler).
     pub defaults: TypeSpec,
+    /// What exec types get when they leave `inherit_env` or `run_as` out.
+    pub exec_defaults: ExecDefaults,
     /// Declared types.
     pub types: BTreeMap<String, TypeSpec>,
 }
@@ -182,7 +215,12 @@ impl Registry {
             },
             handler: None,
         };
-        let defaults = type_spec("defaults", defaults_table, &builtin)?;
+        let defaults = type_spec("defaults", defaults_table, &builtin, None)?;
+        let exec_defaults = ExecDefaults {
+            inherit_env: inherit_env("defaults", defaults_table)?
+                .unwrap_or_else(|| DEFAULT_INHERIT_ENV.iter().map(|n| n.to_string()).collect()),
+            run_as: run_as("defaults", defaults_table)?,
+        };
         let mut types = BTreeMap::new();
         if let Some(declared) = table(&root, "types", "types")? {
             for (name, value) in declared {
@@ -192,12 +230,16 @@ impl Registry {
                     .as_table()
                     .ok_or_else(|| format!("{at}: must be a table"))?;
                 check_keys(&at, t, TYPE_KEYS)?;
-                types.insert(name.clone(), type_spec(&at, t, &defaults)?);
+                types.insert(
+                    name.clone(),
+                    type_spec(&at, t, &defaults, Some(&exec_defaults))?,
+                );
             }
         }
         Ok(Registry {
             strict_types,
             defaults,
+            exec_defaults,
             types,
         })
     }
@@ -236,6 +278,8 @@ const DEFAULT_KEYS: &[&str] = &[
     "max_attempts",
     "retry_backoff",
     "retry_backoff_max",
+    "inherit_env",
+    "run_as",
 ];
 const TYPE_KEYS: &[&str] = &[
     "queue",
@@ -249,6 +293,8 @@ const TYPE_KEYS: &[&str] = &[
     "command",
     "working_dir",
     "env",
+    "inherit_env",
+    "run_as",
     "handler",
 ];
 
@@ -346,8 +392,45 @@ fn duration(
     }
 }
 
-/// A type's spec from its table, `base` filling what it leaves out.
-fn type_spec(at: &str, t: &toml::Table, base: &TypeSpec) -> std::result::Result<TypeSpec, String> {
+/// `inherit_env`: variable names, never one of the worker's credentials.
+fn inherit_env(at: &str, t: &toml::Table) -> std::result::Result<Option<Vec<String>>, String> {
+    let Some(names) = strings(t, "inherit_env", at)? else {
+        return Ok(None);
+    };
+    for name in &names {
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!("{at}.inherit_env: {name:?} is not a variable name"));
+        }
+        if WORKER_CREDENTIALS.contains(&name.as_str()) {
+            return Err(format!(
+                "{at}.inherit_env: {name} is the worker's own credential and is never passed to a job"
+            ));
+        }
+    }
+    Ok(Some(names))
+}
+
+/// `run_as`: a user name or a numeric uid.
+fn run_as(at: &str, t: &toml::Table) -> std::result::Result<Option<String>, String> {
+    match string(t, "run_as", at)? {
+        Some(user) if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c == ':') => {
+            Err(format!("{at}.run_as: {user:?} is not a user name or uid"))
+        }
+        user => Ok(user.map(str::to_string)),
+    }
+}
+
+/// A type's spec from its table, `base` filling what it leaves out;
+/// `exec` fills an exec handler's isolation (`None` for `[defaults]`,
+/// which declares no handler).
+fn type_spec(
+    at: &str,
+    t: &toml::Table,
+    base: &TypeSpec,
+    exec: Option<&ExecDefaults>,
+) -> std::result::Result<TypeSpec, String> {
     let queue = string(t, "queue", at)?
         .map(str::to_string)
         .unwrap_or_else(|| base.queue.clone());
@@ -419,10 +502,13 @@ fn type_spec(at: &str, t: &toml::Table, base: &TypeSpec) -> std::result::Result<
                     .ok_or_else(|| format!("{at}.env: values must be strings"))?,
             };
             let working_dir = string(t, "working_dir", at)?.map(PathBuf::from);
+            let exec = exec.ok_or_else(|| format!("{at}: a command belongs to a type"))?;
             Some(HandlerSpec::Exec {
                 command,
                 working_dir,
                 env,
+                inherit_env: inherit_env(at, t)?.unwrap_or_else(|| exec.inherit_env.clone()),
+                run_as: run_as(at, t)?.or_else(|| exec.run_as.clone()),
             })
         }
         (None, Some(name)) if !name.is_empty() => Some(HandlerSpec::Rust {
@@ -432,8 +518,11 @@ fn type_spec(at: &str, t: &toml::Table, base: &TypeSpec) -> std::result::Result<
             return Err(format!("{at}.handler: must name a registered Rust handler"));
         }
         (None, None) => {
-            if t.contains_key("env") || t.contains_key("working_dir") {
-                return Err(format!("{at}: env and working_dir go with command"));
+            let exec_keys = ["env", "working_dir", "inherit_env", "run_as"];
+            if exec.is_some() && exec_keys.iter().any(|k| t.contains_key(*k)) {
+                return Err(format!(
+                    "{at}: env, working_dir, inherit_env and run_as go with command"
+                ));
             }
             None
         }
@@ -462,11 +551,16 @@ mod tests {
             queue = "ops"
             lease = "2m"
             max_attempts = 4
+            run_as = "opsrun-job"
             [types."inventory.sync"]
             queue = "inventory"
             command = ["python3", "sync.py"]
             env = { REGION = "eu" }
             retry_backoff = "30s"
+            [types."backup.run"]
+            command = ["backup"]
+            inherit_env = ["PATH", "AWS_PROFILE"]
+            run_as = "1001"
             [types."backup.scheduled"]
             identity = "strict"
             identity_keys = ["backup_schedule_id", "scheduled_for"]
@@ -489,9 +583,28 @@ mod tests {
                 max: DEFAULT_RETRY_BACKOFF_MAX
             }
         );
-        assert!(
-            matches!(&sync.handler, Some(HandlerSpec::Exec { env, .. }) if env["REGION"] == "eu")
-        );
+        let Some(HandlerSpec::Exec {
+            env,
+            inherit_env,
+            run_as,
+            ..
+        }) = &sync.handler
+        else {
+            panic!("inventory.sync is an exec type");
+        };
+        assert_eq!(env["REGION"], "eu");
+        assert_eq!(inherit_env, DEFAULT_INHERIT_ENV);
+        assert_eq!(run_as.as_deref(), Some("opsrun-job"));
+        let Some(HandlerSpec::Exec {
+            inherit_env,
+            run_as,
+            ..
+        }) = &registry.spec("backup.run").unwrap().handler
+        else {
+            panic!("backup.run is an exec type");
+        };
+        assert_eq!(inherit_env, &["PATH", "AWS_PROFILE"]);
+        assert_eq!(run_as.as_deref(), Some("1001"));
         let backup = registry.spec("backup.scheduled").unwrap();
         assert_eq!(
             backup.identity,
@@ -580,6 +693,19 @@ mod tests {
                 "retry_backoff_max",
             ),
             ("[types.\"Bad\"]\nqueue = \"q\"", "types.\"Bad\""),
+            (
+                "[types.\"a.b\"]\ncommand = [\"x\"]\ninherit_env = [\"DATABASE_URL\"]",
+                "worker's own credential",
+            ),
+            (
+                "[defaults]\ninherit_env = [\"A B\"]",
+                "defaults.inherit_env",
+            ),
+            (
+                "[types.\"a.b\"]\ncommand = [\"x\"]\nrun_as = \"\"",
+                "types.\"a.b\".run_as",
+            ),
+            ("[types.\"a.b\"]\nrun_as = \"nobody\"", "go with command"),
             ("strict_types = \"yes\"", "strict_types"),
             ("not toml [", "expected"),
         ] {

@@ -286,3 +286,99 @@ async fn bad_configuration_exits_2_and_unreachable_postgres_exits_4() {
     support::assert_exit(&out, 4);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// What a job can find of its worker's credentials: the worker's
+/// environment through `/proc/$PPID/environ`, its own environment, the
+/// worker's command line and (as another user) the worker's secret file.
+#[tokio::test]
+async fn a_job_finds_no_credential_of_its_worker() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new().await;
+    let dir = env.job_dir().join("peek");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Jobs running as another user write what they saw here.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A password in the database URL (the test Postgres trusts loopback, so
+    // it is never asked for) and a cloud secret in the worker's environment.
+    let db_password = format!("db-pw-{}", env.prefix);
+    let (scheme, rest) = env.database_url.split_once("://").unwrap();
+    let (user, host) = rest.split_once('@').unwrap();
+    let database_url = format!("{scheme}://{user}:{db_password}@{host}");
+    assert!(database_url.contains(&db_password), "{database_url}");
+    let secret_file = dir.join("database_url");
+    std::fs::write(&secret_file, &database_url).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cloud_secret = format!("aws-secret-{}", env.prefix);
+
+    let peek = |name: &str| {
+        format!(
+            r#"["sh", "-c", '''out={dir}/{name}-$OPSRUN_RUN_ID; {{ echo '# environ'; tr '\0' '\n' < /proc/$PPID/environ; echo '# env'; env; echo '# cmdline'; tr '\0' ' ' < /proc/$PPID/cmdline; echo; echo '# file'; cat {file}; }} > $out.tmp 2>&1; mv $out.tmp $out''']"#,
+            dir = dir.display(),
+            file = secret_file.display(),
+        )
+    };
+    let root = nix_is_root();
+    let mut registry = format!(
+        "[types.\"test.peek\"]\ncommand = {}\ninherit_env = [\"PATH\", \"OPSRUN_TEST_VISIBLE\"]\n",
+        peek("same-user")
+    );
+    if root {
+        registry.push_str(&format!(
+            "[types.\"test.peek_as_nobody\"]\ncommand = {}\nrun_as = \"nobody\"\n",
+            peek("nobody")
+        ));
+    }
+    let mut command = env.command("worker");
+    command
+        .env_remove("DATABASE_URL")
+        .env("DATABASE_URL_FILE", &secret_file)
+        .env("AWS_SECRET_ACCESS_KEY", &cloud_secret)
+        .env("OPSRUN_TEST_VISIBLE", "visible-to-jobs");
+    let _worker = Worker::spawn_with_registry(&env, &registry, command);
+
+    let mut seen = Vec::new();
+    let same = enqueue(&env.service, 1, "test.peek").await;
+    completed(&env, &same).await;
+    seen.push(("same-user", same.id));
+    if root {
+        let nobody = enqueue(&env.service, 1, "test.peek_as_nobody").await;
+        completed(&env, &nobody).await;
+        seen.push(("nobody", nobody.id));
+    }
+    for (name, id) in seen {
+        let mut text = std::fs::read_to_string(dir.join(format!("{name}-{id}"))).unwrap();
+        if name == "same-user" {
+            // The worker's own user can read its secret file: keeping the
+            // file from jobs is what run_as is for.
+            text = text.split("# file").next().unwrap().to_string();
+        }
+        for credential in [&db_password, &cloud_secret, &env.redis_url] {
+            assert!(
+                !text.contains(credential.as_str()),
+                "{name}: the job found {credential:?}:\n{text}"
+            );
+        }
+        let (job_env, _) = text
+            .split_once("# env\n")
+            .and_then(|(_, rest)| rest.split_once("# cmdline"))
+            .unwrap();
+        assert!(!job_env.contains("AWS_SECRET_ACCESS_KEY"), "{job_env}");
+        assert!(job_env.contains("OPSRUN_RUN_ID="), "{job_env}");
+        if name == "same-user" {
+            assert!(
+                job_env.contains("OPSRUN_TEST_VISIBLE=visible-to-jobs"),
+                "{job_env}"
+            );
+        } else {
+            // Another user: neither the worker's environment nor its
+            // secret file can be read at all.
+            assert!(!job_env.contains("OPSRUN_TEST_VISIBLE"), "{job_env}");
+            assert_eq!(text.matches("Permission denied").count(), 2, "{text}");
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

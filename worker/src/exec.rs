@@ -10,7 +10,15 @@
 //! `retry_after_seconds` from the result line; any other non-zero exit fails
 //! the run with `job.exit_nonzero` and the sanitized tail of stderr. When the
 //! time limit passes the whole process group is killed.
+//!
+//! Isolation: a job's environment starts empty; it gets the `OPSRUN_*`
+//! variables, its type's `env`, and the worker variables its type's
+//! `inherit_env` names (never the worker's database and Redis credentials).
+//! With `run_as` it runs as another user, who cannot read the worker's
+//! memory, environment or secret files; the worker itself is not dumpable
+//! and forgets its secrets' variables once read (see the worker binary).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -23,17 +31,48 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// How much of stdout is kept to find the result line.
 const STDOUT_KEEP: usize = 256 * 1024;
-/// How much of stderr is kept for the failure message.
-const STDERR_KEEP: usize = 2 * 1024;
+/// How much of stderr is read for the failure message: all of it is
+/// redacted before its tail is kept, so a secret printed across the cut (a
+/// private key's body) is seen whole.
+const STDERR_KEEP: usize = 64 * 1024;
+/// How much of stderr's redacted tail the failure message keeps.
+const STDERR_TAIL: usize = 800;
 /// Exit code that asks for a retry (sysexits' EX_TEMPFAIL).
 pub const EXIT_RETRY: i32 = 75;
-/// Worker variables a job never inherits: they hold the worker's secrets.
-const WITHHELD_ENV: &[&str] = &[
-    "DATABASE_URL",
-    "DATABASE_URL_FILE",
-    "REDIS_URL",
-    "REDIS_URL_FILE",
-];
+
+/// The user a job runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUser {
+    /// Its name, for messages.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Home directory (the job's `HOME`).
+    pub home: PathBuf,
+}
+
+impl JobUser {
+    /// Look up a registry `run_as` (a user name or a numeric uid) in the
+    /// user database.
+    pub fn resolve(run_as: &str) -> Result<JobUser, String> {
+        let found = match run_as.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(run_as),
+        };
+        match found {
+            Ok(Some(user)) => Ok(JobUser {
+                name: user.name,
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+                home: user.dir,
+            }),
+            Ok(None) => Err(format!("run_as: no user {run_as:?} on this machine")),
+            Err(e) => Err(format!("run_as: looking up user {run_as:?}: {e}")),
+        }
+    }
+}
 
 /// Runs one type's jobs as processes.
 #[derive(Debug, Clone)]
@@ -41,20 +80,46 @@ pub struct ExecHandler {
     command: Vec<String>,
     working_dir: Option<PathBuf>,
     env: Vec<(String, String)>,
+    user: Option<JobUser>,
 }
 
 impl ExecHandler {
-    /// A handler running `command` (program and arguments, no shell).
+    /// A handler running `command` (program and arguments, no shell) with
+    /// exactly `env` (plus the `OPSRUN_*` variables), as `user` when given.
     pub fn new(
         command: Vec<String>,
         working_dir: Option<PathBuf>,
-        env: std::collections::BTreeMap<String, String>,
+        env: BTreeMap<String, String>,
+        user: Option<JobUser>,
     ) -> Self {
         ExecHandler {
             command,
             working_dir,
             env: env.into_iter().collect(),
+            user,
         }
+    }
+
+    /// The environment a job of a type gets: the worker variables its
+    /// `inherit_env` names (from `worker_env`, a snapshot taken before the
+    /// worker forgot its secrets), then its own `env`, and `HOME` of its
+    /// `run_as` user.
+    pub fn job_env(
+        inherit_env: &[String],
+        env: &BTreeMap<String, String>,
+        worker_env: &BTreeMap<String, String>,
+        user: Option<&JobUser>,
+    ) -> BTreeMap<String, String> {
+        let mut job_env: BTreeMap<String, String> = inherit_env
+            .iter()
+            .filter(|name| !opsrun::registry::WORKER_CREDENTIALS.contains(&name.as_str()))
+            .filter_map(|name| worker_env.get(name).map(|v| (name.clone(), v.clone())))
+            .collect();
+        job_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(user) = user {
+            job_env.insert("HOME".into(), user.home.display().to_string());
+        }
+        job_env
     }
 }
 
@@ -97,14 +162,16 @@ impl Handler for ExecHandler {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("OPSRUN_RUN_ID", run.id.to_string())
             .env("OPSRUN_TENANT_ID", run.tenant_id.to_string())
             .env("OPSRUN_TYPE", &run.run_type)
             .env("OPSRUN_ATTEMPT", run.attempt.to_string())
-            .env("OPSRUN_QUEUE", &run.queue)
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
-        for name in WITHHELD_ENV {
-            cmd.env_remove(name);
+            .env("OPSRUN_QUEUE", &run.queue);
+        if let Some(user) = &self.user {
+            // Supplementary groups are dropped too (std does when root).
+            cmd.uid(user.uid).gid(user.gid);
         }
         // If the worker dies (SIGKILL, OOM), its job must not run on unseen:
         // the reaper will reclaim the run and may start it elsewhere.
@@ -123,9 +190,16 @@ impl Handler for ExecHandler {
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
+                let who = match &self.user {
+                    Some(user) => format!(
+                        " as user {} (running a job as another user needs a worker running as root or with CAP_SETUID and CAP_SETGID)",
+                        user.name
+                    ),
+                    None => String::new(),
+                };
                 return JobResult::failed(
                     "job.spawn_failed",
-                    format!("could not start {}: {e}", self.command[0]),
+                    format!("could not start {}{who}: {e}", self.command[0]),
                 );
             }
         };
@@ -185,7 +259,8 @@ impl Handler for ExecHandler {
             (None, Some(signal)) => format!("was killed by signal {signal}"),
             _ => "failed".to_string(),
         };
-        let stderr = String::from_utf8_lossy(&stderr);
+        // Redacted whole, then cut: a secret is never split by the cut.
+        let stderr = opsrun::sanitize::redact_tail(&String::from_utf8_lossy(&stderr), STDERR_TAIL);
         let message = match stderr.trim() {
             "" => format!("the job {how}"),
             tail => format!("the job {how}: {tail}"),
@@ -222,9 +297,12 @@ impl Handler for ExecHandler {
     }
 }
 
-/// Read a stream to its end, keeping only its last `keep` bytes.
+/// Read a stream to its end, keeping only its last `keep` bytes; once
+/// bytes were dropped, from the start of a line (a line cut in the middle
+/// is the part of a secret the redaction could not recognise).
 async fn tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
     let mut kept = Vec::new();
+    let mut dropped = false;
     let mut chunk = vec![0u8; 16 * 1024];
     while let Ok(n) = reader.read(&mut chunk).await {
         if n == 0 {
@@ -233,10 +311,20 @@ async fn tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
         kept.extend_from_slice(&chunk[..n]);
         if kept.len() > keep * 2 {
             kept.drain(..kept.len() - keep);
+            dropped = true;
         }
     }
+    let mut cut = dropped;
     if kept.len() > keep {
         kept.drain(..kept.len() - keep);
+        cut = true;
+    }
+    if cut {
+        let line_start = kept
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(kept.len(), |i| i + 1);
+        kept.drain(..line_start);
     }
     kept
 }

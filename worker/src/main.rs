@@ -1,6 +1,7 @@
 //! `worker`: joins the consumer group of its queues and runs jobs inside the
 //! run lifecycle until SIGTERM/SIGINT, then drains.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use opsrun::config::connect_postgres;
 use opsrun::{Ledger, Transport};
 use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
 use opsrun_worker::consumer::{self, WorkerConfig};
+use opsrun_worker::isolation;
 use tokio_util::sync::CancellationToken;
 
 const EXIT_CODES: &str = "\
@@ -64,10 +66,22 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %opsrun::sanitize::redact(&info.to_string()), "a task panicked");
     }));
-    opsrun_cli::run_main(false, async { run(cli).await.map(|()| exit::OK) })
+    // Jobs must not reach the worker's credentials: what they may inherit
+    // is kept aside, then the secrets leave the environment, before any
+    // thread starts.
+    if let Err(e) = isolation::make_undumpable() {
+        tracing::warn!(error = %e, "could not make the worker undumpable");
+    }
+    let worker_env = isolation::snapshot_env();
+    // SAFETY: no other thread runs yet (the runtime starts below).
+    let forgotten = unsafe { isolation::forget_secret_env() };
+    tracing::debug!(?forgotten, "secret variables removed from the environment");
+    opsrun_cli::run_main(false, async {
+        run(cli, worker_env).await.map(|()| exit::OK)
+    })
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failure> {
     // Configuration is validated whole before anything is contacted.
     let registry = cli.registry.load()?;
     opsrun_worker::check_handlers(&registry).map_err(|e| Failure::new(exit::INVALID, e))?;
@@ -125,9 +139,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 
     let holder = consumer::consumer_name();
-    let lifecycle =
-        opsrun_worker::lifecycle_for(ledger.clone(), transport.clone(), &holder, &registry)
-            .map_err(|e| Failure::new(exit::INVALID, e))?;
+    let lifecycle = opsrun_worker::lifecycle_for(
+        ledger.clone(),
+        transport.clone(),
+        &holder,
+        &registry,
+        &worker_env,
+    )
+    .map_err(|e| Failure::new(exit::INVALID, e))?;
     let lifecycle = Arc::new(lifecycle);
     let config = WorkerConfig {
         queues,

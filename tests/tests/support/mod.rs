@@ -317,6 +317,27 @@ identity = "nonce"
         Worker { child, log }
     }
 
+    /// A worker on `registry` (TOML text), started by `command`, which the
+    /// caller may give more environment first; its log goes to the job dir.
+    pub fn spawn_with_registry(env: &TestEnv, registry: &str, mut command: Command) -> Worker {
+        let dir = env.job_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("registry-{}.toml", nanos()));
+        std::fs::write(&path, registry).unwrap();
+        let child = command
+            .env("OPSRUN_HEARTBEAT_INTERVAL", "1s")
+            .env("OPSRUN_BLOCK", "500ms")
+            .args(["--registry", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("worker-{}.log", nanos()))).unwrap())
+            .spawn()
+            .expect("spawning worker");
+        Worker {
+            child,
+            log: dir.join("executions.log"),
+        }
+    }
+
     pub fn executions(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
