@@ -865,3 +865,91 @@ async fn the_cli_lists_and_shows_runs_with_the_same_filters() {
         .unwrap();
     assert_exit(&bad_role, 2);
 }
+
+/// Secrets a real exec job prints to stderr (a sample of the sanitizer's
+/// classes, one of them a private key long enough that the stored tail
+/// starts inside its body) reach neither the stored failure, nor the run's
+/// page, nor the initiator's notification.
+#[tokio::test]
+async fn secrets_a_job_prints_reach_no_stored_failure_page_or_notification() {
+    let env = TestEnv::new().await;
+    let secrets = [
+        "pw@with/slash es",
+        "Tr0ub4dor3",
+        "AbCdEf+gHiJk",
+        "sk-abc123XYZ",
+        "rk_live_51H8abcXYZ987",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "with spaces inside",
+        "k3y-v4lue-here",
+        "MIIEowIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM9Oi8Xq0lKpW4nYb6tRzUe1cVgHsJ",
+    ];
+    let dir = env.job_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let stderr_file = dir.join("stderr.txt");
+    let key_body = [secrets[8]; 40].join("\n");
+    std::fs::write(
+        &stderr_file,
+        format!(
+            "connecting to postgres://app:{}@db:5432/app\n\
+             Error 1045: app:{}@tcp(mysql:3306)/app\n\
+             GET https://acct.blob.core.windows.net/c?sv=1&sig={}\n\
+             openai said: invalid key {}\n\
+             stripe: {} revoked\n\
+             aws: secret {} in use\n\
+             body {{\"password\": \"{}\"}}\n\
+             Authorization: ApiKey {}\n\
+             -----BEGIN RSA PRIVATE KEY-----\n{key_body}\n-----END RSA PRIVATE KEY-----\n\
+             fatal: could not sync site paris\n",
+            secrets[0], secrets[1], secrets[2], secrets[3], secrets[4], secrets[5], secrets[6], secrets[7]
+        ),
+    )
+    .unwrap();
+    let registry = format!(
+        "[types.\"test.leaky\"]\ncommand = [\"sh\", \"-c\", \"cat {} >&2; exit 1\"]\n",
+        stderr_file.display()
+    );
+    let _worker = support::Worker::spawn_with_registry(&env, &registry, env.command("worker"));
+    let request = opsrun::RunRequest::new(A, "test.leaky")
+        .initiator(opsrun::Initiator::user(7, "Ada Lovelace"));
+    let run = env.service.ensure_run(&request).await.unwrap().run;
+    let done = support::completed(&env, &run).await;
+    assert_eq!(done.outcome, opsrun::Outcome::Failed);
+    let failure = &done.failure_summary.0[0];
+    assert_eq!(failure.code, "job.exit_nonzero");
+    assert!(
+        failure.message.ends_with("fatal: could not sync site paris"),
+        "the stderr tail is kept readable: {}",
+        failure.message
+    );
+
+    let stored: String =
+        sqlx::query_scalar("SELECT row_to_json(r)::text FROM operation_runs r WHERE id = $1")
+            .bind(run.id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let reader = token(&env, A, Role::Readonly, Some((7, "Ada Lovelace"))).await;
+    let page = get(&app(&env), &format!("/tenants/{A}/operations/{}", run.id), &reader).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let notifications = env.ledger().notifications(A, 7, false, 10).await.unwrap();
+    let completed = notifications
+        .iter()
+        .find(|n| n.kind == "completed")
+        .expect("a completion notification");
+    for (place, text) in [
+        ("stored run", stored.as_str()),
+        ("run page", page.text.as_str()),
+        ("notification", completed.body.as_str()),
+    ] {
+        assert!(text.contains("[REDACTED]"), "{place}: {text}");
+        for secret in secrets {
+            // The page escapes some characters; compare a plain stretch too.
+            let stretch = &secret[..secret.len().min(8)];
+            assert!(
+                !text.contains(secret) && !text.contains(stretch),
+                "{place} holds {secret:?}: {text}"
+            );
+        }
+    }
+}
