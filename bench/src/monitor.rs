@@ -3,7 +3,6 @@
 //! (100k runs each), then times list and detail requests through the
 //! monitor's router in process (token check, query, JSON or HTML), p50/p99.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -135,6 +134,7 @@ async fn main() -> Result<()> {
                 role: Role::Readonly,
                 user: None,
                 label: Some("bench"),
+                queues: &[],
             },
             &hash,
         )
@@ -147,6 +147,7 @@ async fn main() -> Result<()> {
                 role: Role::Readonly,
                 user: None,
                 label: Some("bench"),
+                queues: &[],
             },
             &small_hash,
         )
@@ -159,6 +160,7 @@ async fn main() -> Result<()> {
                 role: Role::Operator,
                 user: Some((42, "user 42")),
                 label: Some("bench"),
+                queues: &[],
             },
             &operator_hash,
         )
@@ -166,12 +168,12 @@ async fn main() -> Result<()> {
     let mut transport = opsrun::TransportConfig::new(stack.redis_url.clone());
     transport.prefix = "bench_monitor".into();
     let service = opsrun::RunService::new(ledger.clone(), opsrun::Transport::new(&transport)?);
-    let app = router(AppState {
-        ledger: ledger.clone(),
-        service: Some(service),
-        links: Arc::new(views::Links::default()),
-        public_url: "http://127.0.0.1:8080".into(),
-    });
+    let app = router(AppState::new(
+        ledger.clone(),
+        Some(service),
+        views::Links::default(),
+        "http://127.0.0.1:8080",
+    ));
     let send = |request: Request<Body>| {
         let app = app.clone();
         async move {

@@ -124,6 +124,22 @@ pub async fn start_run(
         request = request.context(context);
     }
     if let Some(queue) = body.queue {
+        // A token sends a type's runs to the type's own queue (from the
+        // registry), or to a queue it was created for with --allow-queue.
+        let type_queue = state
+            .service
+            .as_ref()
+            .and_then(|s| s.registry().spec(&request.run_type).ok())
+            .map(|spec| spec.queue.clone());
+        if let Some(type_queue) = type_queue
+            && !caller.0.may_use_queue(&queue, &type_queue)
+        {
+            return Err(ApiError::forbidden(format!(
+                "this token may start {} runs only on their queue {type_queue:?}; \
+                 a token created with --allow-queue {queue} may use {queue:?}",
+                request.run_type
+            )));
+        }
         request = request.queue(queue);
     }
     if let Some(at) = body.at {

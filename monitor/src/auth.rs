@@ -1,6 +1,8 @@
-//! Who is calling: a bearer token (API) or the same token in a cookie set by
-//! the login form (HTML). Each request looks the token up by its hash; a
-//! missing, unknown or revoked token is 401.
+//! Who is calling: a bearer token (API), or a login session whose secret
+//! the login form set in a cookie (HTML). The cookie never holds the token:
+//! a session is stored server-side by its hash, expires, and ends at logout
+//! or when its token is revoked. A missing, unknown, expired or revoked
+//! credential is 401.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -12,11 +14,8 @@ use opsrun::access::Token;
 use crate::AppState;
 use crate::error::ApiError;
 
-/// Name of the session cookie holding the token.
-pub const COOKIE: &str = "opsrun_token";
-
-/// How long a login lasts.
-const SESSION: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
+/// Name of the cookie holding the session secret.
+pub const COOKIE: &str = "opsrun_session";
 
 /// The authenticated caller: its token's tenant, role and user.
 #[derive(Debug, Clone)]
@@ -36,50 +35,57 @@ impl Caller {
     }
 }
 
-/// The token text from `Authorization: Bearer …`, else from the cookie.
-fn presented_token(parts: &Parts) -> Option<String> {
-    let header = parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Some((scheme, token)) = header.and_then(|h| h.split_once(' '))
-        && scheme.eq_ignore_ascii_case("bearer")
-    {
-        return Some(token.trim().to_string());
-    }
-    CookieJar::from_headers(&parts.headers)
+/// Credentials have a fixed shape; anything else is not worth a query.
+fn well_formed(secret: &str) -> bool {
+    secret.starts_with(opsrun::access::TOKEN_PREFIX) && secret.len() <= 128
+}
+
+/// The session secret in the request's cookie, if any.
+pub fn session_secret(parts_headers: &axum::http::HeaderMap) -> Option<String> {
+    CookieJar::from_headers(parts_headers)
         .get(COOKIE)
         .map(|c| c.value().to_string())
+        .filter(|s| well_formed(s))
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let secret = presented_token(parts).ok_or_else(ApiError::unauthorized)?;
-        // Tokens have a fixed shape; anything else is not worth a query.
-        if !secret.starts_with(opsrun::access::TOKEN_PREFIX) || secret.len() > 128 {
-            return Err(ApiError::unauthorized());
-        }
-        match state.ledger.token_by_secret(&secret).await? {
-            Some(token) => Ok(Caller(token)),
-            None => Err(ApiError::unauthorized()),
-        }
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = match header.and_then(|h| h.split_once(' ')) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                let token = token.trim();
+                if !well_formed(token) {
+                    return Err(ApiError::unauthorized());
+                }
+                state.ledger.token_by_secret(token).await?
+            }
+            _ => match session_secret(&parts.headers) {
+                Some(secret) => state.ledger.token_by_session(&secret).await?,
+                None => None,
+            },
+        };
+        token.map(Caller).ok_or_else(ApiError::unauthorized)
     }
 }
 
-/// The cookie a successful login sets: HttpOnly, Secure, SameSite=Strict.
-pub fn session_cookie(secret: String) -> Cookie<'static> {
+/// The cookie a successful login sets: HttpOnly, Secure, SameSite=Strict,
+/// lasting as long as the session.
+pub fn session_cookie(secret: String, ttl: std::time::Duration) -> Cookie<'static> {
     Cookie::build((COOKIE, secret))
         .path("/")
         .http_only(true)
         .secure(true)
         .same_site(SameSite::Strict)
-        .max_age(SESSION.try_into().expect("session length fits"))
+        .max_age(ttl.try_into().expect("a session length fits a cookie"))
         .build()
 }
 
-/// The cookie that ends a session.
+/// The cookie that ends a session in the browser.
 pub fn cleared_cookie() -> Cookie<'static> {
     Cookie::build((COOKIE, "")).path("/").build()
 }

@@ -1,7 +1,8 @@
 //! Monitoring → Operations: a tenant-scoped view of the run ledger. HTML
 //! pages and a JSON API, rendered from Postgres only (Redis is touched only
 //! when an operator starts a run), behind bearer tokens bound to one tenant
-//! and a role. `main.rs` adds the CLI equivalents.
+//! and a role; the pages use server-side login sessions. `main.rs` adds the
+//! CLI equivalents.
 //!
 //! Routes:
 //! - `GET /api/v1/runs`, `GET /api/v1/runs/{id}`, `POST /api/v1/runs`
@@ -9,19 +10,33 @@
 //! - `GET /login`, `POST /login`, `POST /logout`, `GET /`
 //! - `GET /tenants/{tenant}/operations[/{id}]`, `GET /tenants/{tenant}/notifications`,
 //!   `POST /tenants/{tenant}/notifications/read`
-//! - `GET /healthz`
+//! - `GET /static/opsrun.css`, `GET /healthz`
 
 pub mod api;
 pub mod auth;
 pub mod error;
 pub mod pages;
+pub mod security;
+pub mod server;
 pub mod views;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use opsrun::{Ledger, RunService};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+
+/// Default length of a login session.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+/// Default login attempts a minute from one address.
+pub const DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
+/// Default time a request may take, body included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -32,13 +47,44 @@ pub struct AppState {
     pub service: Option<RunService>,
     /// Related-link templates by context key.
     pub links: Arc<views::Links>,
-    /// The monitor's public base URL, for `view_url`s in JSON.
+    /// The monitor's public base URL, for `view_url`s in JSON and the
+    /// same-origin check.
     pub public_url: String,
+    /// How long a login lasts.
+    pub session_ttl: Duration,
+    /// Login attempts per client address.
+    pub login_limiter: Arc<security::LoginLimiter>,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+}
+
+impl AppState {
+    /// A state with the documented defaults for sessions, login attempts and
+    /// request time.
+    pub fn new(
+        ledger: Ledger,
+        service: Option<RunService>,
+        links: views::Links,
+        public_url: &str,
+    ) -> AppState {
+        AppState {
+            ledger,
+            service,
+            links: Arc::new(links),
+            public_url: public_url.trim_end_matches('/').to_string(),
+            session_ttl: DEFAULT_SESSION_TTL,
+            login_limiter: security::LoginLimiter::per_minute(
+                NonZeroU32::new(DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE).expect("non-zero"),
+            ),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
 }
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let https = state.public_url.starts_with("https://");
+    let mut app = Router::new()
         .route("/api/v1/runs", get(api::list_runs).post(api::start_run))
         .route("/api/v1/runs/{id}", get(api::show_run))
         .route("/api/v1/notifications", get(api::notifications))
@@ -54,19 +100,29 @@ pub fn router(state: AppState) -> Router {
             "/tenants/{tenant}/notifications/read",
             post(pages::mark_all_read),
         )
+        .route("/static/opsrun.css", get(pages::stylesheet))
         .route("/healthz", get(healthz))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::same_origin_only,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.request_timeout,
+        ));
+    for (name, value) in security::headers(https) {
+        app = app.layer(SetResponseHeaderLayer::if_not_present(name, value));
+    }
+    app.with_state(state)
 }
 
 /// `GET /healthz`: 200 when Postgres answers.
-async fn healthz(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> axum::http::StatusCode {
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> StatusCode {
     match opsrun::sqlx::query("SELECT 1")
         .execute(state.ledger.pool())
         .await
     {
-        Ok(_) => axum::http::StatusCode::OK,
-        Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

@@ -5,7 +5,9 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use opsrun::access::{Role, generate_token};
@@ -13,8 +15,8 @@ use opsrun::ledger::NewToken;
 use opsrun::listing::FilterParams;
 use opsrun::request::parse_positive_id;
 use opsrun::{Ledger, RunId, RunService, Transport};
-use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, exit};
-use opsrun_monitor::{AppState, router, views};
+use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
+use opsrun_monitor::{AppState, router, security, server, views};
 use serde_json::json;
 
 const EXIT_CODES: &str = "\
@@ -50,6 +52,20 @@ enum Command {
     Notifications(NotificationsCommand),
 }
 
+fn session_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = duration(s)?;
+    if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(30 * 86_400) {
+        return Err("a session lasts from 1m to 30days".into());
+    }
+    Ok(ttl)
+}
+
+fn queue_name(s: &str) -> Result<String, String> {
+    opsrun::request::validate_queue(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 fn tenant_id(s: &str) -> Result<i64, String> {
     parse_positive_id("tenant_id", s).map_err(|e| e.to_string())
 }
@@ -80,6 +96,25 @@ struct ServeArgs {
     /// Do not apply migrations at start (e.g. when reading from a replica).
     #[arg(long, env = "OPSRUN_NO_MIGRATE")]
     no_migrate: bool,
+    /// How long a login lasts.
+    #[arg(long, env = "OPSRUN_MONITOR_SESSION_TTL", default_value = "8h", value_parser = session_ttl)]
+    session_ttl: Duration,
+    /// Login attempts allowed a minute from one client address.
+    #[arg(long, env = "OPSRUN_MONITOR_LOGIN_ATTEMPTS", default_value_t = NonZeroU32::new(opsrun_monitor::DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE).expect("non-zero"))]
+    login_attempts_per_minute: NonZeroU32,
+    /// Time a client has to send a request's headers; also the longest an
+    /// idle keep-alive connection stays open.
+    #[arg(long, env = "OPSRUN_MONITOR_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    header_timeout: Duration,
+    /// Longest a request may take, body included (answered 408).
+    #[arg(long, env = "OPSRUN_MONITOR_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
+    request_timeout: Duration,
+    /// Connections served at once (default: half the open-file limit, at most 4096).
+    #[arg(long, env = "OPSRUN_MONITOR_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: Option<u32>,
+    /// After SIGTERM/SIGINT, time in-flight requests get to finish.
+    #[arg(long, env = "OPSRUN_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    shutdown_grace: Duration,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -106,6 +141,10 @@ enum TokenCommand {
         /// What the token is for.
         #[arg(long)]
         label: Option<String>,
+        /// A queue this token may start runs on besides each type's own
+        /// queue from the registry (repeatable).
+        #[arg(long = "allow-queue", value_parser = queue_name)]
+        allow_queues: Vec<String>,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -280,12 +319,11 @@ async fn serve(args: ServeArgs) -> Result<u8, Failure> {
             "REDIS_URL is not set: the monitor is read-only (POST /api/v1/runs answers 503)"
         );
     }
-    let app = router(AppState {
-        ledger,
-        service,
-        links: Arc::new(links),
-        public_url: args.public_url.trim_end_matches('/').to_string(),
-    });
+    let mut state = AppState::new(ledger, service, links, &args.public_url);
+    state.session_ttl = args.session_ttl;
+    state.login_limiter = security::LoginLimiter::per_minute(args.login_attempts_per_minute);
+    state.request_timeout = args.request_timeout;
+    let app = router(state);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::new(exit::INVALID, format!("listening on {}: {e}", args.listen)))?;
@@ -295,13 +333,33 @@ async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     tracing::info!(%addr, "monitor listening");
     // The tests and scripts read the bound address (port 0 picks a free one).
     println!("listening on http://{addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| Failure::new(exit::INTERNAL, format!("serving: {e}")))?;
+    let limits = server::ServerLimits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections.map_or_else(
+            server::ServerLimits::default_max_connections,
+            |n| n as usize,
+        ),
+        shutdown_grace: args.shutdown_grace,
+    };
+    server::serve(listener, app, limits, stop_signal()).await;
+    tracing::info!("monitor stopped");
     Ok(exit::OK)
+}
+
+/// Completes at the first SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn token(command: TokenCommand) -> Result<u8, Failure> {
@@ -312,6 +370,7 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
             user_id,
             user_name,
             label,
+            allow_queues,
             database,
         } => {
             let user = match (user_id, user_name.as_deref()) {
@@ -335,6 +394,7 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
                         role,
                         user,
                         label: label.as_deref(),
+                        queues: &allow_queues,
                     },
                     &hash,
                 )

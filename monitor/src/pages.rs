@@ -1,12 +1,12 @@
 //! The HTML pages: login, the Operations list with its filters, a run's
 //! detail, and the user's notifications. Rendered with maud (every value
-//! escaped) from the same views as the JSON API; the same tokens, carried
-//! in a cookie set by the login form.
+//! escaped) from the same views as the JSON API; a login exchanges a token
+//! for a server-side session whose secret the cookie carries.
 
 use axum::Form;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, RawPathParams, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
@@ -16,7 +16,8 @@ use opsrun::listing::FilterParams;
 use serde::Deserialize;
 
 use crate::api::{query, run_id};
-use crate::auth::{Caller, cleared_cookie, session_cookie};
+use crate::auth::{COOKIE, Caller, cleared_cookie, session_cookie};
+use crate::security::local_path;
 use crate::error::ApiError;
 use crate::{AppState, views};
 
@@ -46,7 +47,7 @@ fn layout(title: &str, caller: Option<&Caller>, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · opsrun" }
-                style { (maud::PreEscaped(STYLE)) }
+                link rel="stylesheet" href="/static/opsrun.css";
             }
             body {
                 header {
@@ -146,9 +147,17 @@ pub struct LoginQuery {
     next: Option<String>,
 }
 
-/// Only local paths: the login never redirects to another site.
-fn local_path(next: Option<&str>) -> Option<&str> {
-    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
+/// `GET /static/opsrun.css`: the pages' one stylesheet (the content
+/// security policy allows no inline style).
+pub async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        STYLE,
+    )
+        .into_response()
 }
 
 fn login_page(next: Option<&str>, error: Option<&str>) -> Markup {
@@ -181,12 +190,26 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
-/// `POST /login`: check the token, set the session cookie, go on.
+/// `POST /login`: check the token, start a session, set its cookie, go on.
+/// Attempts are limited per client address.
 pub async fn login(
     State(state): State<AppState>,
     jar: CookieJar,
+    extensions: axum::http::Extensions,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    if let Err(wait) = state
+        .login_limiter
+        .attempt(crate::security::client_address(&extensions))
+    {
+        let message = format!("Too many login attempts; try again in {wait} s.");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, wait.to_string())],
+            login_page(form.next.as_deref(), Some(&message)),
+        )
+            .into_response();
+    }
     let secret = form.token.trim().to_string();
     let token = if secret.starts_with(opsrun::access::TOKEN_PREFIX) && secret.len() <= 128 {
         state.ledger.token_by_secret(&secret).await
@@ -195,10 +218,22 @@ pub async fn login(
     };
     match token {
         Ok(Some(token)) => {
+            let (session, hash) = opsrun::access::generate_token();
+            if let Err(e) = state
+                .ledger
+                .create_session(token.id, &hash, state.session_ttl)
+                .await
+            {
+                return PageError(e.into(), None).into_response();
+            }
             let to = local_path(form.next.as_deref())
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("/tenants/{}/operations", token.tenant_id));
-            (jar.add(session_cookie(secret)), Redirect::to(&to)).into_response()
+            (
+                jar.add(session_cookie(session, state.session_ttl)),
+                Redirect::to(&to),
+            )
+                .into_response()
         }
         Ok(None) => (
             StatusCode::UNAUTHORIZED,
@@ -209,8 +244,14 @@ pub async fn login(
     }
 }
 
-/// `POST /logout`.
-pub async fn logout(jar: CookieJar) -> Response {
+/// `POST /logout`: end the session (the cookie's secret no longer logs
+/// anyone in, wherever it was copied) and clear the cookie.
+pub async fn logout(State(state): State<AppState>, jar: CookieJar) -> Response {
+    if let Some(secret) = jar.get(COOKIE).map(|c| c.value().to_string())
+        && let Err(e) = state.ledger.end_session(&secret).await
+    {
+        return PageError(e.into(), None).into_response();
+    }
     (jar.remove(cleared_cookie()), Redirect::to("/login")).into_response()
 }
 

@@ -63,6 +63,16 @@ pub struct Token {
     pub created_at: DateTime<Utc>,
     /// When it was revoked; a revoked token authenticates nothing.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Queues it may start runs on besides each type's own queue.
+    pub queues: Vec<String>,
+}
+
+impl Token {
+    /// Whether this token may start a run on `queue` when the run's type
+    /// goes to `type_queue`.
+    pub fn may_use_queue(&self, queue: &str, type_queue: &str) -> bool {
+        queue == type_queue || self.queues.iter().any(|q| q == queue)
+    }
 }
 
 /// Prefix of every token, so secret scanners and the sanitizer recognise one.

@@ -121,6 +121,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
                 role: Role::Operator,
                 user: Some((7, "Ada Lovelace")),
                 label: Some("browser test"),
+                queues: &[],
             },
             &hash,
         )

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -21,12 +20,12 @@ const A: i64 = 101;
 const B: i64 = 202;
 
 fn app(env: &TestEnv) -> Router {
-    router(AppState {
-        ledger: env.ledger().clone(),
-        service: Some(env.service.clone()),
-        links: Arc::new(views::Links::default()),
-        public_url: "http://monitor.test".into(),
-    })
+    router(AppState::new(
+        env.ledger().clone(),
+        Some(env.service.clone()),
+        views::Links::default(),
+        "http://monitor.test",
+    ))
 }
 
 async fn token(env: &TestEnv, tenant: i64, role: Role, user: Option<(i64, &str)>) -> String {
@@ -38,6 +37,7 @@ async fn token(env: &TestEnv, tenant: i64, role: Role, user: Option<(i64, &str)>
                 role,
                 user,
                 label: Some("test"),
+                queues: &[],
             },
             &hash,
         )

@@ -1,11 +1,12 @@
-//! Monitor tokens: created with their hash, looked up by it, revoked.
+//! Monitor tokens and login sessions: created with their hash, looked up
+//! by it, revoked or ended.
 
 use super::Ledger;
 use crate::access::{Role, Token, token_hash};
 use crate::error::{Result, db};
 
 const TOKEN_COLUMNS: &str =
-    "id, tenant_id, role, user_id, user_name, label, created_at, revoked_at";
+    "id, tenant_id, role, user_id, user_name, label, created_at, revoked_at, queues";
 
 /// A token to create.
 #[derive(Debug, Clone, Copy)]
@@ -18,14 +19,16 @@ pub struct NewToken<'a> {
     pub user: Option<(i64, &'a str)>,
     /// What it is for.
     pub label: Option<&'a str>,
+    /// Queues it may start runs on besides each type's own.
+    pub queues: &'a [String],
 }
 
 impl Ledger {
     /// Store a token by its hash (see [`crate::access::generate_token`]).
     pub async fn create_token(&self, new: &NewToken<'_>, hash: &str) -> Result<Token> {
         sqlx::query_as::<_, Token>(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO api_tokens (tenant_id, role, user_id, user_name, label, token_sha256) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
+            "INSERT INTO api_tokens (tenant_id, role, user_id, user_name, label, token_sha256, queues) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {TOKEN_COLUMNS}"
         )))
         .bind(new.tenant_id)
         .bind(new.role)
@@ -33,6 +36,7 @@ impl Ledger {
         .bind(new.user.map(|u| u.1))
         .bind(new.label)
         .bind(hash)
+        .bind(new.queues)
         .fetch_one(&self.pool)
         .await
         .map_err(db("creating token"))
@@ -71,6 +75,56 @@ impl Ledger {
         .execute(&self.pool)
         .await
         .map_err(db("revoking token"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Start a login session for `token_id` lasting `ttl`, stored by the
+    /// hash of its secret (see [`crate::access::generate_token`]). Sessions
+    /// that have expired are deleted on the way.
+    pub async fn create_session(
+        &self,
+        token_id: i64,
+        secret_hash: &str,
+        ttl: std::time::Duration,
+    ) -> Result<()> {
+        sqlx::query(
+            "WITH expired AS (DELETE FROM monitor_sessions WHERE expires_at < now()) \
+             INSERT INTO monitor_sessions (session_sha256, token_id, expires_at) \
+             VALUES ($1, $2, now() + make_interval(secs => $3))",
+        )
+        .bind(secret_hash)
+        .bind(token_id)
+        .bind(ttl.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .map_err(db("starting a session"))?;
+        Ok(())
+    }
+
+    /// The live token of the unexpired session whose secret is `secret`.
+    pub async fn token_by_session(&self, secret: &str) -> Result<Option<Token>> {
+        let columns = TOKEN_COLUMNS
+            .split(", ")
+            .map(|c| format!("t.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        sqlx::query_as::<_, Token>(sqlx::AssertSqlSafe(format!(
+            "SELECT {columns} FROM monitor_sessions s JOIN api_tokens t ON t.id = s.token_id \
+             WHERE s.session_sha256 = $1 AND s.expires_at > now() AND t.revoked_at IS NULL"
+        )))
+        .bind(token_hash(secret))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading session"))
+    }
+
+    /// End the session whose secret is `secret`; false when there was none.
+    pub async fn end_session(&self, secret: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM monitor_sessions WHERE session_sha256 = $1")
+            .bind(token_hash(secret))
+            .execute(&self.pool)
+            .await
+            .map_err(db("ending session"))?;
         Ok(done.rows_affected() == 1)
     }
 }
