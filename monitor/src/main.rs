@@ -4,8 +4,8 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::num::NonZeroU32;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -335,10 +335,11 @@ async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     println!("listening on http://{addr}");
     let limits = server::ServerLimits {
         header_timeout: args.header_timeout,
-        max_connections: args.max_connections.map_or_else(
-            server::ServerLimits::default_max_connections,
-            |n| n as usize,
-        ),
+        max_connections: args
+            .max_connections
+            .map_or_else(server::ServerLimits::default_max_connections, |n| {
+                n as usize
+            }),
         shutdown_grace: args.shutdown_grace,
     };
     server::serve(listener, app, limits, stop_signal()).await;

@@ -6,8 +6,8 @@
 use axum::Form;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, RawPathParams, State};
-use axum::http::{StatusCode, header};
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
 use chrono::{DateTime, Utc};
@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 use crate::api::{query, run_id};
 use crate::auth::{COOKIE, Caller, cleared_cookie, session_cookie};
-use crate::security::local_path;
 use crate::error::ApiError;
+use crate::security::local_path;
 use crate::{AppState, views};
 
 const STYLE: &str = "

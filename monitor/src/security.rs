@@ -62,8 +62,15 @@ pub fn headers(https: bool) -> Vec<(header::HeaderName, HeaderValue)> {
 /// `Sec-Fetch-Site`, else `Referer`) must name the host the request was sent
 /// to or the configured public URL. A request with none of them does not
 /// come from a browser and is let through.
-pub async fn same_origin_only(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+pub async fn same_origin_only(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -198,13 +205,31 @@ mod tests {
         };
         let public = "https://ops.example.com";
         let host = ("host", "127.0.0.1:8080");
-        assert!(same_origin(&headers(&[host, ("origin", "http://127.0.0.1:8080")]), public));
-        assert!(same_origin(&headers(&[host, ("origin", "https://ops.example.com")]), public));
-        assert!(!same_origin(&headers(&[host, ("origin", "https://evil.example")]), public));
+        assert!(same_origin(
+            &headers(&[host, ("origin", "http://127.0.0.1:8080")]),
+            public
+        ));
+        assert!(same_origin(
+            &headers(&[host, ("origin", "https://ops.example.com")]),
+            public
+        ));
+        assert!(!same_origin(
+            &headers(&[host, ("origin", "https://evil.example")]),
+            public
+        ));
         assert!(!same_origin(&headers(&[host, ("origin", "null")]), public));
-        assert!(!same_origin(&headers(&[host, ("sec-fetch-site", "cross-site")]), public));
-        assert!(same_origin(&headers(&[host, ("sec-fetch-site", "same-origin")]), public));
-        assert!(!same_origin(&headers(&[host, ("referer", "https://evil.example/form")]), public));
+        assert!(!same_origin(
+            &headers(&[host, ("sec-fetch-site", "cross-site")]),
+            public
+        ));
+        assert!(same_origin(
+            &headers(&[host, ("sec-fetch-site", "same-origin")]),
+            public
+        ));
+        assert!(!same_origin(
+            &headers(&[host, ("referer", "https://evil.example/form")]),
+            public
+        ));
         assert!(same_origin(&headers(&[host]), public));
     }
 }

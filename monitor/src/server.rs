@@ -85,15 +85,19 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        let app = app.clone().map_request(move |mut request: axum::extract::Request<_>| {
-            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            request
-        });
+        let app = app
+            .clone()
+            .map_request(move |mut request: axum::extract::Request<_>| {
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(peer));
+                request
+            });
         let connection = http.serve_connection(
             TokioIo::new(stream),
-            TowerToHyperService::new(app.map_request(|r: hyper::Request<hyper::body::Incoming>| {
-                r.map(axum::body::Body::new)
-            })),
+            TowerToHyperService::new(app.map_request(
+                |r: hyper::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
+            )),
         );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -277,5 +277,71 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         Some("/tenants/4/scopes/rome")
     );
     shot("4-run.png").await;
+
+    // Log out; a form on another site that logs the browser in (login CSRF)
+    // is refused and sets no session.
+    client
+        .find(Locator::Css("form[action='/logout'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("login"))
+        .await
+        .unwrap();
+    let attack = format!(
+        "data:text/html,<form id=f method=post action='{base}/login'><input name=token value='{secret}'></form>\
+         <script>document.getElementById('f').submit()</script>"
+    );
+    client.goto(&attack).await.unwrap();
+    let refused = wait_until(Duration::from_secs(10), || async {
+        let text = client.source().await.ok()?;
+        text.contains("cross-site request refused").then_some(text)
+    })
+    .await;
+    assert!(refused.is_some(), "the cross-site login was not refused");
+    shot("5-cross-site-refused.png").await;
+    client
+        .goto(&format!("{base}/tenants/4/operations"))
+        .await
+        .unwrap();
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("login"))
+        .await
+        .expect("still logged out after the cross-site form");
+
+    // A `next` with a tab (read by browsers as `//evil.example/x`) leaves
+    // the browser on the monitor.
+    client
+        .goto(&format!("{base}/login?next=/%09/evil.example/x"))
+        .await
+        .unwrap();
+    client
+        .form(Locator::Id("login"))
+        .await
+        .unwrap()
+        .set_by_name("token", &secret)
+        .await
+        .unwrap()
+        .submit()
+        .await
+        .unwrap();
+    let landed = wait_until(Duration::from_secs(10), || async {
+        let url = client.current_url().await.ok()?;
+        url.as_str().contains("/operations").then_some(url)
+    })
+    .await
+    .expect("the login went somewhere else");
+    assert!(
+        landed.as_str().starts_with(&base),
+        "the browser left the monitor: {landed}"
+    );
+    shot("6-login-stays-on-site.png").await;
     client.close().await.unwrap();
 }

@@ -901,7 +901,14 @@ async fn secrets_a_job_prints_reach_no_stored_failure_page_or_notification() {
              Authorization: ApiKey {}\n\
              -----BEGIN RSA PRIVATE KEY-----\n{key_body}\n-----END RSA PRIVATE KEY-----\n\
              fatal: could not sync site paris\n",
-            secrets[0], secrets[1], secrets[2], secrets[3], secrets[4], secrets[5], secrets[6], secrets[7]
+            secrets[0],
+            secrets[1],
+            secrets[2],
+            secrets[3],
+            secrets[4],
+            secrets[5],
+            secrets[6],
+            secrets[7]
         ),
     )
     .unwrap();
@@ -918,7 +925,9 @@ async fn secrets_a_job_prints_reach_no_stored_failure_page_or_notification() {
     let failure = &done.failure_summary.0[0];
     assert_eq!(failure.code, "job.exit_nonzero");
     assert!(
-        failure.message.ends_with("fatal: could not sync site paris"),
+        failure
+            .message
+            .ends_with("fatal: could not sync site paris"),
         "the stderr tail is kept readable: {}",
         failure.message
     );
@@ -930,7 +939,12 @@ async fn secrets_a_job_prints_reach_no_stored_failure_page_or_notification() {
             .await
             .unwrap();
     let reader = token(&env, A, Role::Readonly, Some((7, "Ada Lovelace"))).await;
-    let page = get(&app(&env), &format!("/tenants/{A}/operations/{}", run.id), &reader).await;
+    let page = get(
+        &app(&env),
+        &format!("/tenants/{A}/operations/{}", run.id),
+        &reader,
+    )
+    .await;
     assert_eq!(page.status, StatusCode::OK);
     let notifications = env.ledger().notifications(A, 7, false, 10).await.unwrap();
     let completed = notifications
@@ -952,4 +966,406 @@ async fn secrets_a_job_prints_reach_no_stored_failure_page_or_notification() {
             );
         }
     }
+}
+
+fn form_post(uri: &str, form: String, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request =
+        Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Body::from(form)).unwrap()
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Answer {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    Answer {
+        status,
+        headers,
+        text: body_text(response).await,
+    }
+}
+
+#[tokio::test]
+async fn a_login_goes_only_to_a_plain_local_path_and_never_answers_500() {
+    let env = TestEnv::new().await;
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, None).await;
+    for next in [
+        "/%09/evil.example/x",
+        "/%0A/evil.example",
+        "%2F%5Cevil.example",
+        "/%20/evil.example",
+        "https%3A%2F%2Fevil.example",
+    ] {
+        let answer = send(
+            &app,
+            form_post("/login", format!("token={reader}&next={next}"), &[]),
+        )
+        .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::SEE_OTHER,
+            "{next}: {}",
+            answer.text
+        );
+        assert_eq!(
+            answer.headers[header::LOCATION],
+            format!("/tenants/{A}/operations"),
+            "{next}"
+        );
+        let form = get(&app, &format!("/login?next={next}"), "").await;
+        assert_eq!(form.status, StatusCode::OK, "{next}");
+        assert!(!form.text.contains("evil.example"), "{next}: {}", form.text);
+    }
+    let fine = send(
+        &app,
+        form_post(
+            "/login",
+            format!("token={reader}&next=%2Ftenants%2F{A}%2Foperations%3Fstatus%3Dfailed"),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(
+        fine.headers[header::LOCATION],
+        format!("/tenants/{A}/operations?status=failed")
+    );
+}
+
+#[tokio::test]
+async fn cross_site_posts_are_refused_and_same_site_ones_pass() {
+    let env = TestEnv::new().await;
+    let app = app(&env);
+    let attacker = token(&env, B, Role::Operator, Some((9, "Mallory"))).await;
+    // Login CSRF: an auto-submitting form on another site logs the browser
+    // in as the attacker's tenant.
+    for headers in [
+        &[("origin", "https://evil.example")][..],
+        &[("origin", "null")][..],
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("referer", "https://evil.example/page")][..],
+    ] {
+        let answer = send(
+            &app,
+            form_post("/login", format!("token={attacker}"), headers),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert!(answer.headers.get(header::SET_COOKIE).is_none());
+    }
+    let own = [("host", "monitor.test"), ("origin", "http://monitor.test")];
+    let answer = send(&app, form_post("/login", format!("token={attacker}"), &own)).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    let session = answer.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // Every cookie-authenticated POST: mark-read, start, logout.
+    for uri in [
+        format!("/tenants/{B}/notifications/read"),
+        "/api/v1/notifications/read".into(),
+        "/api/v1/runs".into(),
+        "/logout".into(),
+    ] {
+        let mut request = Request::post(uri.as_str())
+            .header(header::COOKIE, session.clone())
+            .header("origin", "https://evil.example")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"type":"inventory.sync"}"#))
+            .unwrap();
+        let refused = send(&app, request).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{uri}");
+        request = Request::post(uri.as_str())
+            .header(header::COOKIE, session.clone())
+            .header("host", "monitor.test")
+            .header("origin", "http://monitor.test")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"type":"inventory.sync"}"#))
+            .unwrap();
+        let passed = send(&app, request).await;
+        assert_ne!(
+            passed.status,
+            StatusCode::FORBIDDEN,
+            "{uri}: {}",
+            passed.text
+        );
+    }
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE tenant_id = $1")
+        .bind(B)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1, "only the same-site start created a run");
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let env = TestEnv::new().await;
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, None).await;
+    for uri in [
+        "/login".to_string(),
+        format!("/tenants/{A}/operations"),
+        "/api/v1/runs".into(),
+        "/api/v1/runs/999".into(),
+        "/healthz".into(),
+    ] {
+        let answer = get(&app, &uri, &reader).await;
+        let h = &answer.headers;
+        assert!(
+            h[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'"),
+            "{uri}"
+        );
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{uri}");
+        assert_eq!(h[header::X_FRAME_OPTIONS], "DENY", "{uri}");
+        assert_eq!(h[header::CACHE_CONTROL], "no-store", "{uri}");
+    }
+    let page = get(&app, &format!("/tenants/{A}/operations"), &reader).await;
+    assert!(
+        !page.text.contains("<style"),
+        "no inline style under the CSP"
+    );
+    let css = get(&app, "/static/opsrun.css", &reader).await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert!(
+        css.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+}
+
+#[tokio::test]
+async fn a_session_ends_at_logout_and_with_its_token_and_the_cookie_is_not_the_token() {
+    let env = TestEnv::new().await;
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, None).await;
+    let login = || async {
+        let answer = send(&app, form_post("/login", format!("token={reader}"), &[])).await;
+        answer.headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let page = |session: String| {
+        Request::get(format!("/tenants/{A}/operations"))
+            .header(header::COOKIE, session)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let session = login().await;
+    assert!(
+        !session.contains(&reader),
+        "the cookie must not be the token"
+    );
+    assert_eq!(
+        send(&app, page(session.clone())).await.status,
+        StatusCode::OK
+    );
+    // The token itself in the cookie logs nobody in.
+    assert_eq!(
+        send(&app, page(format!("opsrun_session={reader}")))
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+
+    let logout = Request::post("/logout")
+        .header(header::COOKIE, session.clone())
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, logout).await.status, StatusCode::SEE_OTHER);
+    // A copy of the cookie kept after logout is refused.
+    assert_eq!(
+        send(&app, page(session.clone())).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let api = Request::get("/api/v1/me")
+        .header(header::COOKIE, session)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, api).await.status, StatusCode::UNAUTHORIZED);
+
+    // Revoking the token ends its sessions; an expired session is refused.
+    let second = login().await;
+    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE tenant_id = $1")
+        .bind(A)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        send(&app, page(second.clone())).await.status,
+        StatusCode::SEE_OTHER
+    );
+    sqlx::query("UPDATE api_tokens SET revoked_at = NULL WHERE tenant_id = $1")
+        .bind(A)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        send(&app, page(second.clone())).await.status,
+        StatusCode::OK
+    );
+    sqlx::query("UPDATE monitor_sessions SET created_at = now() - interval '9 hours', expires_at = now() - interval '1 hour'").execute(&env.pool).await.unwrap();
+    assert_eq!(send(&app, page(second)).await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_per_client() {
+    let env = TestEnv::new().await;
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, None).await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(
+            send(&app, form_post("/login", "token=opsrun_guess".into(), &[]))
+                .await
+                .status,
+        );
+    }
+    assert!(
+        statuses[..10]
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[10..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    // Even the right token waits now.
+    let limited = send(&app, form_post("/login", format!("token={reader}"), &[])).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers.contains_key(header::RETRY_AFTER));
+    assert!(limited.headers.get(header::SET_COOKIE).is_none());
+}
+
+#[tokio::test]
+async fn a_token_starts_runs_only_on_the_types_queue_unless_allowed_more() {
+    let env = TestEnv::new().await;
+    let app = app(&env);
+    let operator = token(&env, A, Role::Operator, None).await;
+    let start = |token: String, queue: &'static str| {
+        let app = app.clone();
+        async move {
+            call(
+                &app,
+                Method::POST,
+                "/api/v1/runs",
+                Some(&token),
+                Some(json!({"type": "inventory.sync", "inputs": {"q": queue}, "queue": queue})),
+            )
+            .await
+        }
+    };
+    let foreign = start(operator.clone(), "backups-tenant2-priority").await;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN, "{}", foreign.text);
+    assert!(foreign.text.contains("allow-queue"), "{}", foreign.text);
+    assert_eq!(env.xlen("backups-tenant2-priority").await, 0);
+    let own = start(operator, "default").await;
+    assert_eq!(own.status, StatusCode::CREATED, "{}", own.text);
+
+    let (secret, hash) = generate_token();
+    env.ledger()
+        .create_token(
+            &NewToken {
+                tenant_id: A,
+                role: Role::Operator,
+                user: None,
+                label: Some("priority"),
+                queues: &["backups-tenant2-priority".to_string()],
+            },
+            &hash,
+        )
+        .await
+        .unwrap();
+    let allowed = start(secret, "backups-tenant2-priority").await;
+    assert_eq!(allowed.status, StatusCode::CREATED, "{}", allowed.text);
+    assert_eq!(env.xlen("backups-tenant2-priority").await, 1);
+}
+
+/// `monitor serve` as deployed: clients that send half a request are cut
+/// off after the header timeout while `/healthz` still answers, and
+/// SIGTERM stops the server with exit 0.
+#[tokio::test]
+async fn slow_clients_are_cut_off_while_healthz_answers_and_sigterm_stops_the_server() {
+    use std::io::{BufRead, BufReader};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new().await;
+    let mut child = env
+        .command("monitor")
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "16",
+            "--header-timeout",
+            "1s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .to_string();
+
+    let mut slow = Vec::new();
+    for _ in 0..64 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    let health = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    })
+    .await
+    .expect("/healthz did not answer while slow clients were connected");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    for mut stream in slow {
+        let mut buf = [0u8; 512];
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "a half-sent request was still open: {closed:?}"
+        );
+    }
+
+    // SAFETY: signals the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = support::wait_for_exit(&mut child, std::time::Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
 }

@@ -382,3 +382,18 @@ pub async fn completed(env: &TestEnv, run: &Run) -> Run {
     .await
     .unwrap_or_else(|| panic!("run {} did not complete", run.id))
 }
+
+/// Wait up to `limit` for `child` to exit; `None` when it is still running.
+pub fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
