@@ -25,9 +25,12 @@ use serde::Serialize;
 /// Options of every pass.
 #[derive(Debug, Clone, Default)]
 pub struct ReaperConfig {
-    /// Queues whose streams the Redis passes visit; empty: every queue stream
-    /// under the prefix.
+    /// Queues whose streams the Redis passes visit; empty: the
+    /// `declared_queues` and every queue stream found under the prefix.
     pub queues: Vec<String>,
+    /// Queues always visited when `queues` is empty (the registry's), even
+    /// when listing the streams finds none or fails.
+    pub declared_queues: Vec<String>,
     /// Due pass.
     pub due: due::DueConfig,
     /// Stuck-running pass.
@@ -71,10 +74,16 @@ pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundRepor
     };
     let queues = match &config.queues {
         q if !q.is_empty() => q.clone(),
-        _ => service.transport().queues().await.unwrap_or_else(|e| {
-            failed("queues", e);
-            Vec::new()
-        }),
+        _ => {
+            let mut queues = service.transport().queues().await.unwrap_or_else(|e| {
+                failed("queues", e);
+                Vec::new()
+            });
+            queues.extend(config.declared_queues.iter().cloned());
+            queues.sort();
+            queues.dedup();
+            queues
+        }
     };
     let due = due::run_once(service, &config.due)
         .await

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use opsrun::{Ledger, RunService, Transport};
-use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, duration, exit};
+use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
 use opsrun_reaper::{ReaperConfig, due, lost_dispatch, pending, retention, stuck, trim};
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +27,8 @@ struct Cli {
     /// Time between rounds.
     #[arg(long, env = "OPSRUN_REAPER_INTERVAL", default_value = "15s", value_parser = duration)]
     interval: Duration,
-    /// Queues whose streams are checked, comma-separated (default: every queue stream).
+    /// Queues whose streams are checked, comma-separated (default: the
+    /// registry's queues and every queue stream found).
     #[arg(long, env = "OPSRUN_QUEUES", value_delimiter = ',')]
     queues: Vec<String>,
     /// Time between due-pass rounds (scheduled runs and retries).
@@ -57,6 +58,8 @@ struct Cli {
           value_parser = clap::value_parser!(i64).range(1..=100_000))]
     batch: i64,
     #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
     redis: RedisArgs,
     #[command(flatten)]
     database: DatabaseArgs,
@@ -72,8 +75,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     for queue in &cli.queues {
         opsrun::request::validate_queue(queue)?;
     }
+    let registry = cli.registry.load()?;
     let config = ReaperConfig {
         queues: cli.queues.clone(),
+        declared_queues: registry.queues(),
         due: due::DueConfig { batch: cli.batch },
         stuck: stuck::StuckConfig { batch: cli.batch },
         lost_dispatch: lost_dispatch::LostDispatchConfig {
@@ -96,6 +101,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     };
     let transport = Transport::new(&cli.redis.transport_config()?)?;
     let ledger = Ledger::new(cli.database.connect(4).await?);
+    transport
+        .ping()
+        .await
+        .map_err(|e| Failure::new(exit::REDIS_UNAVAILABLE, e.to_string()))?;
     let service = RunService::new(ledger, transport);
 
     if cli.once {

@@ -377,6 +377,14 @@ async fn reaper_once_prints_counts_and_rejects_bad_configuration() {
         .output()
         .unwrap();
     support::assert_exit(&out, 4);
+    let closed = format!("redis://127.0.0.1:{}/", devstack::free_port().unwrap());
+    let out = env
+        .command("reaper")
+        .env("REDIS_URL", closed)
+        .arg("--once")
+        .output()
+        .unwrap();
+    support::assert_exit(&out, 5);
 }
 
 #[tokio::test]

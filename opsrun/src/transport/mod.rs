@@ -681,6 +681,15 @@ impl Transport {
             .await
     }
 
+    /// Check that Redis answers.
+    pub async fn ping(&self) -> Result<()> {
+        let reply: String = self
+            .run(|| "pinging redis".to_string(), &redis::cmd("PING"))
+            .await?;
+        debug_assert_eq!(reply, "PONG");
+        Ok(())
+    }
+
     /// The `maxmemory-policy` of the server; streams need `noeviction`.
     pub async fn maxmemory_policy(&self) -> Result<String> {
         let mut cmd = redis::cmd("CONFIG");
