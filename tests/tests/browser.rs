@@ -66,6 +66,31 @@ fn serve(env: &TestEnv) -> (Killed, String) {
     (Killed(child), base)
 }
 
+/// Click the element `css` selects.
+async fn click(client: &fantoccini::Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Fill the login form on the current page with `token` and send it.
+async fn submit_login(client: &fantoccini::Client, token: &str) {
+    client
+        .form(Locator::Id("login"))
+        .await
+        .unwrap()
+        .set_by_name("token", token)
+        .await
+        .unwrap()
+        .submit()
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
     assert!(
@@ -182,16 +207,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         .await
         .unwrap();
     shot("1-login.png").await;
-    client
-        .form(Locator::Id("login"))
-        .await
-        .unwrap()
-        .set_by_name("token", &secret)
-        .await
-        .unwrap()
-        .submit()
-        .await
-        .unwrap();
+    submit_login(&client, &secret).await;
     drop(login);
 
     // The list: four runs, newest first.
@@ -236,13 +252,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
     shot("3-filtered.png").await;
 
     // Open the partially succeeded run.
-    client
-        .find(Locator::Css("#runs tr.run a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#runs tr.run a").await;
     let title = client
         .wait()
         .at_most(Duration::from_secs(10))
@@ -280,13 +290,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
 
     // Log out; a form on another site that logs the browser in (login CSRF)
     // is refused and sets no session.
-    client
-        .find(Locator::Css("form[action='/logout'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "form[action='/logout'] button").await;
     client
         .wait()
         .at_most(Duration::from_secs(10))
@@ -322,16 +326,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         .goto(&format!("{base}/login?next=/%09/evil.example/x"))
         .await
         .unwrap();
-    client
-        .form(Locator::Id("login"))
-        .await
-        .unwrap()
-        .set_by_name("token", &secret)
-        .await
-        .unwrap()
-        .submit()
-        .await
-        .unwrap();
+    submit_login(&client, &secret).await;
     let landed = wait_until(Duration::from_secs(10), || async {
         let url = client.current_url().await.ok()?;
         url.as_str().contains("/operations").then_some(url)

@@ -39,6 +39,21 @@ async fn lost_dispatch_an_hour_later(env: &TestEnv) -> lost_dispatch::LostDispat
         .unwrap()
 }
 
+/// Publish `count` entries (runs 1 to `count`) on the default queue.
+async fn publish_entries(env: &TestEnv, count: i64) {
+    let transport = env.service.transport();
+    transport.ensure_group("default").await.unwrap();
+    for i in 1..=count {
+        let entry = Entry {
+            run_id: opsrun::RunId(i),
+            tenant_id: 1,
+            run_type: "a.b".into(),
+            attempt: 1,
+        };
+        transport.publish("default", &entry).await.unwrap();
+    }
+}
+
 /// Deliver up to `count` new entries to consumer `name` without processing them.
 async fn deliver(env: &TestEnv, name: &str, count: usize) -> Vec<String> {
     let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
@@ -65,16 +80,7 @@ async fn deliver(env: &TestEnv, name: &str, count: usize) -> Vec<String> {
 async fn trimming_removes_acknowledged_entries_and_keeps_pending_and_undelivered_ones() {
     let env = TestEnv::new().await;
     let transport = env.service.transport();
-    transport.ensure_group("default").await.unwrap();
-    for i in 0..400 {
-        let entry = Entry {
-            run_id: opsrun::RunId(i),
-            tenant_id: 1,
-            run_type: "a.b".into(),
-            attempt: 1,
-        };
-        transport.publish("default", &entry).await.unwrap();
-    }
+    publish_entries(&env, 400).await;
     // 250 delivered and acknowledged, 50 delivered and pending, 100 never delivered.
     let acked = deliver(&env, "c1", 250).await;
     let ids: Vec<&str> = acked.iter().map(String::as_str).collect();
@@ -391,16 +397,7 @@ async fn reaper_once_prints_counts_and_rejects_bad_configuration() {
 async fn a_stream_key_that_is_not_a_queue_name_is_skipped_and_every_queue_still_trimmed() {
     let env = TestEnv::new().await;
     let transport = env.service.transport();
-    transport.ensure_group("default").await.unwrap();
-    for i in 1..=300 {
-        let entry = Entry {
-            run_id: opsrun::RunId(i),
-            tenant_id: 1,
-            run_type: "a.b".into(),
-            attempt: 1,
-        };
-        transport.publish("default", &entry).await.unwrap();
-    }
+    publish_entries(&env, 300).await;
     let acked = deliver(&env, "c1", 300).await;
     let ids: Vec<&str> = acked.iter().map(String::as_str).collect();
     transport.ack("default", &ids).await.unwrap();
