@@ -1,5 +1,5 @@
 //! The library's one error type. A job's outcome is not an error: handlers
-//! return a [`crate::JobResult`]; this enum is for the machinery around them.
+//! return a [`crate::lifecycle::JobResult`]; this enum is for the machinery around them.
 
 /// Errors raised by the ledger, the transport and request validation.
 #[derive(Debug, thiserror::Error)]

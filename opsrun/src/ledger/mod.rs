@@ -457,7 +457,7 @@ impl Ledger {
     /// each request's run is claimed if it is queued, of that tenant,
     /// awaiting that attempt and due; the delivering entry is recorded as its
     /// dispatch. Returns the runs claimed (a run listed twice is claimed once).
-    /// Commits asynchronously (see [`ASYNC_COMMIT`]).
+    /// Commits asynchronously (see `ASYNC_COMMIT` in this module).
     pub async fn mark_running_many(
         &self,
         claims: &[ClaimRequest],
@@ -468,7 +468,7 @@ impl Ledger {
 
     /// Refresh the heartbeat of every listed run `holder` still holds, in one
     /// statement. Returns the runs refreshed; a listed run missing from it is
-    /// no longer held by `holder`. Commits asynchronously (see [`ASYNC_COMMIT`]).
+    /// no longer held by `holder`. Commits asynchronously (see `ASYNC_COMMIT` in this module).
     pub async fn heartbeat(&self, holder: &str, ids: &[RunId]) -> Result<Vec<RunId>> {
         if ids.is_empty() {
             return Ok(Vec::new());

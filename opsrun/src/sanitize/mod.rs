@@ -7,13 +7,13 @@
 //! 1. control characters are dropped; percent-encoded text is redacted as
 //!    it is, then decoded (twice, for doubly encoded text) so an encoded
 //!    secret also meets the rules below as any other;
-//! 2. [`patterns`]: armored blocks (private keys, PGP), URL userinfo however
+//! 2. `patterns`: armored blocks (private keys, PGP), URL userinfo however
 //!    it is spelled, driver DSNs, webhook URLs, known key formats, JWTs,
 //!    authorization schemes in prose;
-//! 3. [`keyed`]: the whole value of any key that names a secret, in every
+//! 3. `keyed`: the whole value of any key that names a secret, in every
 //!    syntax (JSON, query strings, headers, CLI flags, env assignments, DSN
 //!    key/value), quoted, nested or not;
-//! 4. [`entropy`]: any remaining token that looks random (private-key
+//! 4. `entropy`: any remaining token that looks random (private-key
 //!    bodies without their armor, bare cloud keys).
 //!
 //! Only then is the text cut to its bound, so a cut never keeps part of a

@@ -1,0 +1,299 @@
+//! Reading streams without consuming them, for the reaper and operators:
+//! single entries, pending lists, where an entry stands, finding the
+//! entries of runs, trimming, discovering queues, and server checks.
+
+use std::time::Duration;
+
+use redis::streams::StreamId;
+
+use super::{
+    Entry, EntryState, GROUP, PendingEntry, Request, Transport, min_id, parse_id, successor, text,
+};
+use crate::error::{Error, Result};
+use crate::run::RunId;
+
+impl Transport {
+    /// The entry `entry_id` of `queue`'s stream, if it still exists. `Some(None)`
+    /// when it exists but its fields do not parse.
+    pub async fn entry(&self, queue: &str, entry_id: &str) -> Result<Option<Option<Entry>>> {
+        let stream = self.keys.queue_stream(queue);
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(&stream)
+            .arg(entry_id)
+            .arg(entry_id)
+            .arg("COUNT")
+            .arg(1);
+        let reply: redis::streams::StreamRangeReply = self
+            .run(|| format!("reading entry of stream {stream}"), &cmd)
+            .await?;
+        Ok(reply.ids.first().map(Entry::from_stream_id))
+    }
+
+    /// Entries of `queue` delivered to some consumer and not acknowledged for
+    /// at least `min_idle`, oldest first, at most `count`.
+    pub async fn pending_idle(
+        &self,
+        queue: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<PendingEntry>> {
+        let stream = self.keys.queue_stream(queue);
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&stream)
+            .arg(GROUP)
+            .arg("IDLE")
+            .arg(min_idle.as_millis() as u64)
+            .arg("-")
+            .arg("+")
+            .arg(count);
+        match self
+            .run::<Vec<(String, String, u64, u64)>>(
+                || format!("listing pending entries of {stream}"),
+                &cmd,
+            )
+            .await
+        {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .map(|(entry_id, consumer, idle_ms, deliveries)| PendingEntry {
+                    entry_id,
+                    consumer,
+                    idle: Duration::from_millis(idle_ms),
+                    deliveries,
+                })
+                .collect()),
+            // No stream or no group yet: nothing is pending.
+            Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The queues that have a stream under this prefix.
+    pub async fn queues(&self) -> Result<Vec<String>> {
+        let pattern = self.keys.queue_stream("*");
+        let prefix_len = pattern.len() - 1;
+        let mut queues = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg("stream");
+            // Keys are bytes: one that is not a queue name (not UTF-8, or
+            // outside the queue alphabet) is skipped, not allowed to fail
+            // the listing of every other queue.
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .run(|| "listing queue streams".to_string(), &cmd)
+                .await?;
+            for key in keys {
+                let queue = std::str::from_utf8(&key[prefix_len..])
+                    .ok()
+                    .filter(|q| crate::request::validate_queue(q).is_ok());
+                match queue {
+                    Some(queue) => queues.push(queue.to_string()),
+                    None => tracing::warn!(
+                        key = %String::from_utf8_lossy(&key).escape_debug(),
+                        "a stream under the queue prefix is not named like a queue; skipped"
+                    ),
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        queues.sort();
+        queues.dedup();
+        Ok(queues)
+    }
+
+    /// The group's last-delivered id on `queue`'s stream, or `None` when the
+    /// stream or the group does not exist.
+    async fn last_delivered(&self, queue: &str) -> Result<Option<String>> {
+        let stream = self.keys.queue_stream(queue);
+        let mut info = redis::cmd("XINFO");
+        info.arg("GROUPS").arg(&stream);
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> = match self
+            .run(|| format!("reading groups of {stream}"), &info)
+            .await
+        {
+            Ok(groups) => groups,
+            // "ERR no such key": no stream, so no group either.
+            Err(Error::Redis { source, .. }) if source.code() == Some("ERR") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(groups
+            .iter()
+            .find(|g| g.get("name").and_then(text).as_deref() == Some(GROUP))
+            .map(|g| {
+                g.get("last-delivered-id")
+                    .and_then(text)
+                    .unwrap_or_else(|| "0-0".to_string())
+            }))
+    }
+
+    /// Where entry `entry_id` of `queue` stands.
+    pub async fn entry_state(&self, queue: &str, entry_id: &str) -> Result<EntryState> {
+        if self.entry(queue, entry_id).await?.is_none() {
+            return Ok(EntryState::Missing);
+        }
+        let stream = self.keys.queue_stream(queue);
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&stream)
+            .arg(GROUP)
+            .arg(entry_id)
+            .arg(entry_id)
+            .arg(1);
+        let rows: Vec<(String, String, u64, u64)> = match self
+            .run(|| format!("reading a pending entry of {stream}"), &cmd)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        if let Some((_, _, idle_ms, deliveries)) = rows.first() {
+            return Ok(EntryState::Pending {
+                idle: Duration::from_millis(*idle_ms),
+                deliveries: *deliveries,
+            });
+        }
+        match self.last_delivered(queue).await? {
+            Some(last) if parse_id(entry_id) <= parse_id(&last) => Ok(EntryState::Acknowledged),
+            _ => Ok(EntryState::Waiting),
+        }
+    }
+
+    /// Find the entries dispatching `wanted` runs, keyed by `(tenant, run,
+    /// attempt)` as the entries carry them, for runs whose entry id was never recorded
+    /// (a producer does not record it; the claim does). An entry not yet
+    /// acknowledged is either pending (delivered) or among the undelivered
+    /// ones, oldest first, where a long-waiting run's entry sits near the
+    /// front: the pending list (up to 1,000) and the first `scan`
+    /// undelivered entries are read. A run not found had its entry
+    /// acknowledged without a claim, trimmed, or lost with Redis.
+    pub async fn locate_entries(
+        &self,
+        queue: &str,
+        wanted: &std::collections::HashSet<(i64, RunId, i32)>,
+        scan: usize,
+    ) -> Result<std::collections::HashMap<(i64, RunId, i32), (String, EntryState)>> {
+        let mut found = std::collections::HashMap::new();
+        let stream = self.keys.queue_stream(queue);
+        let keep = |found: &mut std::collections::HashMap<_, _>, item: &StreamId, state| {
+            if let Some(e) = Entry::from_stream_id(item)
+                && wanted.contains(&(e.tenant_id, e.run_id, e.attempt))
+            {
+                found.insert((e.tenant_id, e.run_id, e.attempt), (item.id.clone(), state));
+            }
+        };
+        let pending = self.pending_idle(queue, Duration::ZERO, 1000).await?;
+        if !pending.is_empty() {
+            let mut pipe = redis::pipe();
+            for p in &pending {
+                pipe.cmd("XRANGE")
+                    .arg(&stream)
+                    .arg(&p.entry_id)
+                    .arg(&p.entry_id);
+            }
+            let replies: Vec<redis::streams::StreamRangeReply> = self
+                .with_connection(
+                    || format!("reading pending entries of {stream}"),
+                    Request::Pipeline(&pipe),
+                )
+                .await?;
+            for (p, reply) in pending.iter().zip(&replies) {
+                for item in &reply.ids {
+                    let state = EntryState::Pending {
+                        idle: p.idle,
+                        deliveries: p.deliveries,
+                    };
+                    keep(&mut found, item, state);
+                }
+            }
+        }
+        // No group yet: nothing was delivered, every entry is undelivered.
+        let mut from = match self.last_delivered(queue).await? {
+            Some(last) => successor(&last),
+            None => "-".to_string(),
+        };
+        let mut scanned = 0;
+        while scanned < scan && found.len() < wanted.len() {
+            let page = (scan - scanned).min(1000);
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(&stream).arg(&from).arg("+").arg("COUNT").arg(page);
+            let reply: redis::streams::StreamRangeReply = self
+                .run(|| format!("reading undelivered entries of {stream}"), &cmd)
+                .await?;
+            for item in &reply.ids {
+                keep(&mut found, item, EntryState::Waiting);
+            }
+            scanned += reply.ids.len();
+            match reply.ids.last() {
+                Some(last) if reply.ids.len() == page => from = successor(&last.id),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// Trim `queue`'s stream below the oldest entry that may still matter:
+    /// the oldest pending entry, the first undelivered one, and anything newer
+    /// than `keep` (kept for inspection). A stream without the group is left
+    /// alone: its entries were never delivered. Returns entries removed.
+    pub async fn trim(&self, queue: &str, keep: Duration) -> Result<u64> {
+        let Some(last_delivered) = self.last_delivered(queue).await? else {
+            return Ok(0);
+        };
+        let stream = self.keys.queue_stream(queue);
+        let mut floor = successor(&last_delivered);
+        let mut summary = redis::cmd("XPENDING");
+        summary.arg(&stream).arg(GROUP);
+        let (pending, oldest, _, _): (u64, Option<String>, Option<String>, redis::Value) = self
+            .run(
+                || format!("summarizing pending entries of {stream}"),
+                &summary,
+            )
+            .await?;
+        if pending > 0
+            && let Some(oldest) = oldest
+        {
+            floor = min_id(floor, oldest);
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        floor = min_id(
+            floor,
+            format!("{}-0", now_ms.saturating_sub(keep.as_millis() as u64)),
+        );
+        let mut trim = redis::cmd("XTRIM");
+        trim.arg(&stream).arg("MINID").arg("~").arg(&floor);
+        self.run(|| format!("trimming stream {stream}"), &trim)
+            .await
+    }
+
+    /// Check that Redis answers.
+    pub async fn ping(&self) -> Result<()> {
+        let reply: String = self
+            .run(|| "pinging redis".to_string(), &redis::cmd("PING"))
+            .await?;
+        debug_assert_eq!(reply, "PONG");
+        Ok(())
+    }
+
+    /// The `maxmemory-policy` of the server; streams need `noeviction`.
+    pub async fn maxmemory_policy(&self) -> Result<String> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let reply: Vec<String> = self
+            .run(|| "reading maxmemory-policy".to_string(), &cmd)
+            .await?;
+        Ok(reply.get(1).cloned().unwrap_or_default())
+    }
+}

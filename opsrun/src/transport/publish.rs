@@ -1,0 +1,113 @@
+//! Writing to streams: dispatching runs (XADD, grouped per stream so that
+//! no command spans two keys), creating consumer groups, acknowledging, and
+//! dead-lettering.
+
+use super::{Entry, GROUP, Request, Transport};
+use crate::error::{Error, Result};
+
+impl Transport {
+    /// XADD an entry to `queue`'s stream; returns the entry id. An error
+    /// (notably a timeout) does not prove the entry was not added: a late
+    /// XADD is harmless because the claim checks the row's status.
+    pub async fn publish(&self, queue: &str, entry: &Entry) -> Result<String> {
+        let mut ids = self.publish_many(&[(queue, entry.clone())]).await?;
+        ids.pop()
+            .ok_or_else(|| Error::invalid("redis", "XADD returned no entry id"))
+    }
+
+    /// XADD many entries in one pipelined round trip; returns their ids in
+    /// order. All or nothing as far as the caller knows: on an error, any of
+    /// them may or may not have been added (a late entry is harmless).
+    pub async fn publish_many(&self, entries: &[(&str, Entry)]) -> Result<Vec<String>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (queue, entry) in entries {
+            pipe.cmd("XADD")
+                .arg(self.keys.queue_stream(queue))
+                .arg("*")
+                .arg("run_id")
+                .arg(entry.run_id.0)
+                .arg("tenant_id")
+                .arg(entry.tenant_id)
+                .arg("type")
+                .arg(&entry.run_type)
+                .arg("attempt")
+                .arg(entry.attempt);
+        }
+        let operation = || match entries {
+            [(queue, _)] => format!("publishing to stream {}", self.keys.queue_stream(queue)),
+            _ => format!("publishing {} entries", entries.len()),
+        };
+        self.with_connection(operation, Request::Pipeline(&pipe))
+            .await
+    }
+
+    /// Create the consumer group of `queue` (and its stream) if missing.
+    /// Starts from id `0`, never `$`: entries added before the group existed
+    /// (e.g. after Redis restarted empty) must still be delivered.
+    pub async fn ensure_group(&self, queue: &str) -> Result<()> {
+        let stream = self.keys.queue_stream(queue);
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM");
+        match self
+            .run::<()>(
+                || format!("creating group {GROUP} on stream {stream}"),
+                &cmd,
+            )
+            .await
+        {
+            Err(Error::Redis { source, .. }) if source.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// XACK entries of `queue`. Only after the run's state is committed.
+    pub async fn ack(&self, queue: &str, entry_ids: &[&str]) -> Result<usize> {
+        if entry_ids.is_empty() {
+            return Ok(0);
+        }
+        let stream = self.keys.queue_stream(queue);
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&stream).arg(GROUP).arg(entry_ids);
+        self.run(|| format!("acknowledging on stream {stream}"), &cmd)
+            .await
+    }
+
+    /// Copy an entry to `queue`'s dead-letter stream with why it was given up.
+    /// Done before the acknowledgement, so a crash in between leaves a
+    /// duplicate dead letter, never a lost one.
+    pub async fn dead_letter(
+        &self,
+        queue: &str,
+        entry_id: &str,
+        entry: Option<&Entry>,
+        reason: &str,
+    ) -> Result<String> {
+        let stream = self.keys.dead_stream(queue);
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream)
+            .arg("*")
+            .arg("entry_id")
+            .arg(entry_id)
+            .arg("reason")
+            .arg(reason);
+        if let Some(e) = entry {
+            cmd.arg("run_id")
+                .arg(e.run_id.0)
+                .arg("tenant_id")
+                .arg(e.tenant_id)
+                .arg("type")
+                .arg(&e.run_type)
+                .arg("attempt")
+                .arg(e.attempt);
+        }
+        self.run(|| format!("dead-lettering to stream {stream}"), &cmd)
+            .await
+    }
+}
