@@ -6,9 +6,11 @@
 mod keeper;
 mod postgres;
 mod redis;
+mod redis_cluster;
 
 pub use postgres::{Postgres, PostgresOptions};
 pub use redis::Redis;
+pub use redis_cluster::RedisCluster;
 
 use anyhow::{Context, Result};
 

@@ -16,15 +16,22 @@ pub struct Redis {
     child: Option<Child>,
     dir: PathBuf,
     port: u16,
+    extra: Vec<String>,
 }
 
 impl Redis {
     /// Start a server on a free port.
     pub fn start() -> Result<Redis> {
+        Redis::start_with(&[])
+    }
+
+    /// Start a server on a free port with more `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Result<Redis> {
         let mut redis = Redis {
             child: None,
             dir: work_dir("redis")?,
             port: free_port()?,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         redis.launch()?;
         Ok(redis)
@@ -44,6 +51,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(log)
             .stderr(Stdio::null());
         self.child = Some(keeper::spawn(cmd).context(
@@ -72,6 +80,16 @@ impl Redis {
     /// `redis://` URL of this server.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Send a command with `redis-cli` and return its output.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .context("running redis-cli")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Kill the server (all data is lost: there is no persistence).

@@ -402,74 +402,74 @@ impl RunService {
             .collect()
     }
 
-    /// Send the entries of many queued runs in one pipelined round trip; if
-    /// the send fails, each run is failed with `queue.dispatch_failed`, as a
-    /// single dispatch would be. Nothing is recorded on success: the insert
-    /// stamped the dispatch time, and the claim records the entry.
+    /// Send the entries of many queued runs (one pipelined round trip per
+    /// queue); a run whose send failed is failed with
+    /// `queue.dispatch_failed`, as a single dispatch would be, and only that
+    /// run. Nothing is recorded on success: the insert stamped the dispatch
+    /// time, and the claim records the entry.
     async fn dispatch_many(&self, runs: &[&Run]) -> std::collections::HashMap<RunId, EnsuredRun> {
         let entries: Vec<(&str, Entry)> = runs
             .iter()
             .map(|r| (r.queue.as_str(), Entry::next_attempt(r)))
             .collect();
         let mut out = std::collections::HashMap::new();
-        match self.transport.publish_many(&entries).await {
-            Ok(ids) => {
-                for (run, entry_id) in runs.iter().zip(ids) {
+        let sent = self.transport.publish_many(&entries).await;
+        for (run, sent) in runs.iter().zip(sent) {
+            let ensured = match sent {
+                Ok(entry_id) => {
                     let mut run = (*run).clone();
                     run.dispatch_entry_id = Some(entry_id.clone());
-                    out.insert(
-                        run.id,
-                        EnsuredRun {
-                            run,
-                            dispatch: Dispatch::Sent { entry_id },
-                        },
-                    );
+                    EnsuredRun {
+                        run,
+                        dispatch: Dispatch::Sent { entry_id },
+                    }
                 }
-            }
+                Err(e) => Box::pin(self.dispatch_failed(run, &e)).await,
+            };
+            out.insert(run.id, ensured);
+        }
+        out
+    }
+
+    /// Record that `run`'s dispatch failed with `error`, and say how the run
+    /// stands.
+    async fn dispatch_failed(&self, run: &Run, error: &crate::Error) -> EnsuredRun {
+        let failure = sanitize::failure(DISPATCH_FAILED, &error.to_string());
+        tracing::warn!(run_id = %run.id, error = %failure.message, "dispatch failed");
+        match self
+            .ledger
+            .fail_queued(run.tenant_id, run.id, &failure)
+            .await
+        {
+            Ok(Some(failed)) => EnsuredRun {
+                run: failed,
+                dispatch: Dispatch::Failed(failure),
+            },
+            // Not queued any more: a timed-out XADD landed and a worker
+            // claimed the run. Report it as it stands.
+            Ok(None) => match self.ledger.get(run.tenant_id, run.id).await {
+                Ok(Some(current)) => {
+                    let entry_id = current.dispatch_entry_id.clone().unwrap_or_default();
+                    EnsuredRun {
+                        run: current,
+                        dispatch: Dispatch::Sent { entry_id },
+                    }
+                }
+                _ => EnsuredRun {
+                    run: run.clone(),
+                    dispatch: Dispatch::Failed(failure),
+                },
+            },
+            // Postgres went away too: the run stays queued and the reaper's
+            // lost-dispatch pass sends it again.
             Err(e) => {
-                let failure = sanitize::failure(DISPATCH_FAILED, &e.to_string());
-                tracing::warn!(runs = runs.len(), error = %failure.message, "batch dispatch failed");
-                for run in runs {
-                    let ensured = match self
-                        .ledger
-                        .fail_queued(run.tenant_id, run.id, &failure)
-                        .await
-                    {
-                        Ok(Some(failed)) => EnsuredRun {
-                            run: failed,
-                            dispatch: Dispatch::Failed(failure.clone()),
-                        },
-                        // Not queued any more: a timed-out XADD landed and a worker
-                        // claimed the run. Report it as it stands.
-                        Ok(None) => match self.ledger.get(run.tenant_id, run.id).await {
-                            Ok(Some(current)) => {
-                                let entry_id =
-                                    current.dispatch_entry_id.clone().unwrap_or_default();
-                                EnsuredRun {
-                                    run: current,
-                                    dispatch: Dispatch::Sent { entry_id },
-                                }
-                            }
-                            _ => EnsuredRun {
-                                run: (*run).clone(),
-                                dispatch: Dispatch::Failed(failure.clone()),
-                            },
-                        },
-                        // Postgres went away too: the run stays queued and the
-                        // reaper's lost-dispatch pass sends it again.
-                        Err(e) => {
-                            tracing::error!(run_id = %run.id, error = %e, "could not record the failed dispatch");
-                            EnsuredRun {
-                                run: (*run).clone(),
-                                dispatch: Dispatch::Failed(failure.clone()),
-                            }
-                        }
-                    };
-                    out.insert(run.id, ensured);
+                tracing::error!(run_id = %run.id, error = %e, "could not record the failed dispatch");
+                EnsuredRun {
+                    run: run.clone(),
+                    dispatch: Dispatch::Failed(failure),
                 }
             }
         }
-        out
     }
 
     /// Send a queued run's entry (for its next attempt) and record it: the

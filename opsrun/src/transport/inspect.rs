@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::streams::StreamId;
 
+use super::connect::Backend;
 use super::{
     Entry, EntryState, GROUP, PendingEntry, Request, Transport, min_id, parse_id, successor, text,
 };
@@ -68,47 +71,103 @@ impl Transport {
         }
     }
 
-    /// The queues that have a stream under this prefix.
+    /// The queues that have a stream under this prefix: on a cluster, on
+    /// every master (a key lives on one node only).
     pub async fn queues(&self) -> Result<Vec<String>> {
         let pattern = self.keys.queue_stream("*");
         let prefix_len = pattern.len() - 1;
         let mut queues = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .arg("TYPE")
-                .arg("stream");
-            // Keys are bytes: one that is not a queue name (not UTF-8, or
-            // outside the queue alphabet) is skipped, not allowed to fail
-            // the listing of every other queue.
-            let (next, keys): (u64, Vec<Vec<u8>>) = self
-                .run(|| "listing queue streams".to_string(), &cmd)
-                .await?;
-            for key in keys {
-                let queue = std::str::from_utf8(&key[prefix_len..])
-                    .ok()
-                    .filter(|q| crate::request::validate_queue(q).is_ok());
-                match queue {
-                    Some(queue) => queues.push(queue.to_string()),
-                    None => tracing::warn!(
-                        key = %String::from_utf8_lossy(&key).escape_debug(),
-                        "a stream under the queue prefix is not named like a queue; skipped"
-                    ),
-                }
+        // Keys are bytes: one that is not a queue name (not UTF-8, or
+        // outside the queue alphabet) is skipped, not allowed to fail the
+        // listing of every other queue.
+        for key in self.scan_streams(&pattern).await? {
+            let queue = std::str::from_utf8(&key[prefix_len..])
+                .ok()
+                .filter(|q| crate::request::validate_queue(q).is_ok());
+            match queue {
+                Some(queue) => queues.push(queue.to_string()),
+                None => tracing::warn!(
+                    key = %String::from_utf8_lossy(&key).escape_debug(),
+                    "a stream under the queue prefix is not named like a queue; skipped"
+                ),
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         queues.sort();
         queues.dedup();
         Ok(queues)
+    }
+
+    /// Every stream key matching `pattern`, on the server or on every
+    /// cluster master.
+    async fn scan_streams(&self, pattern: &str) -> Result<Vec<Vec<u8>>> {
+        let scan = |cursor: u64| {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg("stream");
+            cmd
+        };
+        let operation = || "listing queue streams".to_string();
+        let mut keys = Vec::new();
+        match &self.backend {
+            Backend::Single { .. } => {
+                let mut cursor = 0;
+                loop {
+                    let (next, page): (u64, Vec<Vec<u8>>) =
+                        self.run(operation, &scan(cursor)).await?;
+                    keys.extend(page);
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+            Backend::Cluster(cluster) => {
+                let redis_err = |source| Error::Redis {
+                    operation: operation(),
+                    source,
+                };
+                let work = async {
+                    let mut conn = cluster.connection().await.map_err(redis_err)?;
+                    for (host, port) in cluster_masters(&mut conn).await.map_err(redis_err)? {
+                        let node = || {
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                                host: host.clone(),
+                                port,
+                            })
+                        };
+                        let mut cursor = 0;
+                        loop {
+                            let reply = conn
+                                .route_command(scan(cursor), node())
+                                .await
+                                .map_err(redis_err)?;
+                            let (next, page): (u64, Vec<Vec<u8>>) =
+                                redis::FromRedisValue::from_redis_value(reply)
+                                    .map_err(|e| redis_err(redis::RedisError::from(e)))?;
+                            keys.extend(page);
+                            if next == 0 {
+                                break;
+                            }
+                            cursor = next;
+                        }
+                    }
+                    Ok::<(), Error>(())
+                };
+                let limit = self.command_timeout * 10;
+                tokio::time::timeout(limit, work)
+                    .await
+                    .map_err(|_| Error::RedisTimeout {
+                        operation: operation(),
+                        after: limit,
+                    })??;
+            }
+        }
+        Ok(keys)
     }
 
     /// The group's last-delivered id on `queue`'s stream, or `None` when the
@@ -296,4 +355,29 @@ impl Transport {
             .await?;
         Ok(reply.get(1).cloned().unwrap_or_default())
     }
+}
+
+/// The address of every master of the cluster that is not failing, from
+/// `CLUSTER NODES` (`<id> <host:port@cport> <flags> <master> …`).
+async fn cluster_masters(conn: &mut ClusterConnection) -> redis::RedisResult<Vec<(String, u16)>> {
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("NODES");
+    let reply = conn
+        .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+        .await?;
+    let text: String = redis::FromRedisValue::from_redis_value(reply)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                return None;
+            }
+            let address = fields.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?))
+        })
+        .filter(|(host, port)| !host.is_empty() && *port != 0)
+        .collect())
 }

@@ -7,6 +7,7 @@
 //! `publish` writes to streams, `reader` consumes them, `inspect` reads
 //! them for the reaper and operators, `pool` keeps the connections.
 
+mod connect;
 mod inspect;
 mod pool;
 mod publish;
@@ -14,13 +15,11 @@ mod reader;
 
 use std::time::Duration;
 
-use deadpool_redis::Runtime;
-use redis::AsyncConnectionConfig;
 use redis::streams::StreamId;
 
 use crate::error::{Error, Result};
 use crate::run::RunId;
-use pool::{Manager, Pool};
+use connect::Backend;
 
 pub use reader::StreamReader;
 
@@ -164,7 +163,9 @@ fn text(value: &redis::Value) -> Option<String> {
 /// Connection settings for the transport.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
-    /// `redis://` or `rediss://` URL.
+    /// `redis://` or `rediss://` URL of one server, or
+    /// `redis+cluster://host:port,host:port` (`rediss+cluster://`) of a
+    /// cluster's seed nodes.
     pub url: String,
     /// Key prefix.
     pub prefix: String,
@@ -186,12 +187,11 @@ impl TransportConfig {
     }
 }
 
-/// Non-blocking stream commands over a pool. Blocking reads use a
-/// [`StreamReader`], which owns its own connection.
+/// Non-blocking stream commands over shared connections. Blocking reads use
+/// a [`StreamReader`], which owns its own connection.
 #[derive(Clone)]
 pub struct Transport {
-    pool: Pool,
-    client: redis::Client,
+    backend: Backend,
     keys: Keys,
     command_timeout: Duration,
 }
@@ -213,40 +213,19 @@ enum Request<'a> {
 }
 
 impl Transport {
-    /// Build the pool; connects lazily, so this fails only on a bad URL.
+    /// Build the connections; connects lazily, so this fails only on a bad
+    /// URL (see [`connect`] for the URL forms).
     pub fn new(config: &TransportConfig) -> Result<Self> {
-        let redis_err = |source| Error::Redis {
-            operation: "opening redis client".into(),
-            source,
-        };
-        if config.url.contains("#insecure") {
-            return Err(Error::invalid(
-                "redis_url",
-                "'#insecure' turns off TLS verification; remove it",
-            ));
-        }
-        let client = redis::Client::open(config.url.as_str()).map_err(redis_err)?;
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.command_timeout))
-            .set_response_timeout(Some(config.command_timeout));
-        let manager = Manager(
-            deadpool_redis::Manager::new_with_config(config.url.as_str(), connection)
-                .map_err(redis_err)?,
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(config.command_timeout))
-            .create_timeout(Some(config.command_timeout))
-            .recycle_timeout(Some(config.command_timeout))
-            .build()
-            .map_err(|e| Error::invalid("redis_url", format!("building the redis pool: {e}")))?;
         Ok(Transport {
-            pool,
-            client,
+            backend: Backend::open(&config.url, config.command_timeout, config.pool_size)?,
             keys: Keys::new(config.prefix.clone()),
             command_timeout: config.command_timeout,
         })
+    }
+
+    /// Whether this transport talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
     }
 
     /// The key names in use.
@@ -256,49 +235,68 @@ impl Transport {
 
     /// A dedicated blocking reader for `queue`, consuming as `consumer`.
     pub fn reader(&self, queue: &str, consumer: &str) -> StreamReader {
-        StreamReader::new(self.client.clone(), self.keys.clone(), queue, consumer)
+        StreamReader::new(self.clone(), queue, consumer)
     }
 
-    /// Send `request` on a pooled connection under the command timeout. A command
-    /// that fails because its connection broke (Redis restarted since the
-    /// connection was last used) runs once more on a fresh one: every
+    /// Send `request` under the command timeout. On one server, a command
+    /// that fails because its pooled connection broke (Redis restarted since
+    /// the connection was last used) runs once more on a fresh one: every
     /// command here may run twice (a second queue entry is skipped by the
     /// claim's fencing, a second dead-letter record names the same entry,
     /// XGROUP CREATE answers BUSYGROUP, XACK, XTRIM and reads are
-    /// idempotent). See [`pool`].
+    /// idempotent). See [`pool`]. On a cluster, the cluster client retries
+    /// and follows redirections itself. A pipeline must hold commands for
+    /// one stream (one slot) only.
     async fn with_connection<T: redis::FromRedisValue>(
         &self,
         operation: impl Fn() -> String,
         request: Request<'_>,
     ) -> Result<T> {
         let work = async {
-            let mut retried = false;
-            loop {
-                let mut conn = self.pool.get().await.map_err(|source| Error::RedisPool {
-                    operation: operation(),
-                    source,
-                })?;
-                let reply = match request {
-                    Request::Command(cmd) => cmd.query_async(&mut conn.connection).await,
-                    Request::Pipeline(pipe) => pipe.query_async(&mut conn.connection).await,
-                };
-                match reply {
-                    Ok(value) => return Ok(value),
-                    Err(source) => {
-                        if pool::after_error(conn, &source) == pool::Kept::No && !retried {
-                            retried = true;
-                            continue;
-                        }
-                        return Err(Error::Redis {
+            match &self.backend {
+                Backend::Single { pool, .. } => {
+                    let mut retried = false;
+                    loop {
+                        let mut conn = pool.get().await.map_err(|source| Error::RedisPool {
                             operation: operation(),
                             source,
-                        });
+                        })?;
+                        let reply = match request {
+                            Request::Command(cmd) => cmd.query_async(&mut conn.connection).await,
+                            Request::Pipeline(pipe) => pipe.query_async(&mut conn.connection).await,
+                        };
+                        match reply {
+                            Ok(value) => return Ok(value),
+                            Err(source) => {
+                                if pool::after_error(conn, &source) == pool::Kept::No && !retried {
+                                    retried = true;
+                                    continue;
+                                }
+                                return Err(Error::Redis {
+                                    operation: operation(),
+                                    source,
+                                });
+                            }
+                        }
                     }
+                }
+                Backend::Cluster(cluster) => {
+                    let redis_err = |source| Error::Redis {
+                        operation: operation(),
+                        source,
+                    };
+                    let mut conn = cluster.connection().await.map_err(redis_err)?;
+                    match request {
+                        Request::Command(cmd) => cmd.query_async(&mut conn).await,
+                        Request::Pipeline(pipe) => pipe.query_async(&mut conn).await,
+                    }
+                    .map_err(redis_err)
                 }
             }
         };
-        // The connection has its own response timeout; this bounds pool waits
-        // and connects too, so a caller is never held longer than promised.
+        // Connections have their own response timeout; this bounds pool
+        // waits and connects too, so a caller is never held longer than
+        // promised.
         match tokio::time::timeout(self.command_timeout * 2, work).await {
             Ok(result) => result,
             Err(_) => Err(Error::RedisTimeout {

@@ -10,38 +10,69 @@ impl Transport {
     /// (notably a timeout) does not prove the entry was not added: a late
     /// XADD is harmless because the claim checks the row's status.
     pub async fn publish(&self, queue: &str, entry: &Entry) -> Result<String> {
-        let mut ids = self.publish_many(&[(queue, entry.clone())]).await?;
-        ids.pop()
-            .ok_or_else(|| Error::invalid("redis", "XADD returned no entry id"))
+        self.publish_many(&[(queue, entry.clone())])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Error::invalid("redis", "XADD returned no entry id")))
     }
 
-    /// XADD many entries in one pipelined round trip; returns their ids in
-    /// order. All or nothing as far as the caller knows: on an error, any of
-    /// them may or may not have been added (a late entry is harmless).
-    pub async fn publish_many(&self, entries: &[(&str, Entry)]) -> Result<Vec<String>> {
-        if entries.is_empty() {
-            return Ok(Vec::new());
+    /// XADD many entries; returns each one's id or error, in order. Entries
+    /// are sent as one pipeline per stream (a pipeline never spans two
+    /// keys, so each may go to its own cluster node), the streams' pipelines
+    /// at once. A stream's error is its entries' error only; any of them
+    /// may still have been added (a late entry is harmless).
+    pub async fn publish_many(&self, entries: &[(&str, Entry)]) -> Vec<Result<String>> {
+        let mut by_stream: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, (queue, _)) in entries.iter().enumerate() {
+            match by_stream.iter_mut().find(|(q, _)| q == queue) {
+                Some((_, members)) => members.push(i),
+                None => by_stream.push((queue, vec![i])),
+            }
         }
-        let mut pipe = redis::pipe();
-        for (queue, entry) in entries {
-            pipe.cmd("XADD")
-                .arg(self.keys.queue_stream(queue))
-                .arg("*")
-                .arg("run_id")
-                .arg(entry.run_id.0)
-                .arg("tenant_id")
-                .arg(entry.tenant_id)
-                .arg("type")
-                .arg(&entry.run_type)
-                .arg("attempt")
-                .arg(entry.attempt);
+        let sent = futures::future::join_all(by_stream.iter().map(|(queue, members)| {
+            let stream = self.keys.queue_stream(queue);
+            let mut pipe = redis::pipe();
+            for &i in members {
+                let entry = &entries[i].1;
+                pipe.cmd("XADD")
+                    .arg(&stream)
+                    .arg("*")
+                    .arg("run_id")
+                    .arg(entry.run_id.0)
+                    .arg("tenant_id")
+                    .arg(entry.tenant_id)
+                    .arg("type")
+                    .arg(&entry.run_type)
+                    .arg("attempt")
+                    .arg(entry.attempt);
+            }
+            async move {
+                let operation = || format!("publishing to stream {stream}");
+                self.with_connection::<Vec<String>>(operation, Request::Pipeline(&pipe))
+                    .await
+            }
+        }))
+        .await;
+        let mut ids: Vec<Option<Result<String>>> = entries.iter().map(|_| None).collect();
+        for ((_, members), sent) in by_stream.iter().zip(sent) {
+            match sent {
+                Ok(stream_ids) => {
+                    for (&i, id) in members.iter().zip(stream_ids) {
+                        ids[i] = Some(Ok(id));
+                    }
+                }
+                Err(e) => {
+                    for &i in members {
+                        ids[i] = Some(Err(e.for_batch_member()));
+                    }
+                }
+            }
         }
-        let operation = || match entries {
-            [(queue, _)] => format!("publishing to stream {}", self.keys.queue_stream(queue)),
-            _ => format!("publishing {} entries", entries.len()),
-        };
-        self.with_connection(operation, Request::Pipeline(&pipe))
-            .await
+        ids.into_iter()
+            .map(|id| {
+                id.unwrap_or_else(|| Err(Error::invalid("redis", "XADD returned no entry id")))
+            })
+            .collect()
     }
 
     /// Create the consumer group of `queue` (and its stream) if missing.

@@ -41,6 +41,12 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> TestEnv {
+        Self::with_redis(&stack().await.redis_url).await
+    }
+
+    /// A test environment with a fresh database on the shared Postgres and
+    /// the Redis (or Redis Cluster) at `redis_url`.
+    pub async fn with_redis(redis_url: &str) -> TestEnv {
         let stack = stack().await;
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let name = format!("t_{}_{}_{n}", std::process::id(), nanos() % 1_000_000);
@@ -51,12 +57,19 @@ impl TestEnv {
             .execute(&mut admin)
             .await
             .unwrap();
-        Self::on_database(&devstack::with_database(&stack.database_url, &name)).await
+        Self::on_database_and_redis(
+            &devstack::with_database(&stack.database_url, &name),
+            redis_url,
+        )
+        .await
     }
 
     /// A test environment on an existing database (migrated here).
     pub async fn on_database(database_url: &str) -> TestEnv {
-        let stack = stack().await;
+        Self::on_database_and_redis(database_url, &stack().await.redis_url).await
+    }
+
+    async fn on_database_and_redis(database_url: &str, redis_url: &str) -> TestEnv {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let database_url = database_url.to_string();
         let pool = PgPoolOptions::new()
@@ -67,12 +80,12 @@ impl TestEnv {
         let ledger = Ledger::new(pool.clone());
         ledger.migrate().await.unwrap();
         let prefix = format!("t{n}x{}", nanos() % 1_000_000_000);
-        let mut config = TransportConfig::new(stack.redis_url.clone());
+        let mut config = TransportConfig::new(redis_url);
         config.prefix = prefix.clone();
         let transport = Transport::new(&config).unwrap();
         TestEnv {
             database_url,
-            redis_url: stack.redis_url.clone(),
+            redis_url: redis_url.to_string(),
             prefix,
             pool,
             service: RunService::new(ledger, transport),

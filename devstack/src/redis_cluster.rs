@@ -1,0 +1,118 @@
+//! An ephemeral Redis Cluster: masters with a replica each, every node an
+//! ephemeral redis-server on a free loopback port, joined with
+//! `redis-cli --cluster create`. Killed when dropped.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Redis, wait_until};
+
+/// A running ephemeral cluster.
+pub struct RedisCluster {
+    nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    /// Start `masters` masters with `replicas` replicas each and wait until
+    /// every node reports `cluster_state:ok`.
+    pub fn start(masters: usize, replicas: usize) -> Result<RedisCluster> {
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            nodes.push(Redis::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ])?);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .context("running redis-cli --cluster create")?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let cluster = RedisCluster { nodes };
+        let ready = wait_until(Duration::from_secs(30), || {
+            cluster.nodes.iter().all(|n| {
+                n.cli(&["CLUSTER", "INFO"])
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            })
+        });
+        if !ready {
+            bail!("the cluster did not reach cluster_state:ok");
+        }
+        Ok(cluster)
+    }
+
+    /// The `redis+cluster://` URL naming every node as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// The nodes, masters and replicas.
+    pub fn nodes(&self) -> &[Redis] {
+        &self.nodes
+    }
+
+    /// Ports of the nodes that are masters now.
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                n.cli(&["ROLE"])
+                    .is_ok_and(|role| role.lines().next() == Some("master"))
+            })
+            .map(Redis::port)
+            .collect()
+    }
+
+    /// The port of the master serving `key` now, from `CLUSTER NODES`
+    /// (`<id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <state> <slots…>`).
+    pub fn master_of(&self, key: &str) -> Result<u16> {
+        let slot: u16 = self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])?
+            .trim()
+            .parse()
+            .context("CLUSTER KEYSLOT")?;
+        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"])?;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                match (from.parse::<u16>(), to.parse::<u16>()) {
+                    (Ok(from), Ok(to)) => (from..=to).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves {
+                let address = fields[1].split('@').next().unwrap_or_default();
+                let port = address.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
+                return port.parse().context("a node's port");
+            }
+        }
+        bail!("no master serves slot {slot}")
+    }
+}

@@ -1,0 +1,211 @@
+//! How the transport reaches Redis, by the form of its URL:
+//!
+//! - `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS): one
+//!   server, through a pool of multiplexed connections ([`super::pool`]);
+//! - `redis+cluster://[user:password@]host:port[,host:port…]` (or
+//!   `rediss+cluster://`): a Redis Cluster found from its seed nodes,
+//!   through redis-rs's cluster client, which routes each command to the
+//!   master of its key's slot and follows `MOVED`, `ASK` and failovers.
+//!
+//! The cluster rules the rest of the transport keeps: every command names
+//! one key (a stream), pipelines hold commands for one stream only, a
+//! blocking read has a connection of its own (a blocked connection stalls
+//! every command queued behind it on that node), and queues are found on
+//! every master, never on one node's keyspace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::Runtime;
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use tokio::sync::OnceCell;
+
+use super::pool::{Manager, Pool};
+use crate::error::{Error, Result};
+
+/// The scheme suffix that selects a cluster.
+const CLUSTER_SCHEMES: [(&str, &str); 2] = [
+    ("redis+cluster://", "redis://"),
+    ("rediss+cluster://", "rediss://"),
+];
+
+/// A Redis deployment the transport talks to.
+#[derive(Clone)]
+pub(super) enum Backend {
+    /// One server (possibly behind TLS).
+    Single {
+        /// Connections for non-blocking commands.
+        pool: Pool,
+        /// For blocking readers' own connections.
+        client: redis::Client,
+    },
+    /// A Redis Cluster.
+    Cluster(Arc<Cluster>),
+}
+
+/// A cluster: one shared connection (multiplexed to every node) for
+/// non-blocking commands, opened at first use, and the seed nodes for
+/// blocking readers' own connections.
+pub(super) struct Cluster {
+    nodes: Vec<String>,
+    command_timeout: Duration,
+    shared: OnceCell<ClusterConnection>,
+}
+
+/// A blocking reader's own connection.
+pub(super) enum ReadConnection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Backend {
+    /// The backend `url` names; connects lazily, so this fails only on a
+    /// URL that does not parse.
+    pub(super) fn open(url: &str, command_timeout: Duration, pool_size: usize) -> Result<Backend> {
+        let redis_err = |source| Error::Redis {
+            operation: "opening redis client".into(),
+            source,
+        };
+        if url.contains("#insecure") {
+            return Err(Error::invalid(
+                "redis_url",
+                "'#insecure' turns off TLS verification; remove it",
+            ));
+        }
+        if let Some(nodes) = cluster_nodes(url)? {
+            // Checked now so a bad node address is a configuration error.
+            cluster_client(&nodes, command_timeout, command_timeout).map_err(redis_err)?;
+            return Ok(Backend::Cluster(Arc::new(Cluster {
+                nodes,
+                command_timeout,
+                shared: OnceCell::new(),
+            })));
+        }
+        if url.contains(',') {
+            return Err(Error::invalid(
+                "redis_url",
+                "several hosts name a cluster: write redis+cluster://host:port,host:port",
+            ));
+        }
+        let client = redis::Client::open(url).map_err(redis_err)?;
+        let connection = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(command_timeout))
+            .set_response_timeout(Some(command_timeout));
+        let manager =
+            Manager(deadpool_redis::Manager::new_with_config(url, connection).map_err(redis_err)?);
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(command_timeout))
+            .create_timeout(Some(command_timeout))
+            .recycle_timeout(Some(command_timeout))
+            .build()
+            .map_err(|e| Error::invalid("redis_url", format!("building the redis pool: {e}")))?;
+        Ok(Backend::Single { pool, client })
+    }
+
+    /// A connection of its own for blocking reads of up to `block`: its
+    /// response timeout leaves a margin above BLOCK (the server may answer
+    /// late, redis#12998).
+    pub(super) async fn read_connection(
+        &self,
+        block: Duration,
+    ) -> redis::RedisResult<ReadConnection> {
+        let response_timeout = block + Duration::from_secs(5);
+        match self {
+            Backend::Single { client, .. } => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(3)))
+                    .set_response_timeout(Some(response_timeout));
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(ReadConnection::Single)
+            }
+            Backend::Cluster(cluster) => {
+                cluster_client(&cluster.nodes, Duration::from_secs(3), response_timeout)?
+                    .get_async_connection()
+                    .await
+                    .map(ReadConnection::Cluster)
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// The shared connection, opened at first use (and again after a
+    /// failed attempt).
+    pub(super) async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
+        self.shared
+            .get_or_try_init(|| async {
+                cluster_client(&self.nodes, self.command_timeout, self.command_timeout)?
+                    .get_async_connection()
+                    .await
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// The seed node URLs of a cluster URL; `None` for a single-server URL.
+fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>> {
+    let Some((rest, scheme)) = CLUSTER_SCHEMES
+        .iter()
+        .find_map(|(cluster, single)| url.strip_prefix(cluster).map(|rest| (rest, *single)))
+    else {
+        return Ok(None);
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
+        None => (String::new(), authority),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|host| format!("{scheme}{userinfo}{host}"))
+        .collect();
+    if nodes.is_empty() {
+        return Err(Error::invalid(
+            "redis_url",
+            "a cluster URL names at least one node: redis+cluster://host:port,host:port",
+        ));
+    }
+    Ok(Some(nodes))
+}
+
+fn cluster_client(
+    nodes: &[String],
+    connection_timeout: Duration,
+    response_timeout: Duration,
+) -> redis::RedisResult<ClusterClient> {
+    ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .connection_timeout(connection_timeout)
+        .response_timeout(response_timeout)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_name_their_seed_nodes() {
+        assert_eq!(cluster_nodes("redis://h:1").unwrap(), None);
+        assert_eq!(
+            cluster_nodes("redis+cluster://a:7000,b:7001/").unwrap(),
+            Some(vec!["redis://a:7000".into(), "redis://b:7001".into()])
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://app:p%40ss@a:7000,b:7001").unwrap(),
+            Some(vec![
+                "rediss://app:p%40ss@a:7000".into(),
+                "rediss://app:p%40ss@b:7001".into()
+            ])
+        );
+        assert!(cluster_nodes("redis+cluster://").is_err());
+    }
+}
