@@ -28,6 +28,20 @@ pub mod exit {
     pub const DATABASE_UNAVAILABLE: u8 = 4;
     /// Redis unreachable.
     pub const REDIS_UNAVAILABLE: u8 = 5;
+    /// A TLS server's certificate is not trusted (unknown CA, wrong name,
+    /// expired): a configuration problem, not an outage.
+    pub const UNTRUSTED_CERTIFICATE: u8 = 7;
+}
+
+/// The exit code for a Redis error at start: an untrusted certificate, or
+/// Redis unreachable.
+pub fn redis_failure(e: Error) -> Failure {
+    let code = if e.is_untrusted_certificate() {
+        exit::UNTRUSTED_CERTIFICATE
+    } else {
+        exit::REDIS_UNAVAILABLE
+    };
+    Failure::new(code, e.to_string())
 }
 
 /// Where Postgres is.
@@ -82,6 +96,10 @@ pub struct RedisArgs {
     /// Redis key prefix.
     #[arg(long, env = "OPSRUN_PREFIX", default_value = opsrun::transport::DEFAULT_PREFIX)]
     pub prefix: String,
+    /// CA certificates (PEM) to verify a rediss:// server with, instead of
+    /// the system's roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 impl RedisArgs {
@@ -94,6 +112,7 @@ impl RedisArgs {
         )?;
         let mut config = TransportConfig::new(url);
         config.prefix = self.prefix.clone();
+        config.ca_file = self.redis_ca_file.clone();
         Ok(config)
     }
 }
@@ -156,6 +175,7 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
             Error::Invalid { .. } => exit::INVALID,
+            e if e.is_untrusted_certificate() => exit::UNTRUSTED_CERTIFICATE,
             e if e.is_database_unavailable() => exit::DATABASE_UNAVAILABLE,
             Error::Redis { .. } | Error::RedisPool { .. } | Error::RedisTimeout { .. } => {
                 exit::REDIS_UNAVAILABLE

@@ -7,10 +7,12 @@ mod keeper;
 mod postgres;
 mod redis;
 mod redis_cluster;
+mod tls;
 
 pub use postgres::{Postgres, PostgresOptions};
 pub use redis::Redis;
 pub use redis_cluster::RedisCluster;
+pub use tls::TestCa;
 
 use anyhow::{Context, Result};
 

@@ -82,6 +82,25 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Start a server that also listens with TLS (certificates of `ca`) on
+    /// a second free port; see [`Redis::tls_url`].
+    pub fn start_tls(ca: &crate::TestCa) -> Result<(Redis, u16)> {
+        let tls_port = free_port()?;
+        let redis = Redis::start_with(&[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &ca.cert_file.display().to_string(),
+            "--tls-key-file",
+            &ca.key_file.display().to_string(),
+            "--tls-ca-cert-file",
+            &ca.ca_file.display().to_string(),
+            "--tls-auth-clients",
+            "no",
+        ])?;
+        Ok((redis, tls_port))
+    }
+
     /// Send a command with `redis-cli` and return its output.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         let out = Command::new("redis-cli")

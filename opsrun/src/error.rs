@@ -37,7 +37,7 @@ pub enum Error {
         operation: String,
         /// The pool error.
         #[source]
-        source: deadpool_redis::PoolError,
+        source: deadpool::managed::PoolError<redis::RedisError>,
     },
     /// A Redis command did not answer within its time limit.
     #[error("{operation}: timed out after {after:?}")]
@@ -86,6 +86,22 @@ impl Error {
             _ => false,
         }
     }
+}
+
+impl Error {
+    /// True when a TLS connection failed because the server's certificate
+    /// is not trusted: signed by a CA the client does not trust, for a name
+    /// other than the one connected to, expired. A configuration problem,
+    /// not an unreachable server.
+    pub fn is_untrusted_certificate(&self) -> bool {
+        untrusted_certificate(&self.to_string())
+    }
+}
+
+/// Whether an error's text says a server's certificate was refused (rustls
+/// words it "invalid peer certificate: …").
+pub fn untrusted_certificate(text: &str) -> bool {
+    text.contains("invalid peer certificate")
 }
 
 /// True when `source` says Postgres could not be reached or is going away.

@@ -22,7 +22,9 @@ Exit codes:
   2  invalid input or configuration; nothing was written
   3  dispatch to Redis failed; the run is recorded as completed/failed with
      queue.dispatch_failed and its JSON is still printed
-  4  Postgres unreachable; nothing was written";
+  4  Postgres unreachable; nothing was written
+  7  Redis's TLS certificate is not trusted (CA, host name); the run is
+     recorded as failed with queue.dispatch_failed, as for 3";
 
 #[derive(Parser)]
 #[command(name = "producer", version, about = "Start opsrun runs: validate, ensure (dedupe), dispatch", after_help = EXIT_CODES)]
@@ -513,7 +515,12 @@ fn result_json(ensured: &opsrun::EnsuredRun, monitor_url: &str) -> (serde_json::
                 run.status.as_str(),
                 run.outcome.as_str()
             );
-            (output, exit::DISPATCH_FAILED)
+            let code = if opsrun::error::untrusted_certificate(&failure.message) {
+                exit::UNTRUSTED_CERTIFICATE
+            } else {
+                exit::DISPATCH_FAILED
+            };
+            (output, code)
         }
         _ => (output, exit::OK),
     }

@@ -16,7 +16,8 @@ Exit codes:
   1  --once: a pass failed (see failed_passes in the report and the log)
   2  invalid configuration
   4  Postgres unreachable at start
-  5  Redis unreachable at start";
+  5  Redis unreachable at start
+  7  Redis's TLS certificate is not trusted (CA, host name)";
 
 #[derive(Parser)]
 #[command(name = "reaper", version, about = "Retention, reclaiming stuck runs, re-dispatching lost ones, trimming streams", after_help = EXIT_CODES)]
@@ -101,10 +102,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     };
     let transport = Transport::new(&cli.redis.transport_config()?)?;
     let ledger = Ledger::new(cli.database.connect(4).await?);
-    transport
-        .ping()
-        .await
-        .map_err(|e| Failure::new(exit::REDIS_UNAVAILABLE, e.to_string()))?;
+    transport.ping().await.map_err(opsrun_cli::redis_failure)?;
     let service = RunService::new(ledger, transport);
 
     if cli.once {

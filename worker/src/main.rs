@@ -20,7 +20,8 @@ Exit codes:
   1  unexpected error
   2  invalid configuration (flags, environment or type registry)
   4  Postgres unreachable for the whole --startup-timeout
-  5  Redis unreachable for the whole --startup-timeout";
+  5  Redis unreachable for the whole --startup-timeout
+  7  a TLS certificate of Redis is not trusted (CA, host name)";
 
 #[derive(Parser)]
 #[command(name = "worker", version, about = "Run opsrun jobs from Redis Streams inside the run lifecycle", after_help = EXIT_CODES)]
@@ -127,7 +128,7 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
             transport.ensure_group(queue)
         })
         .await
-        .map_err(|e| Failure::new(exit::REDIS_UNAVAILABLE, e.to_string()))?;
+        .map_err(opsrun_cli::redis_failure)?;
     }
     match transport.maxmemory_policy().await {
         Ok(policy) if policy != "noeviction" => tracing::warn!(
@@ -176,8 +177,11 @@ where
     loop {
         match connect().await {
             Ok(v) => return Ok(v),
+            // An untrusted certificate does not fix itself: no waiting.
             Err(e)
-                if tokio::time::Instant::now() + delay < deadline && !shutdown.is_cancelled() =>
+                if tokio::time::Instant::now() + delay < deadline
+                    && !shutdown.is_cancelled()
+                    && !e.is_untrusted_certificate() =>
             {
                 tracing::warn!(error = %opsrun::sanitize::redact(&e.to_string()), retry_in_ms = delay.as_millis() as u64, "{what} not reachable yet");
                 tokio::time::sleep(delay).await;

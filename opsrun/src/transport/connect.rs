@@ -1,11 +1,16 @@
 //! How the transport reaches Redis, by the form of its URL:
 //!
 //! - `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS): one
-//!   server, through a pool of multiplexed connections ([`super::pool`]);
+//!   server, through a pool of multiplexed connections (`pool`);
 //! - `redis+cluster://[user:password@]host:port[,host:port…]` (or
 //!   `rediss+cluster://`): a Redis Cluster found from its seed nodes,
 //!   through redis-rs's cluster client, which routes each command to the
 //!   master of its key's slot and follows `MOVED`, `ASK` and failovers.
+//!
+//! With `rediss`, the server's certificate is verified (rustls) against the
+//! system's roots, or against the CA file given in the configuration; its
+//! host name must match. `#insecure` (redis-rs's switch that turns the
+//! checks off) is refused.
 //!
 //! The cluster rules the rest of the transport keeps: every command names
 //! one key (a stream), pipelines hold commands for one stream only, a
@@ -16,11 +21,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::Runtime;
-use redis::AsyncConnectionConfig;
+use deadpool::Runtime;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, TlsCertificates};
 use tokio::sync::OnceCell;
 
 use super::pool::{Manager, Pool};
@@ -40,7 +45,7 @@ pub(super) enum Backend {
         /// Connections for non-blocking commands.
         pool: Pool,
         /// For blocking readers' own connections.
-        client: redis::Client,
+        client: Box<redis::Client>,
     },
     /// A Redis Cluster.
     Cluster(Arc<Cluster>),
@@ -51,6 +56,7 @@ pub(super) enum Backend {
 /// blocking readers' own connections.
 pub(super) struct Cluster {
     nodes: Vec<String>,
+    ca: Option<Vec<u8>>,
     command_timeout: Duration,
     shared: OnceCell<ClusterConnection>,
 }
@@ -64,7 +70,9 @@ pub(super) enum ReadConnection {
 impl Backend {
     /// The backend `url` names; connects lazily, so this fails only on a
     /// URL that does not parse.
-    pub(super) fn open(url: &str, command_timeout: Duration, pool_size: usize) -> Result<Backend> {
+    pub(super) fn open(config: &super::TransportConfig) -> Result<Backend> {
+        let url = config.url.as_str();
+        let command_timeout = config.command_timeout;
         let redis_err = |source| Error::Redis {
             operation: "opening redis client".into(),
             source,
@@ -75,11 +83,25 @@ impl Backend {
                 "'#insecure' turns off TLS verification; remove it",
             ));
         }
+        // rustls needs one process-wide crypto provider; ring is the one
+        // this build carries (a second install is refused, harmlessly).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = match &config.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                Error::invalid(
+                    "redis_ca_file",
+                    format!("{}: cannot read: {e}", path.display()),
+                )
+            })?),
+            None => None,
+        };
         if let Some(nodes) = cluster_nodes(url)? {
             // Checked now so a bad node address is a configuration error.
-            cluster_client(&nodes, command_timeout, command_timeout).map_err(redis_err)?;
+            cluster_client(&nodes, ca.as_deref(), command_timeout, command_timeout)
+                .map_err(redis_err)?;
             return Ok(Backend::Cluster(Arc::new(Cluster {
                 nodes,
+                ca,
                 command_timeout,
                 shared: OnceCell::new(),
             })));
@@ -90,21 +112,29 @@ impl Backend {
                 "several hosts name a cluster: write redis+cluster://host:port,host:port",
             ));
         }
-        let client = redis::Client::open(url).map_err(redis_err)?;
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(command_timeout))
-            .set_response_timeout(Some(command_timeout));
-        let manager =
-            Manager(deadpool_redis::Manager::new_with_config(url, connection).map_err(redis_err)?);
+        let client = match &ca {
+            Some(ca) => redis::Client::build_with_tls(url, certificates(ca)),
+            None => redis::Client::open(url),
+        }
+        .map_err(redis_err)?;
+        let manager = Manager {
+            client: client.clone(),
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(command_timeout))
+                .set_response_timeout(Some(command_timeout)),
+        };
         let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
+            .max_size(config.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(command_timeout))
             .create_timeout(Some(command_timeout))
             .recycle_timeout(Some(command_timeout))
             .build()
             .map_err(|e| Error::invalid("redis_url", format!("building the redis pool: {e}")))?;
-        Ok(Backend::Single { pool, client })
+        Ok(Backend::Single {
+            pool,
+            client: Box::new(client),
+        })
     }
 
     /// A connection of its own for blocking reads of up to `block`: its
@@ -125,12 +155,15 @@ impl Backend {
                     .await
                     .map(ReadConnection::Single)
             }
-            Backend::Cluster(cluster) => {
-                cluster_client(&cluster.nodes, Duration::from_secs(3), response_timeout)?
-                    .get_async_connection()
-                    .await
-                    .map(ReadConnection::Cluster)
-            }
+            Backend::Cluster(cluster) => cluster_client(
+                &cluster.nodes,
+                cluster.ca.as_deref(),
+                Duration::from_secs(3),
+                response_timeout,
+            )?
+            .get_async_connection()
+            .await
+            .map(ReadConnection::Cluster),
         }
     }
 }
@@ -141,9 +174,14 @@ impl Cluster {
     pub(super) async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
         self.shared
             .get_or_try_init(|| async {
-                cluster_client(&self.nodes, self.command_timeout, self.command_timeout)?
-                    .get_async_connection()
-                    .await
+                cluster_client(
+                    &self.nodes,
+                    self.ca.as_deref(),
+                    self.command_timeout,
+                    self.command_timeout,
+                )?
+                .get_async_connection()
+                .await
             })
             .await
             .cloned()
@@ -179,13 +217,25 @@ fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>> {
 
 fn cluster_client(
     nodes: &[String],
+    ca: Option<&[u8]>,
     connection_timeout: Duration,
     response_timeout: Duration,
 ) -> redis::RedisResult<ClusterClient> {
-    ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+    let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
         .connection_timeout(connection_timeout)
-        .response_timeout(response_timeout)
-        .build()
+        .response_timeout(response_timeout);
+    if let Some(ca) = ca {
+        builder = builder.certs(certificates(ca));
+    }
+    builder.build()
+}
+
+/// Trust the CA certificates of `ca` (PEM) instead of the system's roots.
+fn certificates(ca: &[u8]) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca.to_vec()),
+    }
 }
 
 #[cfg(test)]

@@ -173,6 +173,9 @@ pub struct TransportConfig {
     pub command_timeout: Duration,
     /// Pooled connections for non-blocking commands.
     pub pool_size: usize,
+    /// CA certificates (PEM) to verify a `rediss` server with, instead of
+    /// the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl TransportConfig {
@@ -183,6 +186,7 @@ impl TransportConfig {
             prefix: DEFAULT_PREFIX.to_string(),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
+            ca_file: None,
         }
     }
 }
@@ -217,7 +221,7 @@ impl Transport {
     /// URL (see [`connect`] for the URL forms).
     pub fn new(config: &TransportConfig) -> Result<Self> {
         Ok(Transport {
-            backend: Backend::open(&config.url, config.command_timeout, config.pool_size)?,
+            backend: Backend::open(config)?,
             keys: Keys::new(config.prefix.clone()),
             command_timeout: config.command_timeout,
         })

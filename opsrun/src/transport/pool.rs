@@ -1,21 +1,26 @@
-//! The pool of connections for non-blocking commands: deadpool-redis's
-//! manager, except that a connection checked out within the last
-//! [`PING_IDLE_AFTER`] is handed out again without its check. deadpool-redis
-//! checks every checkout with an UNWATCH + PING round trip, so each XADD or
-//! XACK cost two round trips instead of one. A connection whose command
-//! failed is never handed out again unchecked: a broken one leaves the pool
-//! at once, and one whose command timed out is checked at its next checkout
-//! (closing it at once would drop a command Redis may still apply, such as
-//! an XADD held by `CLIENT PAUSE`, which the claim's fencing handles).
+//! The pool of connections for non-blocking commands to one server. Each
+//! connection is a multiplexed connection from the transport's client
+//! (which carries the TLS roots given by file, something deadpool-redis's
+//! manager cannot take). A connection checked out within the last
+//! [`PING_IDLE_AFTER`] is handed out again without a check; an older one
+//! is checked with UNWATCH + PING first, as deadpool-redis does. A
+//! connection whose command failed is never handed out again unchecked: a
+//! broken one leaves the pool at once, and one whose command timed out is
+//! checked at its next checkout (closing it at once would drop a command
+//! Redis may still apply, such as an XADD held by `CLIENT PAUSE`, which the
+//! claim's fencing handles).
 
-use deadpool::managed::{self, Metrics, RecycleResult};
-use redis::RedisError;
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError};
 
 use crate::config::PING_IDLE_AFTER;
 
-/// deadpool-redis's manager, trusting recently used connections.
-pub(super) struct Manager(pub(super) deadpool_redis::Manager);
+/// Creates and checks pooled connections.
+pub(super) struct Manager {
+    pub(super) client: redis::Client,
+    pub(super) config: AsyncConnectionConfig,
+}
 
 /// The pool of [`Manager`] connections.
 pub(super) type Pool = managed::Pool<Manager>;
@@ -32,7 +37,10 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<Pooled, RedisError> {
         Ok(Pooled {
-            connection: self.0.create().await?,
+            connection: self
+                .client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await?,
             suspect: false,
         })
     }
@@ -41,13 +49,20 @@ impl managed::Manager for Manager {
         if !pooled.suspect && metrics.last_used() < PING_IDLE_AFTER {
             return Ok(());
         }
-        self.0.recycle(&mut pooled.connection, metrics).await?;
+        // One round trip: a WATCH left by a dropped transaction is cleared,
+        // and the answer proves the connection still works.
+        let (pong,): (String,) = redis::pipe()
+            .cmd("UNWATCH")
+            .ignore()
+            .cmd("PING")
+            .arg("opsrun")
+            .query_async(&mut pooled.connection)
+            .await?;
+        if pong != "opsrun" {
+            return Err(RecycleError::message("unexpected PING answer"));
+        }
         pooled.suspect = false;
         Ok(())
-    }
-
-    fn detach(&self, pooled: &mut Pooled) {
-        self.0.detach(&mut pooled.connection)
     }
 }
 

@@ -69,6 +69,16 @@ impl TestEnv {
         Self::on_database_and_redis(database_url, &stack().await.redis_url).await
     }
 
+    /// A test environment on the TLS Redis at `redis_url`, trusting `ca_file`.
+    pub async fn with_redis_and_ca(redis_url: &str, ca_file: &std::path::Path) -> TestEnv {
+        let mut env = Self::with_redis(redis_url).await;
+        let mut config = TransportConfig::new(redis_url);
+        config.prefix = env.prefix.clone();
+        config.ca_file = Some(ca_file.to_path_buf());
+        env.service = RunService::new(env.ledger().clone(), Transport::new(&config).unwrap());
+        env
+    }
+
     async fn on_database_and_redis(database_url: &str, redis_url: &str) -> TestEnv {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let database_url = database_url.to_string();

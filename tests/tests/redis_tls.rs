@@ -1,0 +1,84 @@
+//! opsrun over TLS to Redis: a server with a certificate from a test CA.
+//! A run goes end to end (producer, worker) over `rediss://` with the CA
+//! given by file; a client that does not trust the CA, or reaches the
+//! server by a name its certificate does not hold, is refused with exit 7.
+
+mod support;
+
+use devstack::{Redis, TestCa};
+use opsrun::{Outcome, Status};
+use support::{TestEnv, Worker, json_stdout, wait_until};
+
+#[tokio::test]
+async fn a_run_goes_end_to_end_over_tls_and_an_untrusted_server_is_refused() {
+    let dir = std::env::temp_dir().join(format!("opsrun-tls-{}", std::process::id()));
+    // The certificate names 127.0.0.1 only, so `localhost` is a wrong name.
+    let ca = TestCa::create(&dir.join("good"), &["127.0.0.1"]).unwrap();
+    let (_redis, tls_port) = tokio::task::spawn_blocking({
+        let ca = TestCa {
+            ca_file: ca.ca_file.clone(),
+            cert_file: ca.cert_file.clone(),
+            key_file: ca.key_file.clone(),
+        };
+        move || Redis::start_tls(&ca).unwrap()
+    })
+    .await
+    .unwrap();
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let env = TestEnv::with_redis_and_ca(&url, &ca.ca_file).await;
+
+    let mut worker = env.command("worker");
+    worker.env("REDIS_CA_FILE", &ca.ca_file);
+    let _worker = Worker::spawn_with_registry(&env, "", worker);
+    let out = env
+        .command("producer")
+        .env("REDIS_CA_FILE", &ca.ca_file)
+        .args(["enqueue", "--tenant", "1", "--type", "demo.succeed"])
+        .output()
+        .unwrap();
+    support::assert_exit(&out, 0);
+    let run_id = json_stdout(&out)["run_id"].as_i64().unwrap();
+    let done = wait_until(std::time::Duration::from_secs(20), || async {
+        env.ledger()
+            .get(1, opsrun::RunId(run_id))
+            .await
+            .unwrap()
+            .filter(|r| r.status == Status::Completed)
+    })
+    .await
+    .expect("the run completed over TLS");
+    assert_eq!(done.outcome, Outcome::Succeeded);
+
+    // Another CA, and the system's roots: the server is not trusted. A
+    // name the certificate does not hold: refused too.
+    let other = TestCa::create(&dir.join("other"), &["127.0.0.1"]).unwrap();
+    for (url, ca_file) in [
+        (url.clone(), Some(&other.ca_file)),
+        (url.clone(), None),
+        (format!("rediss://localhost:{tls_port}/"), Some(&ca.ca_file)),
+    ] {
+        let mut producer = env.command("producer");
+        producer.env("REDIS_URL", &url).env_remove("REDIS_CA_FILE");
+        if let Some(ca_file) = ca_file {
+            producer.env("REDIS_CA_FILE", ca_file);
+        }
+        let out = producer
+            .args(["enqueue", "--tenant", "2", "--type", "demo.succeed"])
+            .output()
+            .unwrap();
+        let stderr = support::assert_exit(&out, 7);
+        assert!(
+            stderr.contains("certificate"),
+            "{url} {ca_file:?}: {stderr}"
+        );
+
+        let mut reaper = env.command("reaper");
+        reaper.env("REDIS_URL", &url).env_remove("REDIS_CA_FILE");
+        if let Some(ca_file) = ca_file {
+            reaper.env("REDIS_CA_FILE", ca_file);
+        }
+        let out = reaper.arg("--once").output().unwrap();
+        support::assert_exit(&out, 7);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
