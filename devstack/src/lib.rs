@@ -7,11 +7,13 @@ mod keeper;
 mod postgres;
 mod redis;
 mod redis_cluster;
+mod redis_sentinel;
 mod tls;
 
 pub use postgres::{Postgres, PostgresOptions};
 pub use redis::Redis;
 pub use redis_cluster::RedisCluster;
+pub use redis_sentinel::RedisSentinel;
 pub use tls::TestCa;
 
 use anyhow::{Context, Result};

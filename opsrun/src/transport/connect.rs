@@ -5,7 +5,13 @@
 //! - `redis+cluster://[user:password@]host:port[,host:port…]` (or
 //!   `rediss+cluster://`): a Redis Cluster found from its seed nodes,
 //!   through redis-rs's cluster client, which routes each command to the
-//!   master of its key's slot and follows `MOVED`, `ASK` and failovers.
+//!   master of its key's slot and follows `MOVED`, `ASK` and failovers;
+//! - `redis+sentinel://[user:password@]host:port[,host:port…]/<service>[/db]`
+//!   (or `rediss+sentinel://`): the primary that Sentinels name for
+//!   `<service>`, asked again for every new connection, so that after a
+//!   failover the pool's next connections go to the promoted replica (a
+//!   connection to the old primary breaks, or answers READONLY once it is a
+//!   replica, and leaves the pool).
 //!
 //! With `rediss`, the server's certificate is verified (rustls) against the
 //! system's roots, or against the CA file given in the configuration; its
@@ -25,8 +31,9 @@ use deadpool::Runtime;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, TlsCertificates};
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex, OnceCell};
 
 use super::pool::{Manager, Pool};
 use crate::error::{Error, Result};
@@ -45,7 +52,7 @@ pub(super) enum Backend {
         /// Connections for non-blocking commands.
         pool: Pool,
         /// For blocking readers' own connections.
-        client: Box<redis::Client>,
+        origin: Origin,
     },
     /// A Redis Cluster.
     Cluster(Arc<Cluster>),
@@ -59,6 +66,46 @@ pub(super) struct Cluster {
     ca: Option<Vec<u8>>,
     command_timeout: Duration,
     shared: OnceCell<ClusterConnection>,
+}
+
+/// Where connections to one server come from.
+#[derive(Clone)]
+pub(super) enum Origin {
+    /// A fixed address.
+    Fixed(Box<redis::Client>),
+    /// The primary that Sentinels name now.
+    Sentinel(Arc<dyn PrimaryLookup>),
+}
+
+/// Asks for the current primary. A trait object, so that the futures
+/// holding a transport do not carry the Sentinel client's type: proving
+/// it `Send` and `Sync` inside every caller's future exceeded the
+/// compiler's recursion limit.
+pub(super) trait PrimaryLookup: Send + Sync {
+    /// A client for the primary the Sentinels name now.
+    fn primary(&self) -> futures::future::BoxFuture<'_, redis::RedisResult<redis::Client>>;
+}
+
+impl PrimaryLookup for Mutex<SentinelClient> {
+    fn primary(&self) -> futures::future::BoxFuture<'_, redis::RedisResult<redis::Client>> {
+        Box::pin(async move { self.lock().await.async_get_client().await })
+    }
+}
+
+impl Origin {
+    /// A new connection to the server (the current primary, for Sentinel).
+    pub(super) async fn connect(
+        &self,
+        config: &AsyncConnectionConfig,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let client = match self {
+            Origin::Fixed(client) => client.as_ref().clone(),
+            Origin::Sentinel(sentinel) => sentinel.primary().await?,
+        };
+        client
+            .get_multiplexed_async_connection_with_config(config)
+            .await
+    }
 }
 
 /// A blocking reader's own connection.
@@ -106,19 +153,25 @@ impl Backend {
                 shared: OnceCell::new(),
             })));
         }
-        if url.contains(',') {
-            return Err(Error::invalid(
-                "redis_url",
-                "several hosts name a cluster: write redis+cluster://host:port,host:port",
-            ));
-        }
-        let client = match &ca {
-            Some(ca) => redis::Client::build_with_tls(url, certificates(ca)),
-            None => redis::Client::open(url),
-        }
-        .map_err(redis_err)?;
+        let origin = match sentinel_client(url, ca.as_deref())? {
+            Some(sentinel) => Origin::Sentinel(Arc::new(Mutex::new(sentinel))),
+            None if url.contains(',') => {
+                return Err(Error::invalid(
+                    "redis_url",
+                    "several hosts name a cluster or Sentinels: write redis+cluster://host:port,host:port \
+                     or redis+sentinel://host:port,host:port/service",
+                ));
+            }
+            None => Origin::Fixed(Box::new(
+                match &ca {
+                    Some(ca) => redis::Client::build_with_tls(url, certificates(ca)),
+                    None => redis::Client::open(url),
+                }
+                .map_err(redis_err)?,
+            )),
+        };
         let manager = Manager {
-            client: client.clone(),
+            origin: origin.clone(),
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(command_timeout))
                 .set_response_timeout(Some(command_timeout)),
@@ -131,10 +184,7 @@ impl Backend {
             .recycle_timeout(Some(command_timeout))
             .build()
             .map_err(|e| Error::invalid("redis_url", format!("building the redis pool: {e}")))?;
-        Ok(Backend::Single {
-            pool,
-            client: Box::new(client),
-        })
+        Ok(Backend::Single { pool, origin })
     }
 
     /// A connection of its own for blocking reads of up to `block`: its
@@ -146,14 +196,11 @@ impl Backend {
     ) -> redis::RedisResult<ReadConnection> {
         let response_timeout = block + Duration::from_secs(5);
         match self {
-            Backend::Single { client, .. } => {
+            Backend::Single { origin, .. } => {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(3)))
                     .set_response_timeout(Some(response_timeout));
-                client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .map(ReadConnection::Single)
+                origin.connect(&config).await.map(ReadConnection::Single)
             }
             Backend::Cluster(cluster) => cluster_client(
                 &cluster.nodes,
@@ -186,6 +233,71 @@ impl Cluster {
             .await
             .cloned()
     }
+}
+
+/// A Sentinel client for a `redis+sentinel://` URL; `None` for another URL.
+fn sentinel_client(url: &str, ca: Option<&[u8]>) -> Result<Option<SentinelClient>> {
+    let (rest, tls) = match (
+        url.strip_prefix("redis+sentinel://"),
+        url.strip_prefix("rediss+sentinel://"),
+    ) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Ok(None),
+    };
+    let bad = |why: &str| {
+        Error::invalid(
+            "redis_url",
+            format!(
+                "{why}: write redis+sentinel://[user:password@]host:port[,host:port]/service[/db]"
+            ),
+        )
+    };
+    let (authority, path) = rest.split_once('/').ok_or_else(|| bad("no service name"))?;
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let mut sentinels = Vec::new();
+    for host in hosts.split(',').filter(|h| !h.is_empty()) {
+        let (name, port) = host
+            .rsplit_once(':')
+            .ok_or_else(|| bad("a sentinel without a port"))?;
+        let port = port
+            .parse()
+            .map_err(|_| bad("a sentinel port is not a number"))?;
+        sentinels.push(redis::ConnectionAddr::Tcp(name.to_string(), port));
+    }
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let service = segments.next().ok_or_else(|| bad("no service name"))?;
+    if sentinels.is_empty() {
+        return Err(bad("no sentinel"));
+    }
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut builder = SentinelClientBuilder::new(sentinels, service, SentinelServerType::Master)
+        .map_err(|e| bad(&e.to_string()))?;
+    if let Some(userinfo) = userinfo {
+        let (user, password) = userinfo.split_once(':').unwrap_or(("", userinfo));
+        if !user.is_empty() {
+            builder = builder.set_client_to_redis_username(decode(user));
+        }
+        builder = builder.set_client_to_redis_password(decode(password));
+    }
+    if let Some(db) = segments.next() {
+        builder =
+            builder.set_client_to_redis_db(db.parse().map_err(|_| bad("the db is not a number"))?);
+    }
+    if tls {
+        builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        if let Some(ca) = ca {
+            builder = builder.set_client_to_redis_certificates(certificates(ca));
+        }
+    }
+    builder.build().map(Some).map_err(|e| bad(&e.to_string()))
 }
 
 /// The seed node URLs of a cluster URL; `None` for a single-server URL.

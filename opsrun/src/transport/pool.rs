@@ -1,7 +1,7 @@
 //! The pool of connections for non-blocking commands to one server. Each
-//! connection is a multiplexed connection from the transport's client
-//! (which carries the TLS roots given by file, something deadpool-redis's
-//! manager cannot take). A connection checked out within the last
+//! connection is a multiplexed connection from the transport's origin (a
+//! client carrying the TLS roots given by file, or the primary a Sentinel
+//! names: two things deadpool-redis's manager cannot take). A connection checked out within the last
 //! [`PING_IDLE_AFTER`] is handed out again without a check; an older one
 //! is checked with UNWATCH + PING first, as deadpool-redis does. A
 //! connection whose command failed is never handed out again unchecked: a
@@ -18,7 +18,7 @@ use crate::config::PING_IDLE_AFTER;
 
 /// Creates and checks pooled connections.
 pub(super) struct Manager {
-    pub(super) client: redis::Client,
+    pub(super) origin: super::connect::Origin,
     pub(super) config: AsyncConnectionConfig,
 }
 
@@ -37,10 +37,7 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<Pooled, RedisError> {
         Ok(Pooled {
-            connection: self
-                .client
-                .get_multiplexed_async_connection_with_config(&self.config)
-                .await?,
+            connection: self.origin.connect(&self.config).await?,
             suspect: false,
         })
     }
@@ -81,7 +78,12 @@ pub(super) fn after_error(mut pooled: managed::Object<Manager>, error: &RedisErr
     if error.is_timeout() {
         pooled.suspect = true;
         Kept::Yes
-    } else if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
+    } else if error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_unrecoverable_error()
+        // A primary demoted to a replica (Sentinel failover): the next
+        // connection asks the Sentinels for the new one.
+        || error.code() == Some("READONLY")
     {
         drop(managed::Object::take(pooled));
         Kept::No
