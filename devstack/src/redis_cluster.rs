@@ -27,6 +27,10 @@ impl RedisCluster {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "2000",
+                // Replicas sync at once (the default waits 5 s to batch
+                // them): a replica that never synced cannot take over.
+                "--repl-diskless-sync-delay",
+                "0",
             ])?);
         }
         let addresses: Vec<String> = nodes
@@ -49,14 +53,27 @@ impl RedisCluster {
         let cluster = RedisCluster { nodes };
         let ready = wait_until(Duration::from_secs(30), || {
             cluster.nodes.iter().all(|n| {
-                n.cli(&["CLUSTER", "INFO"])
-                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+                let ok = n
+                    .cli(&["CLUSTER", "INFO"])
+                    .is_ok_and(|info| info.contains("cluster_state:ok"));
+                let synced = n.cli(&["INFO", "replication"]).is_ok_and(|info| {
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                });
+                ok && synced
             })
         });
         if !ready {
-            bail!("the cluster did not reach cluster_state:ok");
+            bail!("the cluster did not reach cluster_state:ok with every replica in sync");
         }
         Ok(cluster)
+    }
+
+    /// SIGKILL the node listening on `port` (its replica takes over once
+    /// the others see it fail).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port() == port) {
+            node.kill();
+        }
     }
 
     /// The `redis+cluster://` URL naming every node as a seed.
@@ -89,12 +106,19 @@ impl RedisCluster {
     /// The port of the master serving `key` now, from `CLUSTER NODES`
     /// (`<id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <state> <slots…>`).
     pub fn master_of(&self, key: &str) -> Result<u16> {
-        let slot: u16 = self.nodes[0]
-            .cli(&["CLUSTER", "KEYSLOT", key])?
+        // Any node that answers (one may have been killed).
+        let ask = |args: &[&str]| {
+            self.nodes
+                .iter()
+                .filter_map(|n| n.cli(args).ok())
+                .find(|answer| !answer.trim().is_empty())
+                .context("no cluster node answers")
+        };
+        let slot: u16 = ask(&["CLUSTER", "KEYSLOT", key])?
             .trim()
             .parse()
             .context("CLUSTER KEYSLOT")?;
-        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"])?;
+        let nodes = ask(&["CLUSTER", "NODES"])?;
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {

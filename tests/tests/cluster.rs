@@ -164,3 +164,86 @@ async fn a_cluster_url_that_does_not_parse_is_a_configuration_error() {
         assert!(stderr.contains("redis_url"), "{url}: {stderr}");
     }
 }
+
+/// A master SIGKILLed mid-load on a cluster of its own: its replica is
+/// promoted, and every accepted run on every queue completes within its
+/// attempts (runs whose start was refused during the failover are recorded
+/// failed, never left queued).
+#[tokio::test]
+async fn a_master_dies_mid_load_and_no_accepted_run_is_lost() {
+    let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1).unwrap())
+        .await
+        .unwrap();
+    let env = TestEnv::with_redis(&cluster.url()).await;
+    let queues = queues_on_every_master(&cluster, &env.prefix);
+    for queue in &queues {
+        env.service.transport().ensure_group(queue).await.unwrap();
+    }
+    let mut command = env.command("worker");
+    command.env("OPSRUN_QUEUES", queues.join(","));
+    let _worker = Worker::spawn_with_registry(&env, "", command);
+    let mut reaper = env
+        .command("reaper")
+        .env("OPSRUN_QUEUES", queues.join(","))
+        .args([
+            "--interval",
+            "1s",
+            "--redispatch-after",
+            "3s",
+            "--pending-idle",
+            "5s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let victim = cluster.master_of(&env.stream(&queues[0])).unwrap();
+    let mut accepted = Vec::new();
+    for n in 0..150 {
+        if n == 50 {
+            cluster.kill(victim);
+        }
+        let request = RunRequest::new(1, "demo.succeed")
+            .queue(&queues[n % 3])
+            .inputs(json!({"n": n}));
+        let ensured = env.service.ensure_run(&request).await.unwrap();
+        if !ensured.dispatch_failed() {
+            accepted.push(ensured.run);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let promoted = wait_until(Duration::from_secs(20), || async {
+        let port = cluster.master_of(&env.stream(&queues[0])).ok()?;
+        (port != victim).then_some(port)
+    })
+    .await;
+    assert!(promoted.is_some(), "the replica was not promoted");
+    assert!(accepted.len() >= 100, "accepted {} of 150", accepted.len());
+    for run in &accepted {
+        let done = wait_until(Duration::from_secs(60), || async {
+            env.ledger()
+                .get(run.tenant_id, run.id)
+                .await
+                .unwrap()
+                .filter(|r| r.status == Status::Completed)
+        })
+        .await
+        .unwrap_or_else(|| panic!("accepted run {} on {} was lost", run.id, run.queue));
+        assert_eq!(
+            done.outcome,
+            Outcome::Succeeded,
+            "{:?}",
+            done.failure_summary
+        );
+        assert!(done.attempt <= done.max_attempts);
+    }
+    let active: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE completed_at IS NULL")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(active, 0);
+    let _ = reaper.kill();
+    let _ = reaper.wait();
+}
