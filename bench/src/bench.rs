@@ -28,6 +28,10 @@ struct Cli {
     /// Worker concurrency for the end-to-end figure.
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
+    /// Also measure end to end on a 3-master Redis Cluster (a replica each)
+    /// started here, beside the single server.
+    #[arg(long)]
+    cluster: bool,
 }
 
 #[tokio::main]
@@ -126,7 +130,14 @@ async fn main() -> Result<()> {
     // 4. One worker drains that backlog, timed on the Postgres clock from its start.
     let epoch = "SELECT extract(epoch FROM clock_timestamp())::float8";
     let started: f64 = opsrun::sqlx::query_scalar(epoch).fetch_one(&pool).await?;
-    let worker = Worker::start(&bin, &stack, &prefix, "bulk", cli.concurrency)?;
+    let worker = Worker::start(
+        &bin,
+        &stack,
+        &stack.redis_url,
+        &prefix,
+        "bulk",
+        cli.concurrency,
+    )?;
     wait_completed(&pool, "bulk", cli.runs).await?;
     let finished: f64 = opsrun::sqlx::query_scalar(
         "SELECT extract(epoch FROM max(completed_at))::float8 FROM operation_runs WHERE queue = 'bulk'",
@@ -139,6 +150,7 @@ async fn main() -> Result<()> {
     let e2e_one = end_to_end(
         &bin,
         &stack,
+        &stack.redis_url,
         &prefix,
         &service,
         "e2e1",
@@ -150,6 +162,7 @@ async fn main() -> Result<()> {
     let e2e_two = end_to_end(
         &bin,
         &stack,
+        &stack.redis_url,
         &prefix,
         &service,
         "e2e2",
@@ -158,7 +171,18 @@ async fn main() -> Result<()> {
         cli.runs,
     )
     .await?;
-    let wide = end_to_end(&bin, &stack, &prefix, &service, "e2e100", 1, 100, cli.runs).await?;
+    let wide = end_to_end(
+        &bin,
+        &stack,
+        &stack.redis_url,
+        &prefix,
+        &service,
+        "e2e100",
+        1,
+        100,
+        cli.runs,
+    )
+    .await?;
 
     println!("\n{:<46} {:>10}", "throughput", "runs/s");
     let row = |label: String, value: f64| println!("{label:<46} {value:>10.0}");
@@ -253,6 +277,63 @@ async fn main() -> Result<()> {
             );
         }
         Err(why) => println!("\nBullMQ baseline skipped: {why}"),
+    }
+    if cli.cluster {
+        cluster_side_by_side(
+            &bin,
+            &stack,
+            &pool,
+            &cli,
+            &[e2e_one.per_second, e2e_two.per_second],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// End to end (1 and 2 workers) on a 3-master Redis Cluster with a replica
+/// each, started here on the same machine, beside the single server's
+/// figures measured above, with the queue's stream on one master as a hot
+/// queue's would be.
+async fn cluster_side_by_side(
+    bin: &std::path::Path,
+    stack: &Stack,
+    pool: &opsrun::sqlx::PgPool,
+    cli: &Cli,
+    single: &[f64; 2],
+) -> Result<()> {
+    let cluster = tokio::task::spawn_blocking(|| devstack::RedisCluster::start(3, 1)).await??;
+    let prefix = format!("benchcluster{}", std::process::id());
+    let mut config = TransportConfig::new(cluster.url());
+    config.prefix = prefix.clone();
+    let service = RunService::new(Ledger::new(pool.clone()), Transport::new(&config)?);
+    let mut figures = Vec::new();
+    for (queue, workers) in [("cluster1", 1), ("cluster2", 2)] {
+        let e2e = end_to_end(
+            bin,
+            stack,
+            &cluster.url(),
+            &prefix,
+            &service,
+            queue,
+            workers,
+            cli.concurrency,
+            cli.runs,
+        )
+        .await?;
+        figures.push(e2e.per_second);
+    }
+    println!(
+        "\nside by side (Redis Cluster, 3 masters + 3 replicas)   single    cluster  cluster/single"
+    );
+    for (label, single, cluster) in [
+        ("end to end, 1 worker (runs/s)", single[0], figures[0]),
+        ("end to end, 2 workers (runs/s)", single[1], figures[1]),
+    ] {
+        println!(
+            "{label:<46} {single:>10.0} {cluster:>10.0} {:>10.2}",
+            cluster / single
+        );
     }
     Ok(())
 }
@@ -365,6 +446,7 @@ struct EndToEnd {
 async fn end_to_end(
     bin: &std::path::Path,
     stack: &Stack,
+    redis_url: &str,
     prefix: &str,
     service: &RunService,
     queue: &'static str,
@@ -373,7 +455,7 @@ async fn end_to_end(
     runs: usize,
 ) -> Result<EndToEnd> {
     let started: Vec<Worker> = (0..workers)
-        .map(|_| Worker::start(bin, stack, prefix, queue, concurrency))
+        .map(|_| Worker::start(bin, stack, redis_url, prefix, queue, concurrency))
         .collect::<Result<_>>()?;
     // Let the workers connect and block on their reads.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -441,6 +523,7 @@ impl Worker {
     fn start(
         bin: &std::path::Path,
         stack: &Stack,
+        redis_url: &str,
         prefix: &str,
         queue: &str,
         concurrency: usize,
@@ -454,7 +537,7 @@ impl Worker {
                 &concurrency.to_string(),
             ])
             .env("DATABASE_URL", &stack.database_url)
-            .env("REDIS_URL", &stack.redis_url)
+            .env("REDIS_URL", redis_url)
             .env("OPSRUN_PREFIX", prefix)
             .env("RUST_LOG", "warn")
             .spawn()?;
