@@ -8,7 +8,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{ClientBuilder, Locator};
@@ -16,20 +16,10 @@ use opsrun::access::{Role, generate_token};
 use opsrun::ledger::NewToken;
 use opsrun::{Initiator, Outcome, RunRequest, Status};
 use serde_json::json;
-use support::{TestEnv, wait_until};
+use support::{Killed, TestEnv, wait_until};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// A child process killed when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use devstack::RedisCluster;
-use opsrun::{Outcome, RunRequest, Status};
+use opsrun::{Outcome, RunRequest};
 use serde_json::json;
 use support::{TestEnv, Worker, json_stdout, wait_until};
 use tokio::sync::OnceCell;
@@ -97,15 +97,7 @@ async fn runs_on_three_masters_start_singly_and_in_a_batch_drain_and_are_reaped(
     command.env("OPSRUN_QUEUES", queues.join(","));
     let worker = Worker::spawn_with_registry(&env, "", command);
     for run in &runs {
-        let done = wait_until(Duration::from_secs(30), || async {
-            env.ledger()
-                .get(run.tenant_id, run.id)
-                .await
-                .unwrap()
-                .filter(|r| r.status == Status::Completed)
-        })
-        .await
-        .unwrap_or_else(|| panic!("run {} on {} did not complete", run.id, run.queue));
+        let done = support::completed_within(&env, run, Duration::from_secs(30)).await;
         assert_eq!(done.outcome, Outcome::Succeeded);
         assert_eq!(done.attempt, 1);
     }
@@ -182,21 +174,7 @@ async fn a_master_dies_mid_load_and_no_accepted_run_is_lost() {
     let mut command = env.command("worker");
     command.env("OPSRUN_QUEUES", queues.join(","));
     let _worker = Worker::spawn_with_registry(&env, "", command);
-    let mut reaper = env
-        .command("reaper")
-        .env("OPSRUN_QUEUES", queues.join(","))
-        .args([
-            "--interval",
-            "1s",
-            "--redispatch-after",
-            "3s",
-            "--pending-idle",
-            "5s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _reaper = support::fast_reaper(&env, &queues);
 
     let victim = cluster.master_of(&env.stream(&queues[0])).unwrap();
     let mut accepted = Vec::new();
@@ -220,30 +198,5 @@ async fn a_master_dies_mid_load_and_no_accepted_run_is_lost() {
     .await;
     assert!(promoted.is_some(), "the replica was not promoted");
     assert!(accepted.len() >= 100, "accepted {} of 150", accepted.len());
-    for run in &accepted {
-        let done = wait_until(Duration::from_secs(60), || async {
-            env.ledger()
-                .get(run.tenant_id, run.id)
-                .await
-                .unwrap()
-                .filter(|r| r.status == Status::Completed)
-        })
-        .await
-        .unwrap_or_else(|| panic!("accepted run {} on {} was lost", run.id, run.queue));
-        assert_eq!(
-            done.outcome,
-            Outcome::Succeeded,
-            "{:?}",
-            done.failure_summary
-        );
-        assert!(done.attempt <= done.max_attempts);
-    }
-    let active: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE completed_at IS NULL")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-    assert_eq!(active, 0);
-    let _ = reaper.kill();
-    let _ = reaper.wait();
+    support::audit_accepted(&env, &accepted).await;
 }

@@ -8,9 +8,9 @@ mod support;
 use std::time::Duration;
 
 use devstack::RedisSentinel;
-use opsrun::{Outcome, RunRequest, Status};
+use opsrun::RunRequest;
 use serde_json::json;
-use support::{TestEnv, Worker, wait_until};
+use support::{TestEnv, Worker};
 
 #[tokio::test]
 async fn the_primary_dies_mid_load_and_no_accepted_run_is_lost() {
@@ -19,20 +19,7 @@ async fn the_primary_dies_mid_load_and_no_accepted_run_is_lost() {
         .unwrap();
     let env = TestEnv::with_redis(&sentinel.url()).await;
     let _worker = Worker::spawn_with_registry(&env, "", env.command("worker"));
-    let mut reaper = env
-        .command("reaper")
-        .args([
-            "--interval",
-            "1s",
-            "--redispatch-after",
-            "3s",
-            "--pending-idle",
-            "5s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _reaper = support::fast_reaper(&env, &[]);
 
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -54,34 +41,6 @@ async fn the_primary_dies_mid_load_and_no_accepted_run_is_lost() {
     assert_ne!(Some(promoted), killed, "the replica was promoted");
     assert!(accepted.len() >= 100, "accepted {} of 150", accepted.len());
 
-    for run in &accepted {
-        let done = wait_until(Duration::from_secs(60), || async {
-            env.ledger()
-                .get(run.tenant_id, run.id)
-                .await
-                .unwrap()
-                .filter(|r| r.status == Status::Completed)
-        })
-        .await
-        .unwrap_or_else(|| panic!("accepted run {} was lost", run.id));
-        assert_eq!(
-            done.outcome,
-            Outcome::Succeeded,
-            "{:?}",
-            done.failure_summary
-        );
-        assert!(done.attempt <= done.max_attempts);
-    }
-    // Runs told their dispatch failed were recorded as failed, not left queued.
-    let active: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE completed_at IS NULL")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        active, 0,
-        "{refused} starts were refused during the failover"
-    );
-    let _ = reaper.kill();
-    let _ = reaper.wait();
+    support::audit_accepted(&env, &accepted).await;
+    println!("{refused} starts were refused during the failover");
 }

@@ -33,18 +33,10 @@ impl Transport {
             let stream = self.keys.queue_stream(queue);
             let mut pipe = redis::pipe();
             for &i in members {
-                let entry = &entries[i].1;
-                pipe.cmd("XADD")
-                    .arg(&stream)
-                    .arg("*")
-                    .arg("run_id")
-                    .arg(entry.run_id.0)
-                    .arg("tenant_id")
-                    .arg(entry.tenant_id)
-                    .arg("type")
-                    .arg(&entry.run_type)
-                    .arg("attempt")
-                    .arg(entry.attempt);
+                let mut xadd = redis::cmd("XADD");
+                xadd.arg(&stream).arg("*");
+                entries[i].1.add_fields(&mut xadd);
+                pipe.add_command(xadd);
             }
             async move {
                 let operation = || format!("publishing to stream {stream}");
@@ -129,16 +121,23 @@ impl Transport {
             .arg("reason")
             .arg(reason);
         if let Some(e) = entry {
-            cmd.arg("run_id")
-                .arg(e.run_id.0)
-                .arg("tenant_id")
-                .arg(e.tenant_id)
-                .arg("type")
-                .arg(&e.run_type)
-                .arg("attempt")
-                .arg(e.attempt);
+            e.add_fields(&mut cmd);
         }
         self.run(|| format!("dead-lettering to stream {stream}"), &cmd)
             .await
+    }
+}
+
+impl Entry {
+    /// Append the entry's fields to an XADD.
+    fn add_fields(&self, cmd: &mut redis::Cmd) {
+        cmd.arg("run_id")
+            .arg(self.run_id.0)
+            .arg("tenant_id")
+            .arg(self.tenant_id)
+            .arg("type")
+            .arg(&self.run_type)
+            .arg("attempt")
+            .arg(self.attempt);
     }
 }

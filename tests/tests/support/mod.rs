@@ -395,7 +395,12 @@ pub async fn enqueue(service: &RunService, tenant: i64, run_type: &str) -> Run {
 }
 
 pub async fn completed(env: &TestEnv, run: &Run) -> Run {
-    wait_until(Duration::from_secs(20), || async {
+    completed_within(env, run, Duration::from_secs(20)).await
+}
+
+/// `run` once it completed; panics after `limit`.
+pub async fn completed_within(env: &TestEnv, run: &Run, limit: Duration) -> Run {
+    wait_until(limit, || async {
         env.ledger()
             .get(run.tenant_id, run.id)
             .await
@@ -403,7 +408,66 @@ pub async fn completed(env: &TestEnv, run: &Run) -> Run {
             .filter(|r| r.status == Status::Completed)
     })
     .await
-    .unwrap_or_else(|| panic!("run {} did not complete", run.id))
+    .unwrap_or_else(|| panic!("run {} on {} did not complete (lost?)", run.id, run.queue))
+}
+
+/// The audit after a fault: every accepted run completed successfully
+/// within its attempts (none lost), and no run is left active (starts that
+/// were refused were recorded failed).
+pub async fn audit_accepted(env: &TestEnv, accepted: &[Run]) {
+    for run in accepted {
+        let done = completed_within(env, run, Duration::from_secs(60)).await;
+        assert_eq!(
+            done.outcome,
+            opsrun::Outcome::Succeeded,
+            "{:?}",
+            done.failure_summary
+        );
+        assert!(
+            done.attempt <= done.max_attempts,
+            "run {} ran too often",
+            run.id
+        );
+    }
+    let active: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE completed_at IS NULL")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(active, 0, "runs left active");
+}
+
+/// A reaper binary on short intervals (a round a second, lost dispatches
+/// after 3 s), killed when dropped.
+pub fn fast_reaper(env: &TestEnv, queues: &[String]) -> Killed {
+    let mut cmd = env.command("reaper");
+    if !queues.is_empty() {
+        cmd.env("OPSRUN_QUEUES", queues.join(","));
+    }
+    Killed(
+        cmd.args([
+            "--interval",
+            "1s",
+            "--redispatch-after",
+            "3s",
+            "--pending-idle",
+            "5s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning reaper"),
+    )
+}
+
+/// A child process killed when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Wait up to `limit` for `child` to exit; `None` when it is still running.
