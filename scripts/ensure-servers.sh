@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the server binaries the demo and the tests start are installed:
-# PostgreSQL when DATABASE_URL is not set, redis-server when REDIS_URL is not,
-# and with --browser, Chromium and ChromeDriver for the browser test.
+# PostgreSQL when DATABASE_URL is not set, redis-server (with redis-cli) when
+# REDIS_URL is not, and with --browser (the test suite), Chromium and
+# ChromeDriver for the browser test and redis-server in any case.
 # Installs them with apt-get when missing (as root, or through sudo), unless
 # OPSRUN_NO_INSTALL=1. The servers themselves are started, ephemeral, by the
 # program that needs them; nothing is left running.
@@ -11,7 +12,10 @@ missing=()
 if [ -z "${DATABASE_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
-if [ -z "${REDIS_URL:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
+# The test suite starts its own Redis Cluster, Sentinels and TLS server even
+# when REDIS_URL names a server, so `make test` (--browser) always needs them.
+if { [ -z "${REDIS_URL:-}" ] || [ "${1:-}" = --browser ]; } \
+   && ! { command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; }; then
   missing+=(redis-server)
 fi
 if [ "${1:-}" = --browser ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
