@@ -110,9 +110,10 @@ impl ExecHandler {
         worker_env: &BTreeMap<String, String>,
         user: Option<&JobUser>,
     ) -> BTreeMap<String, String> {
+        // The registry refuses the worker's credentials in `inherit_env`,
+        // and the snapshot never holds them.
         let mut job_env: BTreeMap<String, String> = inherit_env
             .iter()
-            .filter(|name| !opsrun::registry::WORKER_CREDENTIALS.contains(&name.as_str()))
             .filter_map(|name| worker_env.get(name).map(|v| (name.clone(), v.clone())))
             .collect();
         job_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -314,10 +315,9 @@ async fn tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
             dropped = true;
         }
     }
-    let mut cut = dropped;
+    let cut = dropped || kept.len() > keep;
     if kept.len() > keep {
         kept.drain(..kept.len() - keep);
-        cut = true;
     }
     if cut {
         let line_start = kept

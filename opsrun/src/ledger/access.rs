@@ -103,14 +103,9 @@ impl Ledger {
 
     /// The live token of the unexpired session whose secret is `secret`.
     pub async fn token_by_session(&self, secret: &str) -> Result<Option<Token>> {
-        let columns = TOKEN_COLUMNS
-            .split(", ")
-            .map(|c| format!("t.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         sqlx::query_as::<_, Token>(sqlx::AssertSqlSafe(format!(
-            "SELECT {columns} FROM monitor_sessions s JOIN api_tokens t ON t.id = s.token_id \
-             WHERE s.session_sha256 = $1 AND s.expires_at > now() AND t.revoked_at IS NULL"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE revoked_at IS NULL AND id = \
+             (SELECT token_id FROM monitor_sessions WHERE session_sha256 = $1 AND expires_at > now())"
         )))
         .bind(token_hash(secret))
         .fetch_optional(&self.pool)

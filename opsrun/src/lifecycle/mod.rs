@@ -485,9 +485,8 @@ fn terminal_state(
     let (outcome, counts, failures) = match result {
         // Counts a run cannot store fail the run, by name, instead of
         // failing the statement that writes it and every run grouped with it.
-        JobResult::Finished(report) if report.summary_counts.out_of_range().is_some() => {
-            let (name, n) = report.summary_counts.out_of_range().expect("checked");
-            (
+        JobResult::Finished(report) => match report.summary_counts.out_of_range() {
+            Some((name, n)) => (
                 Outcome::Failed,
                 Default::default(),
                 vec![sanitize::failure(
@@ -497,17 +496,17 @@ fn terminal_state(
                         crate::run::MAX_COUNT
                     ),
                 )],
-            )
-        }
-        JobResult::Finished(report) => {
-            let failures =
-                fold_failures(report.failures.into_iter().map(sanitize::sanitize_failure));
-            let outcome = match report.outcome {
-                Some(o) if o.is_terminal() && o != Outcome::Cancelled => o,
-                _ => Outcome::derive(&report.summary_counts, &failures),
-            };
-            (outcome, report.summary_counts, failures)
-        }
+            ),
+            None => {
+                let failures =
+                    fold_failures(report.failures.into_iter().map(sanitize::sanitize_failure));
+                let outcome = match report.outcome {
+                    Some(o) if o.is_terminal() && o != Outcome::Cancelled => o,
+                    _ => Outcome::derive(&report.summary_counts, &failures),
+                };
+                (outcome, report.summary_counts, failures)
+            }
+        },
         // A retryable failure on the last attempt is a failure.
         JobResult::Failed { code, message } | JobResult::Retry { code, message, .. } => (
             Outcome::Failed,
