@@ -161,7 +161,7 @@ async fn main() -> Result<()> {
     )?);
     let service =
         Arc::new(RunService::new(ledger, Transport::new(&config)?).with_registry(registry));
-    service.transport().ensure_group("default").await?;
+    service.transport().ensure_group(&"default".into()).await?;
 
     let mut procs = Processes {
         bin,

@@ -183,6 +183,7 @@ async fn write_loop(
             max_attempts: 3,
             lease_seconds: 60,
             domain_id: None,
+            shard: 0,
         };
         let (run, _) = ledger.insert_or_get(&new).await?;
         let t = Instant::now();

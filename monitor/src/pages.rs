@@ -388,7 +388,7 @@ pub async fn operation(
             dt { "Outcome" } dd #outcome { (outcome_badge(run.outcome)) }
             dt { "Initiator" } dd { (run.initiator_name) @if let Some(u) = run.user_id { " (user " (u) ")" } }
             dt { "Tenant" } dd { (run.tenant_id) }
-            dt { "Queue" } dd { (run.queue) }
+            dt { "Queue" } dd { (run.queue) @if run.shard > 0 { ", shard " (run.shard) } }
             dt { "Attempt" } dd { (run.attempt) " of " (run.max_attempts) }
             dt { "Created" } dd { (time(run.created_at)) }
             dt { "Started" } dd { @if let Some(t) = run.started_at { (time(t)) } @else { "—" } }

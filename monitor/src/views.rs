@@ -239,9 +239,13 @@ pub fn timeline(run: &Run) -> Vec<TimelineEvent> {
     if let Some(at) = run.dispatched_at {
         // The entry id is known once a worker claimed the run (a producer
         // does not record it).
+        let queue = match run.shard {
+            0 => run.queue.clone(),
+            shard => format!("{}, shard {shard}", run.queue),
+        };
         let detail = match &run.dispatch_entry_id {
-            Some(entry) => format!("to queue {} as entry {entry}", run.queue),
-            None => format!("to queue {}", run.queue),
+            Some(entry) => format!("to queue {queue} as entry {entry}"),
+            None => format!("to queue {queue}"),
         };
         events.push(TimelineEvent {
             at,

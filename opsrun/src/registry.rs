@@ -23,6 +23,9 @@
 //! inherit_env = ["PATH", "LANG", "AWS_PROFILE"]      # the worker's variables it may see
 //! run_as = "opsrun-job"         # the user it runs as (the worker needs root or CAP_SETUID)
 //!
+//! [queues.inventory]           # queue settings (optional)
+//! shards = 4                    # streams; a tenant's runs go to one of them
+//!
 //! [types."backup.scheduled"]
 //! identity = "strict"
 //! identity_keys = ["backup_schedule_id", "scheduled_for"]
@@ -173,6 +176,8 @@ pub struct Registry {
     pub exec_defaults: ExecDefaults,
     /// Declared types.
     pub types: BTreeMap<String, TypeSpec>,
+    /// Streams per queue declared under `[queues]` (others have 1).
+    pub shards: BTreeMap<String, i16>,
 }
 
 impl Default for Registry {
@@ -195,7 +200,7 @@ impl Registry {
     /// Parse and validate registry TOML; the error names the type and field.
     pub fn parse(text: &str) -> std::result::Result<Registry, String> {
         let root: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
-        check_keys("", &root, &["strict_types", "defaults", "types"])?;
+        check_keys("", &root, &["strict_types", "defaults", "queues", "types"])?;
         let strict_types = match root.get("strict_types") {
             None => false,
             Some(v) => v.as_bool().ok_or("strict_types: must be true or false")?,
@@ -236,11 +241,34 @@ impl Registry {
                 );
             }
         }
+        let mut shards = BTreeMap::new();
+        if let Some(declared) = table(&root, "queues", "queues")? {
+            for (name, value) in declared {
+                let at = format!("queues.\"{name}\"");
+                validate_queue(name).map_err(|e| format!("{at}: {e}"))?;
+                let t = value
+                    .as_table()
+                    .ok_or_else(|| format!("{at}: must be a table"))?;
+                check_keys(&at, t, QUEUE_KEYS)?;
+                let max = crate::transport::MAX_SHARDS;
+                let n = match t.get("shards") {
+                    None => 1,
+                    Some(n) => n
+                        .as_integer()
+                        .filter(|n| (1..=max as i64).contains(n))
+                        .ok_or_else(|| {
+                            format!("{at}.shards: must be a whole number from 1 to {max}")
+                        })?,
+                };
+                shards.insert(name.clone(), n as i16);
+            }
+        }
         Ok(Registry {
             strict_types,
             defaults,
             exec_defaults,
             types,
+            shards,
         })
     }
 
@@ -259,11 +287,17 @@ impl Registry {
         }
     }
 
-    /// Every queue a declared type or the defaults use.
+    /// How many streams `queue` has: its declared `shards`, or 1.
+    pub fn shards(&self, queue: &str) -> i16 {
+        self.shards.get(queue).copied().unwrap_or(1)
+    }
+
+    /// Every queue a declared type or the defaults use, or declared under `[queues]`.
     pub fn queues(&self) -> Vec<String> {
         let mut queues: Vec<String> = std::iter::once(&self.defaults)
             .chain(self.types.values())
             .map(|t| t.queue.clone())
+            .chain(self.shards.keys().cloned())
             .collect();
         queues.sort();
         queues.dedup();
@@ -271,6 +305,7 @@ impl Registry {
     }
 }
 
+const QUEUE_KEYS: &[&str] = &["shards"];
 const DEFAULT_KEYS: &[&str] = &[
     "queue",
     "time_limit",
@@ -566,6 +601,9 @@ mod tests {
             identity_keys = ["backup_schedule_id", "scheduled_for"]
             handler = "backup"
             time_limit = "2h"
+            [queues.inventory]
+            shards = 4
+            [queues.bulk]
             [types."report.build"]
             identity = "nonce"
             "#,
@@ -627,7 +665,9 @@ mod tests {
             registry.spec("undeclared.type").is_err(),
             "strict_types refuses undeclared types"
         );
-        assert_eq!(registry.queues(), ["inventory", "ops"]);
+        assert_eq!(registry.queues(), ["bulk", "inventory", "ops"]);
+        assert_eq!((registry.shards("inventory"), registry.shards("ops")), (4, 1));
+        assert_eq!(registry.shards("bulk"), 1, "a queue table without shards");
     }
 
     #[test]
@@ -693,6 +733,11 @@ mod tests {
                 "retry_backoff_max",
             ),
             ("[types.\"Bad\"]\nqueue = \"q\"", "types.\"Bad\""),
+            ("[queues.q]\nshards = 0", "queues.\"q\".shards: must be a whole number from 1 to 64"),
+            ("[queues.q]\nshards = 65", "queues.\"q\".shards"),
+            ("[queues.q]\nshards = \"4\"", "queues.\"q\".shards"),
+            ("[queues.q]\nshard = 4", "did you mean \"shards\"?"),
+            ("[queues.\"Bad Q\"]\nshards = 2", "queues.\"Bad Q\""),
             (
                 "[types.\"a.b\"]\ncommand = [\"x\"]\ninherit_env = [\"DATABASE_URL\"]",
                 "worker's own credential",

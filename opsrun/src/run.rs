@@ -240,6 +240,9 @@ pub enum ReclaimReason {
     DispatchMissing,
     /// A queued run's entry was delivered to a consumer that never claimed it.
     DeliveryStalled,
+    /// A queued run's entry waits in a shard its queue no longer has (the
+    /// registry lowered `shards`), which no worker reads.
+    ShardRetired,
 }
 
 impl ReclaimReason {
@@ -249,6 +252,7 @@ impl ReclaimReason {
             ReclaimReason::LeaseExpired => "lease_expired",
             ReclaimReason::DispatchMissing => "dispatch_missing",
             ReclaimReason::DeliveryStalled => "delivery_stalled",
+            ReclaimReason::ShardRetired => "shard_retired",
         }
     }
 }
@@ -265,6 +269,13 @@ pub struct Reclaim {
     pub holder: Option<String>,
     /// When (Postgres clock).
     pub at: DateTime<Utc>,
+}
+
+impl Run {
+    /// The stream its latest entry was sent to.
+    pub fn stream(&self) -> crate::transport::QueueStream {
+        crate::transport::QueueStream::new(self.queue.clone(), self.shard)
+    }
 }
 
 /// One row of `operation_runs`.
@@ -296,8 +307,11 @@ pub struct Run {
     pub context: Json<serde_json::Value>,
     /// The job's inputs.
     pub inputs: Json<serde_json::Value>,
-    /// The queue (stream) the run is dispatched on.
+    /// The queue the run is dispatched on.
     pub queue: String,
+    /// Which of the queue's streams its latest entry was sent to (0 unless
+    /// the queue is sharded): see [`Run::stream`].
+    pub shard: i16,
     /// Claims so far; the attempt a worker runs is this value after its claim.
     pub attempt: i32,
     /// Claims allowed before the run fails for good.

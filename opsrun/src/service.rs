@@ -12,7 +12,7 @@ use crate::registry::{IdentityRule, Registry, TypeSpec};
 use crate::request::RunRequest;
 use crate::run::{Failure, Outcome, Run, RunId, Status, SummaryCounts, fold_failures};
 use crate::sanitize;
-use crate::transport::{Entry, Transport};
+use crate::transport::{Entry, QueueStream, Transport, shard_for};
 
 /// Failure code of a run whose dispatch to Redis failed.
 pub const DISPATCH_FAILED: &str = "queue.dispatch_failed";
@@ -74,20 +74,28 @@ pub fn view_url(monitor_base: &str, run: &Run) -> String {
 struct Prepared<'r> {
     spec: &'r TypeSpec,
     identity: String,
+    /// The shard of its queue the run goes to.
+    shard: i16,
 }
 
 impl Prepared<'_> {
     fn new_run<'a>(&'a self, request: &'a RunRequest) -> NewRun<'a> {
         NewRun {
             request,
-            queue: request.queue.as_deref().unwrap_or(&self.spec.queue),
+            queue: queue_of(request, self.spec),
             identity: &self.identity,
             rule: &self.spec.identity,
             max_attempts: self.spec.max_attempts,
             lease_seconds: self.spec.lease.as_secs().clamp(1, i32::MAX as u64) as i32,
             domain_id: None,
+            shard: self.shard,
         }
     }
+}
+
+/// The queue a request goes to: its own, or its type's.
+fn queue_of<'a>(request: &'a RunRequest, spec: &'a TypeSpec) -> &'a str {
+    request.queue.as_deref().unwrap_or(&spec.queue)
 }
 
 /// Where one request of a batch stands between its insert and its dispatch.
@@ -200,7 +208,12 @@ impl RunService {
                     })?
             }
         };
-        Ok(Prepared { spec, identity })
+        let shards = self.registry.shards(queue_of(request, spec));
+        Ok(Prepared {
+            spec,
+            identity,
+            shard: shard_for(request.tenant_id, shards),
+        })
     }
 
     /// Ensure many runs at once: one INSERT for all (two at once for a
@@ -408,9 +421,11 @@ impl RunService {
     /// run. Nothing is recorded on success: the insert stamped the dispatch
     /// time, and the claim records the entry.
     async fn dispatch_many(&self, runs: &[&Run]) -> std::collections::HashMap<RunId, EnsuredRun> {
-        let entries: Vec<(&str, Entry)> = runs
+        let streams: Vec<QueueStream> = runs.iter().map(|r| r.stream()).collect();
+        let entries: Vec<(&QueueStream, Entry)> = runs
             .iter()
-            .map(|r| (r.queue.as_str(), Entry::next_attempt(r)))
+            .zip(&streams)
+            .map(|(r, stream)| (stream, Entry::next_attempt(r)))
             .collect();
         let mut out = std::collections::HashMap::new();
         let sent = self.transport.publish_many(&entries).await;
@@ -474,19 +489,24 @@ impl RunService {
 
     /// Send a queued run's entry (for its next attempt) and record it: the
     /// reaper's dispatches (due, reclaimed, lost), whose taking statement
-    /// stamped the dispatch time. The record is bookkeeping for the reaper:
-    /// if it fails, the run is still dispatched, and at worst the reaper
-    /// sends a harmless duplicate.
+    /// stamped the dispatch time. The entry goes to the run's tenant's shard
+    /// as the queue stands now (its `shards` may have changed since the run
+    /// was created). The record is bookkeeping for the reaper: if it fails,
+    /// the run is still dispatched, and at worst the reaper sends a harmless
+    /// duplicate.
     pub async fn dispatch(&self, run: &Run) -> Result<String> {
+        let shard = shard_for(run.tenant_id, self.registry.shards(&run.queue));
+        let stream = QueueStream::new(run.queue.clone(), shard);
         let entry_id = self
             .transport
-            .publish(&run.queue, &Entry::next_attempt(run))
+            .publish(&stream, &Entry::next_attempt(run))
             .await?;
         let record = DispatchRecord {
             tenant_id: run.tenant_id,
             run_id: run.id,
             attempt: run.attempt,
             entry_id: entry_id.clone(),
+            shard,
         };
         if let Err(e) = self.ledger.record_dispatches(&[record]).await {
             tracing::warn!(run_id = %run.id, error = %e, "dispatch sent but not recorded");

@@ -494,6 +494,7 @@ fn result_json(ensured: &opsrun::EnsuredRun, monitor_url: &str) -> (serde_json::
         "deduplicated": ensured.deduplicated(),
         "view_url": view_url(monitor_url, run),
         "queue": run.queue,
+        "shard": run.shard,
         "run_identity_hash": run.run_identity_hash,
         "initiator_name": run.initiator_name,
         "user_id": run.user_id,

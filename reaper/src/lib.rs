@@ -20,6 +20,7 @@ pub mod stuck;
 pub mod trim;
 
 use opsrun::RunService;
+use opsrun::transport::QueueStream;
 use serde::Serialize;
 
 /// Options of every pass.
@@ -29,7 +30,8 @@ pub struct ReaperConfig {
     /// `declared_queues` and every queue stream found under the prefix.
     pub queues: Vec<String>,
     /// Queues always visited when `queues` is empty (the registry's), even
-    /// when listing the streams finds none or fails.
+    /// when listing the streams finds none or fails. Every shard of a queue
+    /// is visited: those the registry declares, and any other found.
     pub declared_queues: Vec<String>,
     /// Due pass.
     pub due: due::DueConfig,
@@ -72,19 +74,27 @@ pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundRepor
         tracing::error!(pass, error = %opsrun::sanitize::redact(&error.to_string()), "reaper pass failed; the next round retries");
         failed_passes.push(pass);
     };
+    // Declared shards are visited even when listing fails; found streams
+    // add shards no longer declared (their entries still need looking after).
+    let mut found = service.transport().streams().await.unwrap_or_else(|e| {
+        failed("queues", e);
+        Vec::new()
+    });
     let queues = match &config.queues {
-        q if !q.is_empty() => q.clone(),
-        _ => {
-            let mut queues = service.transport().queues().await.unwrap_or_else(|e| {
-                failed("queues", e);
-                Vec::new()
-            });
-            queues.extend(config.declared_queues.iter().cloned());
-            queues.sort();
-            queues.dedup();
-            queues
+        q if !q.is_empty() => {
+            found.retain(|s| q.contains(&s.queue));
+            q
         }
+        _ => &config.declared_queues,
     };
+    let registry = service.registry();
+    let mut streams: Vec<QueueStream> = queues
+        .iter()
+        .flat_map(|q| QueueStream::all(q, registry.shards(q)))
+        .chain(found)
+        .collect();
+    streams.sort();
+    streams.dedup();
     let due = due::run_once(service, &config.due)
         .await
         .unwrap_or_else(|e| {
@@ -103,13 +113,13 @@ pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundRepor
             failed("lost_dispatch", e);
             Default::default()
         });
-    let pending = pending::run_once(service, &queues, &config.pending)
+    let pending = pending::run_once(service, &streams, &config.pending)
         .await
         .unwrap_or_else(|e| {
             failed("pending", e);
             Default::default()
         });
-    let trim = trim::run_once(service.transport(), &queues, &config.trim)
+    let trim = trim::run_once(service.transport(), &streams, &config.trim)
         .await
         .unwrap_or_else(|e| {
             failed("trim", e);

@@ -8,6 +8,11 @@
 //! Two reapers never both re-send a run: the re-dispatch is claimed in
 //! Postgres first, on the entry both saw.
 //!
+//! A run whose entry waits in a shard its queue no longer has (the registry
+//! lowered `shards`; no worker reads that stream) is dispatched again to its
+//! tenant's shard as the queue stands now (`shard_retired`). The entry left
+//! behind is harmless: should the shard come back, the claim skips it.
+//!
 //! A producer does not record the entry it sent (a claim records the entry
 //! it came from, so most runs never need it); for a run that waited long
 //! with none recorded, the entry is looked for by its fields among the
@@ -20,7 +25,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use opsrun::transport::EntryState;
+use opsrun::transport::{EntryState, QueueStream};
 use opsrun::{DispatchRecord, ReclaimReason, Result, Run, RunId, RunService};
 use serde::Serialize;
 
@@ -58,6 +63,8 @@ pub struct LostDispatchReport {
     pub missing: u64,
     /// Runs dispatched again because their entry was delivered but never claimed.
     pub stalled: u64,
+    /// Runs dispatched again because their entry waited in a retired shard.
+    pub retired: u64,
     /// Runs whose entry is still waiting in the stream.
     pub waiting: u64,
     /// Re-dispatches that failed (retried next round).
@@ -79,20 +86,20 @@ pub async fn run_once(
     let mut located = locate_unrecorded(service, &runs).await?;
     let mut found_waiting = Vec::new();
     for run in runs {
+        let stream = run.stream();
         let (entry_id, state) = match &run.dispatch_entry_id {
             Some(entry_id) => (
                 Some(entry_id.clone()),
-                service
-                    .transport()
-                    .entry_state(&run.queue, entry_id)
-                    .await?,
+                service.transport().entry_state(&stream, entry_id).await?,
             ),
             None => match located.remove(&(run.tenant_id, run.id, run.attempt + 1)) {
                 Some((entry_id, state)) => (Some(entry_id), state),
                 None => (None, EntryState::Missing),
             },
         };
+        let retired = run.shard >= service.registry().shards(&run.queue);
         let reason = match state {
+            EntryState::Waiting if retired => ReclaimReason::ShardRetired,
             EntryState::Waiting => {
                 if run.dispatch_entry_id.is_none()
                     && let Some(entry_id) = entry_id
@@ -102,6 +109,7 @@ pub async fn run_once(
                         run_id: run.id,
                         attempt: run.attempt,
                         entry_id,
+                        shard: run.shard,
                     });
                 }
                 report.waiting += 1;
@@ -124,6 +132,7 @@ pub async fn run_once(
         match service.dispatch(&claimed).await {
             Ok(_) => match reason {
                 ReclaimReason::DeliveryStalled => report.stalled += 1,
+                ReclaimReason::ShardRetired => report.retired += 1,
                 _ => report.missing += 1,
             },
             Err(e) => {
@@ -132,7 +141,7 @@ pub async fn run_once(
             }
         }
         if let (ReclaimReason::DeliveryStalled, Some(old)) = (reason, &entry_id) {
-            let _ = service.transport().ack(&run.queue, &[old]).await;
+            let _ = service.transport().ack(&stream, &[old]).await;
         }
     }
     // Bookkeeping only: without it the next round looks for them again.
@@ -148,20 +157,20 @@ async fn locate_unrecorded(
     service: &RunService,
     runs: &[Run],
 ) -> Result<HashMap<(i64, RunId, i32), (String, EntryState)>> {
-    let mut wanted: HashMap<&str, HashSet<(i64, RunId, i32)>> = HashMap::new();
+    let mut wanted: HashMap<QueueStream, HashSet<(i64, RunId, i32)>> = HashMap::new();
     for run in runs.iter().filter(|r| r.dispatch_entry_id.is_none()) {
-        wanted.entry(run.queue.as_str()).or_default().insert((
+        wanted.entry(run.stream()).or_default().insert((
             run.tenant_id,
             run.id,
             run.attempt + 1,
         ));
     }
     let mut located = HashMap::new();
-    for (queue, wanted) in wanted {
+    for (stream, wanted) in wanted {
         located.extend(
             service
                 .transport()
-                .locate_entries(queue, &wanted, LOCATE_SCAN)
+                .locate_entries(&stream, &wanted, LOCATE_SCAN)
                 .await?,
         );
     }

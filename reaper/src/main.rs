@@ -103,7 +103,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let transport = Transport::new(&cli.redis.transport_config()?)?;
     let ledger = Ledger::new(cli.database.connect(4).await?);
     transport.ping().await.map_err(opsrun_cli::redis_failure)?;
-    let service = RunService::new(ledger, transport);
+    // The registry's shards say where re-dispatched runs go.
+    let service = RunService::new(ledger, transport).with_registry(std::sync::Arc::new(registry));
 
     if cli.once {
         let report = opsrun_reaper::run_once(&service, &config).await;

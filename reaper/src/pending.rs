@@ -7,11 +7,13 @@
 //! `queue.poison` if still queued, and acknowledged. Entries of live runs are
 //! left to their worker; entries of stuck runs to the stuck pass.
 //!
-//! Touches: the pending lists of every queue stream (or the configured queues).
+//! Touches: the pending lists of every queue stream, every shard (or the
+//! configured queues').
 //! Options: [`PendingConfig`]. Reports: [`PendingReport`].
 
 use std::time::Duration;
 
+use opsrun::transport::QueueStream;
 use opsrun::{Result, RunService, Status, sanitize};
 use serde::Serialize;
 
@@ -19,7 +21,7 @@ use serde::Serialize;
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 /// Default deliveries after which an entry is poison.
 pub const DEFAULT_POISON_DELIVERIES: u64 = 5;
-/// Default entries examined per queue per round.
+/// Default entries examined per stream per round.
 pub const DEFAULT_BATCH: usize = 500;
 
 /// Options of the pending pass.
@@ -29,7 +31,7 @@ pub struct PendingConfig {
     pub idle: Duration,
     /// Deliveries after which an entry is dead-lettered.
     pub poison_deliveries: u64,
-    /// Entries examined per queue per round.
+    /// Entries examined per stream per round.
     pub batch: usize,
 }
 
@@ -54,20 +56,20 @@ pub struct PendingReport {
     pub left: u64,
 }
 
-/// Run one round over `queues`.
+/// Run one round over `streams`.
 pub async fn run_once(
     service: &RunService,
-    queues: &[String],
+    streams: &[QueueStream],
     config: &PendingConfig,
 ) -> Result<PendingReport> {
     let mut report = PendingReport::default();
     let transport = service.transport();
-    for queue in queues {
+    for stream in streams {
         for pending in transport
-            .pending_idle(queue, config.idle, config.batch)
+            .pending_idle(stream, config.idle, config.batch)
             .await?
         {
-            let entry = transport.entry(queue, &pending.entry_id).await?.flatten();
+            let entry = transport.entry(stream, &pending.entry_id).await?.flatten();
             let run = match &entry {
                 Some(e) => service.ledger().get(e.tenant_id, e.run_id).await?,
                 None => None,
@@ -100,9 +102,9 @@ pub async fn run_once(
                         .is_some()
                     {
                         transport
-                            .dead_letter(queue, &pending.entry_id, Some(e), "poison")
+                            .dead_letter(&stream.queue, &pending.entry_id, Some(e), "poison")
                             .await?;
-                        transport.ack(queue, &[&pending.entry_id]).await?;
+                        transport.ack(stream, &[&pending.entry_id]).await?;
                         tracing::error!(run_id = %r.id, tenant_id = r.tenant_id, deliveries = pending.deliveries, "poison entry dead-lettered; run failed");
                         report.dead_lettered += 1;
                         continue;
@@ -112,7 +114,7 @@ pub async fn run_once(
             } else if live {
                 report.left += 1;
             } else {
-                transport.ack(queue, &[&pending.entry_id]).await?;
+                transport.ack(stream, &[&pending.entry_id]).await?;
                 report.acknowledged += 1;
             }
         }

@@ -143,7 +143,7 @@ async fn fail_exhausted(
 /// Acknowledge the entry the lost worker held, so it leaves the pending list.
 async fn ack_old_entry(service: &RunService, run: &Run) {
     if let Some(entry_id) = &run.dispatch_entry_id
-        && let Err(e) = service.transport().ack(&run.queue, &[entry_id]).await
+        && let Err(e) = service.transport().ack(&run.stream(), &[entry_id]).await
     {
         tracing::debug!(run_id = %run.id, error = %e, "old entry not acknowledged; the pending pass will");
     }

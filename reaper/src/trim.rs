@@ -3,11 +3,12 @@
 //! newer than `keep`), never dropping an entry still pending or undelivered.
 //! On Redis 7.0 XTRIM ignores the pending list, hence the explicit floor.
 //!
-//! Touches: every queue stream (or the configured queues).
+//! Touches: every queue stream, every shard (or the configured queues').
 //! Options: [`TrimConfig`]. Reports: [`TrimReport`].
 
 use std::time::Duration;
 
+use opsrun::transport::QueueStream;
 use opsrun::{Result, Transport};
 use serde::Serialize;
 
@@ -34,15 +35,15 @@ pub struct TrimReport {
     pub trimmed: u64,
 }
 
-/// Run one round over `queues`.
+/// Run one round over `streams`.
 pub async fn run_once(
     transport: &Transport,
-    queues: &[String],
+    streams: &[QueueStream],
     config: &TrimConfig,
 ) -> Result<TrimReport> {
     let mut report = TrimReport::default();
-    for queue in queues {
-        report.trimmed += transport.trim(queue, config.keep).await?;
+    for stream in streams {
+        report.trimmed += transport.trim(stream, config.keep).await?;
     }
     Ok(report)
 }

@@ -169,7 +169,7 @@ async fn a_master_dies_mid_load_and_no_accepted_run_is_lost() {
     let env = TestEnv::with_redis(&cluster.url()).await;
     let queues = queues_on_every_master(&cluster, &env.prefix);
     for queue in &queues {
-        env.service.transport().ensure_group(queue).await.unwrap();
+        env.service.transport().ensure_group(&queue.as_str().into()).await.unwrap();
     }
     let mut command = env.command("worker");
     command.env("OPSRUN_QUEUES", queues.join(","));

@@ -428,6 +428,7 @@ async fn a_late_dispatch_record_never_passes_for_the_next_attempt() {
         run_id: run.id,
         attempt: 0,
         entry_id: first_entry,
+        shard: 0,
     };
     ledger
         .record_dispatches(std::slice::from_ref(&late))
@@ -554,6 +555,7 @@ async fn a_session_lets_a_dead_connection_go_and_takes_a_fresh_one() {
         attempt: 1,
         lease: std::time::Duration::from_secs(60),
         entry_id: run.dispatch_entry_id.clone().expect("dispatched"),
+        shard: 0,
     };
     let mut session = ledger.session();
     let claimed = session

@@ -86,7 +86,7 @@ fn start(env: &TestEnv, trace: &Trace) -> Running {
     let ledger = env.ledger().clone();
     let token = stop.clone();
     let task = tokio::spawn(async move {
-        transport.ensure_group("default").await.unwrap();
+        transport.ensure_group(&"default".into()).await.unwrap();
         consumer::run(Arc::new(lifecycle), ledger, transport, config, token).await
     });
     Running { stop, task }
@@ -352,7 +352,7 @@ async fn a_batch_claim_gives_each_run_to_exactly_one_delivery() {
         "batch-worker:1",
     );
     let delivery = |id: &str, entry: Option<Entry>| Delivery {
-        queue: "default".into(),
+        stream: "default".into(),
         entry_id: id.into(),
         entry,
     };
@@ -471,6 +471,7 @@ async fn a_grouped_completion_postgres_refuses_is_written_run_by_run() {
             attempt: 1,
             lease: Duration::from_secs(60),
             entry_id: "1-0".into(),
+            shard: 0,
         })
         .collect();
     assert_eq!(
@@ -541,6 +542,7 @@ async fn a_grouped_claim_postgres_refuses_is_claimed_run_by_run() {
             attempt: 1,
             lease: Duration::from_secs(60),
             entry_id: format!("{n}-0"),
+            shard: 0,
         });
     }
     // An attempt the claim cannot compute with (`attempt - 1` overflows).
@@ -561,7 +563,7 @@ async fn a_forged_entry_out_of_range_is_skipped_and_the_entries_read_with_it_run
     let trace: Trace = Arc::default();
     env.service
         .transport()
-        .ensure_group("default")
+        .ensure_group(&"default".into())
         .await
         .unwrap();
     let _: String = redis::cmd("XADD")

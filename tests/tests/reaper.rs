@@ -42,7 +42,7 @@ async fn lost_dispatch_an_hour_later(env: &TestEnv) -> lost_dispatch::LostDispat
 /// Publish `count` entries (runs 1 to `count`) on the default queue.
 async fn publish_entries(env: &TestEnv, count: i64) {
     let transport = env.service.transport();
-    transport.ensure_group("default").await.unwrap();
+    transport.ensure_group(&"default".into()).await.unwrap();
     for i in 1..=count {
         let entry = Entry {
             run_id: opsrun::RunId(i),
@@ -50,7 +50,7 @@ async fn publish_entries(env: &TestEnv, count: i64) {
             run_type: "a.b".into(),
             attempt: 1,
         };
-        transport.publish("default", &entry).await.unwrap();
+        transport.publish(&"default".into(), &entry).await.unwrap();
     }
 }
 
@@ -84,7 +84,7 @@ async fn trimming_removes_acknowledged_entries_and_keeps_pending_and_undelivered
     // 250 delivered and acknowledged, 50 delivered and pending, 100 never delivered.
     let acked = deliver(&env, "c1", 250).await;
     let ids: Vec<&str> = acked.iter().map(String::as_str).collect();
-    transport.ack("default", &ids).await.unwrap();
+    transport.ack(&"default".into(), &ids).await.unwrap();
     let pending = deliver(&env, "c2", 50).await;
 
     let keep_all = trim::TrimConfig {
@@ -108,7 +108,7 @@ async fn trimming_removes_acknowledged_entries_and_keeps_pending_and_undelivered
     assert_eq!(env.xlen("default").await as u64, 400 - report.trimmed);
     for id in &pending {
         assert!(
-            transport.entry("default", id).await.unwrap().is_some(),
+            transport.entry(&"default".into(), id).await.unwrap().is_some(),
             "pending entry {id} kept"
         );
     }
@@ -123,7 +123,7 @@ async fn trimming_removes_acknowledged_entries_and_keeps_pending_and_undelivered
 async fn stale_pending_entries_are_acknowledged_and_live_ones_left() {
     let env = TestEnv::new().await;
     let transport = env.service.transport();
-    transport.ensure_group("default").await.unwrap();
+    transport.ensure_group(&"default".into()).await.unwrap();
     let done = env
         .service
         .ensure_run(&RunRequest::new(1, "a.b").inputs(json!({"k": "done"})))
@@ -138,7 +138,7 @@ async fn stale_pending_entries_are_acknowledged_and_live_ones_left() {
         .run;
     transport
         .publish(
-            "default",
+            &"default".into(),
             &Entry {
                 run_id: opsrun::RunId(424242),
                 tenant_id: 1,
@@ -189,7 +189,7 @@ async fn stale_pending_entries_are_acknowledged_and_live_ones_left() {
 async fn an_entry_delivered_too_often_is_dead_lettered_and_its_run_failed() {
     let env = TestEnv::new().await;
     let transport = env.service.transport();
-    transport.ensure_group("default").await.unwrap();
+    transport.ensure_group(&"default".into()).await.unwrap();
     let run = env
         .service
         .ensure_run(&RunRequest::new(2, "a.b"))
@@ -247,7 +247,7 @@ async fn an_entry_delivered_too_often_is_dead_lettered_and_its_run_failed() {
 async fn a_delivery_nobody_claimed_is_dispatched_again() {
     let env = TestEnv::new().await;
     let transport = env.service.transport();
-    transport.ensure_group("default").await.unwrap();
+    transport.ensure_group(&"default".into()).await.unwrap();
     let run = env
         .service
         .ensure_run(&RunRequest::new(3, "a.b"))
@@ -292,7 +292,7 @@ async fn unrecorded_entries_of_a_backlog_are_found_and_lost_ones_sent_again() {
     let env = TestEnv::new().await;
     env.service
         .transport()
-        .ensure_group("default")
+        .ensure_group(&"default".into())
         .await
         .unwrap();
     // 400 runs started in bulk: their producer records no entry id.
@@ -400,7 +400,7 @@ async fn a_stream_key_that_is_not_a_queue_name_is_skipped_and_every_queue_still_
     publish_entries(&env, 300).await;
     let acked = deliver(&env, "c1", 300).await;
     let ids: Vec<&str> = acked.iter().map(String::as_str).collect();
-    transport.ack("default", &ids).await.unwrap();
+    transport.ack(&"default".into(), &ids).await.unwrap();
     // A stream under the queue prefix whose name is not UTF-8 (anyone with
     // write access to Redis can make one).
     let mut bad_key = format!("{}:queue:", env.prefix).into_bytes();

@@ -116,7 +116,7 @@ async fn duplicated_and_forged_entries_execute_nothing() {
         run_type: "test.succeed".into(),
         attempt: 1,
     };
-    transport.publish("default", &dup).await.unwrap();
+    transport.publish(&"default".into(), &dup).await.unwrap();
     let done = completed(&env, &run).await;
     assert_eq!(done.outcome, Outcome::Succeeded);
 
@@ -148,7 +148,7 @@ async fn duplicated_and_forged_entries_execute_nothing() {
         },
     ];
     for entry in &forged {
-        transport.publish("default", entry).await.unwrap();
+        transport.publish(&"default".into(), entry).await.unwrap();
     }
     let _: String = redis::cmd("XADD")
         .arg(env.stream("default"))

@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = TransportConfig::new(stack.redis_url.clone());
     config.prefix = "example".into();
     let transport = Transport::new(&config)?;
-    transport.ensure_group("inventory").await?;
+    transport.ensure_group(&"inventory".into()).await?;
 
     // A worker in this process, with your handler for your run type.
     let route = Route::new(

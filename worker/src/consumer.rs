@@ -1,4 +1,5 @@
-//! The consumer-group process: one blocking reader per queue, at most
+//! The consumer-group process: one blocking reader per queue stream (every
+//! shard of every queue), at most
 //! `concurrency` jobs at once, a batched heartbeat, and a graceful drain on
 //! shutdown (stop reading, let in-flight jobs finish within the grace period,
 //! leave the rest to the reaper).
@@ -9,12 +10,13 @@
 //! wait like that is bounded ([`SETTLE_BACKLOG`]); until written they stay
 //! held and heartbeated, and shutdown waits for them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use opsrun::lifecycle::{Lifecycle, heartbeat_loop};
-use opsrun::transport::StreamReader;
+use opsrun::transport::{QueueStream, StreamReader};
 use opsrun::{Ledger, Transport};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +42,10 @@ pub const SETTLE_BACKLOG: usize = 512;
 pub struct WorkerConfig {
     /// Queues to read.
     pub queues: Vec<String>,
+    /// Streams per queue (the registry's `shards`); a queue not listed has
+    /// one. Every shard is read, each by its own reader: they take turns
+    /// for free slots, so a backlog in one shard never starves another.
+    pub shards: BTreeMap<String, i16>,
     /// Jobs run at once.
     pub concurrency: usize,
     /// BLOCK time of one read.
@@ -55,11 +61,22 @@ impl WorkerConfig {
     pub fn new(queues: Vec<String>) -> Self {
         WorkerConfig {
             queues,
+            shards: BTreeMap::new(),
             concurrency: DEFAULT_CONCURRENCY,
             block: DEFAULT_BLOCK,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
+    }
+}
+
+impl WorkerConfig {
+    /// Every stream this worker reads.
+    pub fn streams(&self) -> Vec<QueueStream> {
+        self.queues
+            .iter()
+            .flat_map(|q| QueueStream::all(q, self.shards.get(q).copied().unwrap_or(1)))
+            .collect()
     }
 }
 
@@ -113,11 +130,11 @@ pub async fn run(
         stop_heartbeat.clone(),
     ));
 
-    let readers: Vec<_> = config
-        .queues
+    let streams = config.streams();
+    let readers: Vec<_> = streams
         .iter()
-        .map(|queue| {
-            let reader = transport.reader(queue, lifecycle.holder());
+        .map(|stream| {
+            let reader = transport.reader(stream.clone(), lifecycle.holder());
             tokio::spawn(read_loop(
                 reader,
                 Arc::clone(&lifecycle),
@@ -128,7 +145,8 @@ pub async fn run(
             ))
         })
         .collect();
-    tracing::info!(consumer = lifecycle.holder(), queues = ?config.queues, concurrency = config.concurrency, "worker started");
+    let streams: Vec<String> = streams.iter().map(|s| s.to_string()).collect();
+    tracing::info!(consumer = lifecycle.holder(), ?streams, concurrency = config.concurrency, "worker started");
     for reader in readers {
         let _ = reader.await;
     }
@@ -275,7 +293,7 @@ async fn read_loop(
                 ));
             }
             Err(e) => {
-                tracing::warn!(queue = reader.queue(), error = %e, retry_in_ms = backoff.as_millis() as u64, "reading the queue failed; retrying");
+                tracing::warn!(stream = %reader.stream(), error = %e, retry_in_ms = backoff.as_millis() as u64, "reading the queue failed; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}

@@ -123,9 +123,17 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
         .await
         .map_err(|e| Failure::new(exit::DATABASE_UNAVAILABLE, e.to_string()))??;
     }
-    for queue in &queues {
+    let config = WorkerConfig {
+        queues,
+        shards: registry.shards.clone(),
+        concurrency: usize::from(cli.concurrency),
+        block: cli.block,
+        heartbeat_interval: cli.heartbeat_interval,
+        shutdown_grace: cli.shutdown_grace,
+    };
+    for stream in config.streams() {
         retry_at_start("redis", cli.startup_timeout, &shutdown, || {
-            transport.ensure_group(queue)
+            transport.ensure_group(&stream)
         })
         .await
         .map_err(opsrun_cli::redis_failure)?;
@@ -149,13 +157,6 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
     )
     .map_err(|e| Failure::new(exit::INVALID, e))?;
     let lifecycle = Arc::new(lifecycle);
-    let config = WorkerConfig {
-        queues,
-        concurrency: usize::from(cli.concurrency),
-        block: cli.block,
-        heartbeat_interval: cli.heartbeat_interval,
-        shutdown_grace: cli.shutdown_grace,
-    };
     consumer::run(lifecycle, ledger, transport, config, shutdown).await;
     Ok(())
 }

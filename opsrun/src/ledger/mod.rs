@@ -39,7 +39,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Columns of [`Run`], for `SELECT` and `RETURNING`.
 const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status, outcome, run_identity_hash, \
-     summary_counts, failure_summary, context, inputs, queue, attempt, max_attempts, holder, heartbeat_at, \
+     summary_counts, failure_summary, context, inputs, queue, shard, attempt, max_attempts, holder, heartbeat_at, \
      dispatch_entry_id, dispatched_at, reclaims, identity_rule, lease_seconds, not_before, domain_id, \
      started_at, completed_at, created_at, updated_at";
 
@@ -75,6 +75,8 @@ pub struct NewRun<'a> {
     pub lease_seconds: i32,
     /// The domain record an adapter run mirrors; `None` for dispatched runs.
     pub domain_id: Option<&'a str>,
+    /// The shard of the queue it is sent to (see [`crate::transport::shard_for`]).
+    pub shard: i16,
 }
 
 /// A delivered entry whose run a worker claims (see [`Ledger::mark_running_many`]).
@@ -91,6 +93,8 @@ pub struct ClaimRequest {
     /// The stream entry that delivered it, recorded as the run's dispatch:
     /// the entry the reaper acknowledges should this worker vanish.
     pub entry_id: String,
+    /// The shard of the run's queue that entry is in.
+    pub shard: i16,
 }
 
 /// A sent stream entry to record on its run (see [`Ledger::record_dispatches`]).
@@ -105,6 +109,8 @@ pub struct DispatchRecord {
     pub attempt: i32,
     /// The stream entry.
     pub entry_id: String,
+    /// The shard of the run's queue it was sent to.
+    pub shard: i16,
 }
 
 /// A worker's hold on a running run: completion is fenced on all of it, so a
@@ -223,15 +229,15 @@ impl Ledger {
         // state, hence no conflict target there.
         const INSERT_ACTIVE: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, domain_id, dispatched_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, dispatched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
                  CASE WHEN $12::timestamptz IS NULL AND $13::text IS NULL THEN now() END) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}";
         const INSERT_STRICT: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, domain_id, dispatched_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, dispatched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
                  CASE WHEN $12::timestamptz IS NULL AND $13::text IS NULL THEN now() END) \
              ON CONFLICT DO NOTHING RETURNING {cols}";
         const SELECT_ACTIVE: &str = "SELECT {cols} FROM operation_runs \
@@ -257,6 +263,7 @@ impl Ledger {
                     .bind(new.lease_seconds)
                     .bind(request.not_before)
                     .bind(new.domain_id)
+                    .bind(new.shard)
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(db("inserting run"))?;
@@ -304,12 +311,13 @@ impl Ledger {
             |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
         sqlx::query_as::<_, Run>(sql("INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, dispatched_at) \
+                identity_rule, max_attempts, lease_seconds, not_before, shard, dispatched_at) \
              SELECT *, CASE WHEN u.not_before IS NULL THEN now() END \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-                 $6::jsonb[], $7::jsonb[], $8::text[], $9::text[], $10::int[], $11::int[], $12::timestamptz[]) \
+                 $6::jsonb[], $7::jsonb[], $8::text[], $9::text[], $10::int[], $11::int[], $12::timestamptz[], \
+                 $13::smallint[]) \
                  AS u(tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                      identity_rule, max_attempts, lease_seconds, not_before) \
+                      identity_rule, max_attempts, lease_seconds, not_before, shard) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}"))
         .bind(runs.iter().map(|r| r.request.tenant_id).collect::<Vec<_>>())
@@ -324,6 +332,7 @@ impl Ledger {
         .bind(runs.iter().map(|r| r.max_attempts).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.lease_seconds).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.request.not_before).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| r.shard).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await
         .map_err(db("inserting runs"))
@@ -369,12 +378,12 @@ impl Ledger {
             return Ok(());
         }
         sqlx::query(
-            "WITH d AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[]) \
-                 AS d(tenant_id, id, attempt, entry_id)), \
-             locked AS (SELECT r.id, d.entry_id FROM d JOIN operation_runs r \
+            "WITH d AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::smallint[]) \
+                 AS d(tenant_id, id, attempt, entry_id, shard)), \
+             locked AS (SELECT r.id, d.entry_id, d.shard FROM d JOIN operation_runs r \
                      ON r.id = d.id AND r.tenant_id = d.tenant_id AND r.attempt = d.attempt \
                  WHERE r.status = 'queued' FOR NO KEY UPDATE OF r SKIP LOCKED) \
-             UPDATE operation_runs r SET dispatch_entry_id = l.entry_id \
+             UPDATE operation_runs r SET dispatch_entry_id = l.entry_id, shard = l.shard \
              FROM locked l WHERE r.id = l.id AND r.status = 'queued'",
         )
         .persistent(false)
@@ -387,6 +396,7 @@ impl Ledger {
                 .map(|d| d.entry_id.as_str())
                 .collect::<Vec<_>>(),
         )
+        .bind(dispatches.iter().map(|d| d.shard).collect::<Vec<_>>())
         .execute(&self.pool)
         .await
         .map_err(db("recording dispatches"))?;

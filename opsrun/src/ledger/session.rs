@@ -101,9 +101,9 @@ impl Session {
         // (dispatch records skip locked rows), so no ordering is needed here.
         let statement = sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
              SET status = 'running', attempt = attempt + 1, holder = $5, lease_seconds = c.c_lease, \
-                 heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry \
-             FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $6::text[]) \
-                 AS c(c_tenant, c_id, c_attempt, c_lease, c_entry), {async_commit} \
+                 heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry, shard = c.c_shard \
+             FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $6::text[], $7::smallint[]) \
+                 AS c(c_tenant, c_id, c_attempt, c_lease, c_entry, c_shard), {async_commit} \
              WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'queued' \
                AND attempt = c.c_attempt - 1 \
                AND (not_before IS NULL OR not_before <= now()) \
@@ -113,7 +113,8 @@ impl Session {
         .bind(claims.iter().map(|c| c.attempt).collect::<Vec<_>>())
         .bind(claims.iter().map(|c| c.lease.as_secs().clamp(1, i32::MAX as u64) as i32).collect::<Vec<_>>())
         .bind(holder)
-        .bind(claims.iter().map(|c| c.entry_id.as_str()).collect::<Vec<_>>());
+        .bind(claims.iter().map(|c| c.entry_id.as_str()).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.shard).collect::<Vec<_>>());
         let claimed = statement.fetch_all(self.connection().await?).await;
         self.kept(claimed).map_err(db("claiming runs"))
     }

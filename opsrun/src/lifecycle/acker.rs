@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::next_batch;
-use crate::transport::Transport;
+use crate::transport::{QueueStream, Transport};
 
 /// Most entries acknowledged by one round of XACKs.
 pub const MAX_BATCH: usize = 512;
 
 struct Pending {
-    queue: String,
+    stream: QueueStream,
     entry_id: String,
     done: oneshot::Sender<()>,
 }
@@ -37,10 +37,10 @@ impl Acker {
     /// Acknowledge `entry_id` of `queue` with whatever else is being
     /// acknowledged now; returns once its XACK was answered (or failed: a
     /// stale pending entry is only a hint, the reaper clears it).
-    pub async fn ack(&self, queue: &str, entry_id: &str) {
+    pub async fn ack(&self, stream: &QueueStream, entry_id: &str) {
         let (done, answered) = oneshot::channel();
         let pending = Pending {
-            queue: queue.to_string(),
+            stream: stream.clone(),
             entry_id: entry_id.to_string(),
             done,
         };
@@ -52,13 +52,13 @@ impl Acker {
 
 async fn flush_loop(transport: Transport, mut rx: mpsc::Receiver<Pending>) {
     while let Some(batch) = next_batch(&mut rx, MAX_BATCH).await {
-        let mut by_queue: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut by_stream: BTreeMap<&QueueStream, Vec<&str>> = BTreeMap::new();
         for p in &batch {
-            by_queue.entry(&p.queue).or_default().push(&p.entry_id);
+            by_stream.entry(&p.stream).or_default().push(&p.entry_id);
         }
-        for (queue, ids) in by_queue {
-            if let Err(e) = transport.ack(queue, &ids).await {
-                tracing::warn!(queue, entries = ids.len(), error = %e, "acknowledge failed; entries stay pending");
+        for (stream, ids) in by_stream {
+            if let Err(e) = transport.ack(stream, &ids).await {
+                tracing::warn!(%stream, entries = ids.len(), error = %e, "acknowledge failed; entries stay pending");
             }
         }
         for p in batch {

@@ -31,7 +31,7 @@ use crate::error::Result;
 use crate::ledger::{Claim, ClaimRequest, Fence, Ledger, Terminal};
 use crate::run::{Outcome, Run, RunId, fold_failures};
 use crate::sanitize;
-use crate::transport::{Delivery, Transport};
+use crate::transport::{Delivery, QueueStream, Transport};
 
 /// How long a claim keeps retrying while Postgres is unreachable before the
 /// entry is left pending for the reaper. Generous: while Postgres is down no
@@ -203,6 +203,7 @@ impl Lifecycle {
                     .or(self.fallback.as_ref())
                     .map_or(crate::registry::DEFAULT_LEASE, |r| r.lease),
                 entry_id: d.entry_id.clone(),
+                shard: d.stream.shard,
             })
             .collect();
         let claimed = match retry_while_unavailable(CLAIM_RETRY_BUDGET, || async {
@@ -226,13 +227,13 @@ impl Lifecycle {
             }
         };
         let mut claimed: HashMap<RunId, Run> = claimed.into_iter().map(|r| (r.id, r)).collect();
-        let mut skipped: Vec<(String, String)> = Vec::new();
+        let mut skipped: Vec<(QueueStream, String)> = Vec::new();
         let results: Vec<(Delivery, Result<Run, Processed>)> = deliveries
             .into_iter()
             .map(|delivery| {
                 let outcome = match &delivery.entry {
                     None => {
-                        tracing::warn!(queue = %delivery.queue, entry_id = %delivery.entry_id, "malformed entry acknowledged and skipped");
+                        tracing::warn!(stream = %delivery.stream, entry_id = %delivery.entry_id, "malformed entry acknowledged and skipped");
                         Err(Processed::Skipped(SkipReason::Malformed))
                     }
                     // The run is handed to the first of its deliveries that carries
@@ -247,7 +248,7 @@ impl Lifecycle {
                     },
                 };
                 if outcome.is_err() {
-                    skipped.push((delivery.queue.clone(), delivery.entry_id.clone()));
+                    skipped.push((delivery.stream.clone(), delivery.entry_id.clone()));
                 }
                 (delivery, outcome)
             })
@@ -255,13 +256,13 @@ impl Lifecycle {
         self.stats
             .skipped
             .fetch_add(skipped.len() as u64, Ordering::Relaxed);
-        let mut by_queue: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (queue, entry_id) in &skipped {
-            by_queue.entry(queue).or_default().push(entry_id);
+        let mut by_stream: HashMap<&QueueStream, Vec<&str>> = HashMap::new();
+        for (stream, entry_id) in &skipped {
+            by_stream.entry(stream).or_default().push(entry_id);
         }
-        for (queue, entry_ids) in by_queue {
-            if let Err(e) = self.transport.ack(queue, &entry_ids).await {
-                tracing::warn!(queue, error = %e, "acknowledge failed; entries stay pending");
+        for (stream, entry_ids) in by_stream {
+            if let Err(e) = self.transport.ack(stream, &entry_ids).await {
+                tracing::warn!(%stream, error = %e, "acknowledge failed; entries stay pending");
             }
         }
         results
@@ -363,14 +364,14 @@ impl Lifecycle {
         match completion {
             Ok(Some(outcome)) => {
                 tracing::info!(parent: &span, outcome = outcome.as_str(), "run completed");
-                self.ack(&delivery.queue, &delivery.entry_id).await;
+                self.ack(&delivery.stream, &delivery.entry_id).await;
                 self.stats.completed.fetch_add(1, Ordering::Relaxed);
                 Processed::Completed(outcome)
             }
             Ok(None) => {
                 // Another holder took the run over; it owns the result now.
                 tracing::warn!(parent: &span, "claim was lost before completion; result dropped");
-                self.ack(&delivery.queue, &delivery.entry_id).await;
+                self.ack(&delivery.stream, &delivery.entry_id).await;
                 self.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
                 Processed::LeaseLost
             }
@@ -445,13 +446,13 @@ impl Lifecycle {
         match retried {
             Ok(Some(_)) => {
                 tracing::info!(parent: span, retry_in_ms = delay.as_millis() as u64, "attempt failed retryably; retry scheduled");
-                self.ack(&delivery.queue, &delivery.entry_id).await;
+                self.ack(&delivery.stream, &delivery.entry_id).await;
                 self.stats.retried.fetch_add(1, Ordering::Relaxed);
                 Processed::Retried
             }
             Ok(None) => {
                 tracing::warn!(parent: span, "claim was lost before the retry was scheduled; result dropped");
-                self.ack(&delivery.queue, &delivery.entry_id).await;
+                self.ack(&delivery.stream, &delivery.entry_id).await;
                 self.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
                 Processed::LeaseLost
             }
@@ -463,14 +464,14 @@ impl Lifecycle {
         }
     }
 
-    async fn ack(&self, queue: &str, entry_id: &str) {
+    async fn ack(&self, stream: &QueueStream, entry_id: &str) {
         if let Some(acker) = &self.acker {
-            return acker.ack(queue, entry_id).await;
+            return acker.ack(stream, entry_id).await;
         }
-        if let Err(e) = Box::pin(self.transport.ack(queue, &[entry_id])).await {
+        if let Err(e) = Box::pin(self.transport.ack(stream, &[entry_id])).await {
             // The run's state is already committed; a stale pending entry is
             // only a hint and the reaper clears it.
-            tracing::warn!(queue, entry_id, error = %e, "acknowledge failed; entry stays pending");
+            tracing::warn!(%stream, entry_id, error = %e, "acknowledge failed; entry stays pending");
         }
     }
 }

@@ -10,16 +10,17 @@ use redis::streams::StreamId;
 
 use super::connect::Backend;
 use super::{
-    Entry, EntryState, GROUP, PendingEntry, Request, Transport, min_id, parse_id, successor, text,
+    Entry, EntryState, GROUP, PendingEntry, QueueStream, Request, Transport, min_id, parse_id,
+    successor, text,
 };
 use crate::error::{Error, Result};
 use crate::run::RunId;
 
 impl Transport {
-    /// The entry `entry_id` of `queue`'s stream, if it still exists. `Some(None)`
+    /// The entry `entry_id` of `stream`, if it still exists. `Some(None)`
     /// when it exists but its fields do not parse.
-    pub async fn entry(&self, queue: &str, entry_id: &str) -> Result<Option<Option<Entry>>> {
-        let stream = self.keys.queue_stream(queue);
+    pub async fn entry(&self, stream: &QueueStream, entry_id: &str) -> Result<Option<Option<Entry>>> {
+        let stream = self.keys.queue_stream(stream);
         let mut cmd = redis::cmd("XRANGE");
         cmd.arg(&stream)
             .arg(entry_id)
@@ -32,15 +33,15 @@ impl Transport {
         Ok(reply.ids.first().map(Entry::from_stream_id))
     }
 
-    /// Entries of `queue` delivered to some consumer and not acknowledged for
-    /// at least `min_idle`, oldest first, at most `count`.
+    /// Entries of `stream` delivered to some consumer and not acknowledged
+    /// for at least `min_idle`, oldest first, at most `count`.
     pub async fn pending_idle(
         &self,
-        queue: &str,
+        stream: &QueueStream,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<PendingEntry>> {
-        let stream = self.keys.queue_stream(queue);
+        let stream = self.keys.queue_stream(stream);
         let mut cmd = redis::cmd("XPENDING");
         cmd.arg(&stream)
             .arg(GROUP)
@@ -71,28 +72,35 @@ impl Transport {
         }
     }
 
-    /// The queues that have a stream under this prefix: on a cluster, on
-    /// every master (a key lives on one node only).
-    pub async fn queues(&self) -> Result<Vec<String>> {
-        let pattern = self.keys.queue_stream("*");
-        let prefix_len = pattern.len() - 1;
-        let mut queues = Vec::new();
-        // Keys are bytes: one that is not a queue name (not UTF-8, or
-        // outside the queue alphabet) is skipped, not allowed to fail the
+    /// Every queue stream under this prefix, every shard of every queue
+    /// (those no longer declared too, so that their entries are still seen
+    /// to): on a cluster, on every master (a key lives on one node only).
+    pub async fn streams(&self) -> Result<Vec<QueueStream>> {
+        let pattern = format!("{}*", self.keys.queue_stream(&QueueStream::new("", 0)));
+        let mut streams = Vec::new();
+        // Keys are bytes: one that is not a queue stream's name (not UTF-8,
+        // or outside the queue alphabet) is skipped, not allowed to fail the
         // listing of every other queue.
         for key in self.scan_streams(&pattern).await? {
-            let queue = std::str::from_utf8(&key[prefix_len..])
+            match std::str::from_utf8(&key)
                 .ok()
-                .filter(|q| crate::request::validate_queue(q).is_ok());
-            match queue {
-                Some(queue) => queues.push(queue.to_string()),
+                .and_then(|k| self.keys.parse_queue_stream(k))
+            {
+                Some(stream) => streams.push(stream),
                 None => tracing::warn!(
                     key = %String::from_utf8_lossy(&key).escape_debug(),
-                    "a stream under the queue prefix is not named like a queue; skipped"
+                    "a stream under the queue prefix is not named like a queue stream; skipped"
                 ),
             }
         }
-        queues.sort();
+        streams.sort();
+        streams.dedup();
+        Ok(streams)
+    }
+
+    /// The queues that have a stream under this prefix (see [`Transport::streams`]).
+    pub async fn queues(&self) -> Result<Vec<String>> {
+        let mut queues: Vec<String> = self.streams().await?.into_iter().map(|s| s.queue).collect();
         queues.dedup();
         Ok(queues)
     }
@@ -170,10 +178,10 @@ impl Transport {
         Ok(keys)
     }
 
-    /// The group's last-delivered id on `queue`'s stream, or `None` when the
-    /// stream or the group does not exist.
-    async fn last_delivered(&self, queue: &str) -> Result<Option<String>> {
-        let stream = self.keys.queue_stream(queue);
+    /// The group's last-delivered id on `stream`, or `None` when the stream
+    /// or the group does not exist.
+    async fn last_delivered(&self, stream: &QueueStream) -> Result<Option<String>> {
+        let stream = self.keys.queue_stream(stream);
         let mut info = redis::cmd("XINFO");
         info.arg("GROUPS").arg(&stream);
         let groups: Vec<std::collections::HashMap<String, redis::Value>> = match self
@@ -195,12 +203,12 @@ impl Transport {
             }))
     }
 
-    /// Where entry `entry_id` of `queue` stands.
-    pub async fn entry_state(&self, queue: &str, entry_id: &str) -> Result<EntryState> {
-        if self.entry(queue, entry_id).await?.is_none() {
+    /// Where entry `entry_id` of `stream` stands.
+    pub async fn entry_state(&self, queue_stream: &QueueStream, entry_id: &str) -> Result<EntryState> {
+        if self.entry(queue_stream, entry_id).await?.is_none() {
             return Ok(EntryState::Missing);
         }
-        let stream = self.keys.queue_stream(queue);
+        let stream = self.keys.queue_stream(queue_stream);
         let mut cmd = redis::cmd("XPENDING");
         cmd.arg(&stream)
             .arg(GROUP)
@@ -221,7 +229,7 @@ impl Transport {
                 deliveries: *deliveries,
             });
         }
-        match self.last_delivered(queue).await? {
+        match self.last_delivered(queue_stream).await? {
             Some(last) if parse_id(entry_id) <= parse_id(&last) => Ok(EntryState::Acknowledged),
             _ => Ok(EntryState::Waiting),
         }
@@ -237,12 +245,12 @@ impl Transport {
     /// acknowledged without a claim, trimmed, or lost with Redis.
     pub async fn locate_entries(
         &self,
-        queue: &str,
+        queue_stream: &QueueStream,
         wanted: &std::collections::HashSet<(i64, RunId, i32)>,
         scan: usize,
     ) -> Result<std::collections::HashMap<(i64, RunId, i32), (String, EntryState)>> {
         let mut found = std::collections::HashMap::new();
-        let stream = self.keys.queue_stream(queue);
+        let stream = self.keys.queue_stream(queue_stream);
         let keep = |found: &mut std::collections::HashMap<_, _>, item: &StreamId, state| {
             if let Some(e) = Entry::from_stream_id(item)
                 && wanted.contains(&(e.tenant_id, e.run_id, e.attempt))
@@ -250,7 +258,9 @@ impl Transport {
                 found.insert((e.tenant_id, e.run_id, e.attempt), (item.id.clone(), state));
             }
         };
-        let pending = self.pending_idle(queue, Duration::ZERO, 1000).await?;
+        let pending = self
+            .pending_idle(queue_stream, Duration::ZERO, 1000)
+            .await?;
         if !pending.is_empty() {
             let mut pipe = redis::pipe();
             for p in &pending {
@@ -276,7 +286,7 @@ impl Transport {
             }
         }
         // No group yet: nothing was delivered, every entry is undelivered.
-        let mut from = match self.last_delivered(queue).await? {
+        let mut from = match self.last_delivered(queue_stream).await? {
             Some(last) => successor(&last),
             None => "-".to_string(),
         };
@@ -300,15 +310,15 @@ impl Transport {
         Ok(found)
     }
 
-    /// Trim `queue`'s stream below the oldest entry that may still matter:
-    /// the oldest pending entry, the first undelivered one, and anything newer
+    /// Trim `stream` below the oldest entry that may still matter: the
+    /// oldest pending entry, the first undelivered one, and anything newer
     /// than `keep` (kept for inspection). A stream without the group is left
     /// alone: its entries were never delivered. Returns entries removed.
-    pub async fn trim(&self, queue: &str, keep: Duration) -> Result<u64> {
-        let Some(last_delivered) = self.last_delivered(queue).await? else {
+    pub async fn trim(&self, queue_stream: &QueueStream, keep: Duration) -> Result<u64> {
+        let Some(last_delivered) = self.last_delivered(queue_stream).await? else {
             return Ok(0);
         };
-        let stream = self.keys.queue_stream(queue);
+        let stream = self.keys.queue_stream(queue_stream);
         let mut floor = successor(&last_delivered);
         let mut summary = redis::cmd("XPENDING");
         summary.arg(&stream).arg(GROUP);

@@ -1,7 +1,9 @@
-//! Redis Streams: the only place that issues stream commands. One stream per
-//! queue (`<prefix>:queue:<queue>`), consumer group `workers`, entries carry
-//! only `run_id`, `tenant_id`, `type` and `attempt`: Postgres holds the rest.
-//! Every command touches one key, so any key may live on any cluster shard.
+//! Redis Streams: the only place that issues stream commands. A queue has
+//! one stream, or `shards` streams when the registry declares it so (see
+//! [`QueueStream`] for the key layout); consumer group `workers`; entries
+//! carry only `run_id`, `tenant_id`, `type` and `attempt`: Postgres holds
+//! the rest. Every command touches one key, so any key may live on any
+//! cluster node.
 //!
 //! This file holds the transport's types and how a command reaches Redis;
 //! `publish` writes to streams, `reader` consumes them, `inspect` reads
@@ -16,6 +18,7 @@ mod reader;
 use std::time::Duration;
 
 use redis::streams::StreamId;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::run::RunId;
@@ -46,15 +49,103 @@ impl Keys {
         }
     }
 
-    /// The work stream of `queue`.
-    pub fn queue_stream(&self, queue: &str) -> String {
-        format!("{}:queue:{queue}", self.prefix)
+    /// The key of one stream of a queue.
+    pub fn queue_stream(&self, stream: &QueueStream) -> String {
+        match stream.shard {
+            0 => format!("{}:queue:{}", self.prefix, stream.queue),
+            k => format!("{}:queue:{{{}:{k}}}", self.prefix, stream.queue),
+        }
+    }
+
+    /// The stream a queue-stream key names, or `None` for a key that is not
+    /// one (not under this prefix, or not a queue name and shard).
+    pub fn parse_queue_stream(&self, key: &str) -> Option<QueueStream> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":queue:")?;
+        let stream = match rest.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+            Some(tagged) => {
+                let (queue, digits) = tagged.rsplit_once(':')?;
+                let shard: i16 = digits.parse().ok()?;
+                // Written as 1 to MAX_SHARDS - 1 in plain digits (shard 0
+                // has no tag): any other spelling is not a key of ours.
+                if !(1..MAX_SHARDS).contains(&shard) || shard.to_string() != digits {
+                    return None;
+                }
+                QueueStream::new(queue, shard)
+            }
+            None => QueueStream::new(rest, 0),
+        };
+        crate::request::validate_queue(&stream.queue).ok()?;
+        Some(stream)
     }
 
     /// The dead-letter stream of `queue`.
     pub fn dead_stream(&self, queue: &str) -> String {
         format!("{}:dead:{queue}", self.prefix)
     }
+}
+
+/// Most streams one queue may have.
+pub const MAX_SHARDS: i16 = 64;
+
+/// One stream of a queue. Shard 0 is `<prefix>:queue:<queue>`, the queue's
+/// only stream when it is not sharded, so declaring shards on a queue in use
+/// moves nothing; shard `k` ≥ 1 is `<prefix>:queue:{<queue>:<k>}`, whose hash
+/// tag gives each shard its own cluster slot, so a queue's shards spread
+/// over the masters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueStream {
+    /// The queue.
+    pub queue: String,
+    /// Which of its streams, from 0.
+    pub shard: i16,
+}
+
+impl QueueStream {
+    /// Shard `shard` of `queue`.
+    pub fn new(queue: impl Into<String>, shard: i16) -> Self {
+        QueueStream {
+            queue: queue.into(),
+            shard,
+        }
+    }
+
+    /// Every stream of `queue` when it has `shards` of them.
+    pub fn all(queue: &str, shards: i16) -> impl Iterator<Item = QueueStream> + '_ {
+        (0..shards.max(1)).map(move |shard| QueueStream::new(queue, shard))
+    }
+}
+
+impl From<&str> for QueueStream {
+    /// A queue's first stream, its only one when it is not sharded.
+    fn from(queue: &str) -> Self {
+        QueueStream::new(queue, 0)
+    }
+}
+
+impl std::fmt::Display for QueueStream {
+    /// `inventory` for shard 0, `inventory:3` for shard 3.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.shard {
+            0 => f.write_str(&self.queue),
+            k => write!(f, "{}:{k}", self.queue),
+        }
+    }
+}
+
+/// The shard a tenant's runs go to when their queue has `shards` streams:
+/// the first 8 bytes (big-endian) of SHA-256 of the tenant id's decimal
+/// text, modulo `shards`. By tenant, so that one tenant's runs keep their
+/// order in one stream and a tenant that starts thousands at once fills its
+/// own shard only: workers read every shard in turn, so the other shards'
+/// tenants are not queued behind it. Stable across processes and versions
+/// (operators may compute it), and moves a tenant only when `shards` changes.
+pub fn shard_for(tenant_id: i64, shards: i16) -> i16 {
+    if shards <= 1 {
+        return 0;
+    }
+    let digest = Sha256::digest(tenant_id.to_string().as_bytes());
+    let head = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    (head % shards as u64) as i16
 }
 
 /// The fields of one stream entry: which run, for which tenant, which attempt.
@@ -100,8 +191,8 @@ impl Entry {
 /// One entry handed to this consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    /// The queue it came from.
-    pub queue: String,
+    /// The stream it came from.
+    pub stream: QueueStream,
     /// The stream entry id (needed to XACK it).
     pub entry_id: String,
     /// The parsed fields, or `None` when the entry is malformed or its
@@ -237,9 +328,9 @@ impl Transport {
         &self.keys
     }
 
-    /// A dedicated blocking reader for `queue`, consuming as `consumer`.
-    pub fn reader(&self, queue: &str, consumer: &str) -> StreamReader {
-        StreamReader::new(self.clone(), queue, consumer)
+    /// A dedicated blocking reader for `stream`, consuming as `consumer`.
+    pub fn reader(&self, stream: QueueStream, consumer: &str) -> StreamReader {
+        StreamReader::new(self.clone(), stream, consumer)
     }
 
     /// Send `request` under the command timeout. On one server, a command
@@ -327,8 +418,40 @@ mod tests {
     #[test]
     fn keys_follow_the_documented_layout() {
         let keys = Keys::new("opsrun");
-        assert_eq!(keys.queue_stream("default"), "opsrun:queue:default");
+        let default = QueueStream::new("default", 0);
+        let third = QueueStream::new("inventory", 3);
+        assert_eq!(keys.queue_stream(&default), "opsrun:queue:default");
+        assert_eq!(keys.queue_stream(&third), "opsrun:queue:{inventory:3}");
         assert_eq!(keys.dead_stream("inventory"), "opsrun:dead:inventory");
+        for stream in [default, third] {
+            let key = keys.queue_stream(&stream);
+            assert_eq!(keys.parse_queue_stream(&key), Some(stream));
+        }
+        for foreign in [
+            "other:queue:default",
+            "opsrun:queue:{inventory:0}",
+            "opsrun:queue:{inventory:03}",
+            "opsrun:queue:{inventory:64}",
+            "opsrun:queue:{inventory}",
+            "opsrun:queue:Bad Name",
+            "opsrun:dead:default",
+        ] {
+            assert_eq!(keys.parse_queue_stream(foreign), None, "{foreign}");
+        }
+    }
+
+    #[test]
+    fn tenants_spread_over_shards_and_stay_put() {
+        assert_eq!(shard_for(42, 1), 0);
+        assert_eq!(shard_for(42, 0), 0);
+        let mut seen = [0usize; 4];
+        for tenant in 1..=4_000 {
+            let shard = shard_for(tenant, 4);
+            assert_eq!(shard, shard_for(tenant, 4));
+            seen[shard as usize] += 1;
+        }
+        // Roughly even: each shard within 20% of a quarter.
+        assert!(seen.iter().all(|&n| (800..=1200).contains(&n)), "{seen:?}");
     }
 
     #[test]

@@ -2,15 +2,15 @@
 //! no command spans two keys), creating consumer groups, acknowledging, and
 //! dead-lettering.
 
-use super::{Entry, GROUP, Request, Transport};
+use super::{Entry, GROUP, QueueStream, Request, Transport};
 use crate::error::{Error, Result};
 
 impl Transport {
-    /// XADD an entry to `queue`'s stream; returns the entry id. An error
-    /// (notably a timeout) does not prove the entry was not added: a late
-    /// XADD is harmless because the claim checks the row's status.
-    pub async fn publish(&self, queue: &str, entry: &Entry) -> Result<String> {
-        self.publish_many(&[(queue, entry.clone())])
+    /// XADD an entry to `stream`; returns the entry id. An error (notably
+    /// a timeout) does not prove the entry was not added: a late XADD is
+    /// harmless because the claim checks the row's status.
+    pub async fn publish(&self, stream: &QueueStream, entry: &Entry) -> Result<String> {
+        self.publish_many(&[(stream, entry.clone())])
             .await
             .pop()
             .unwrap_or_else(|| Err(Error::invalid("redis", "XADD returned no entry id")))
@@ -21,16 +21,16 @@ impl Transport {
     /// keys, so each may go to its own cluster node), the streams' pipelines
     /// at once. A stream's error is its entries' error only; any of them
     /// may still have been added (a late entry is harmless).
-    pub async fn publish_many(&self, entries: &[(&str, Entry)]) -> Vec<Result<String>> {
-        let mut by_stream: Vec<(&str, Vec<usize>)> = Vec::new();
-        for (i, (queue, _)) in entries.iter().enumerate() {
-            match by_stream.iter_mut().find(|(q, _)| q == queue) {
+    pub async fn publish_many(&self, entries: &[(&QueueStream, Entry)]) -> Vec<Result<String>> {
+        let mut by_stream: Vec<(&QueueStream, Vec<usize>)> = Vec::new();
+        for (i, (stream, _)) in entries.iter().enumerate() {
+            match by_stream.iter_mut().find(|(s, _)| s == stream) {
                 Some((_, members)) => members.push(i),
-                None => by_stream.push((queue, vec![i])),
+                None => by_stream.push((stream, vec![i])),
             }
         }
-        let sent = futures::future::join_all(by_stream.iter().map(|(queue, members)| {
-            let stream = self.keys.queue_stream(queue);
+        let sent = futures::future::join_all(by_stream.iter().map(|(stream, members)| {
+            let stream = self.keys.queue_stream(stream);
             let mut pipe = redis::pipe();
             for &i in members {
                 let mut xadd = redis::cmd("XADD");
@@ -67,11 +67,11 @@ impl Transport {
             .collect()
     }
 
-    /// Create the consumer group of `queue` (and its stream) if missing.
+    /// Create the consumer group of `stream` (and the stream) if missing.
     /// Starts from id `0`, never `$`: entries added before the group existed
     /// (e.g. after Redis restarted empty) must still be delivered.
-    pub async fn ensure_group(&self, queue: &str) -> Result<()> {
-        let stream = self.keys.queue_stream(queue);
+    pub async fn ensure_group(&self, stream: &QueueStream) -> Result<()> {
+        let stream = self.keys.queue_stream(stream);
         let mut cmd = redis::cmd("XGROUP");
         cmd.arg("CREATE")
             .arg(&stream)
@@ -90,21 +90,22 @@ impl Transport {
         }
     }
 
-    /// XACK entries of `queue`. Only after the run's state is committed.
-    pub async fn ack(&self, queue: &str, entry_ids: &[&str]) -> Result<usize> {
+    /// XACK entries of `stream`. Only after the run's state is committed.
+    pub async fn ack(&self, stream: &QueueStream, entry_ids: &[&str]) -> Result<usize> {
         if entry_ids.is_empty() {
             return Ok(0);
         }
-        let stream = self.keys.queue_stream(queue);
+        let stream = self.keys.queue_stream(stream);
         let mut cmd = redis::cmd("XACK");
         cmd.arg(&stream).arg(GROUP).arg(entry_ids);
         self.run(|| format!("acknowledging on stream {stream}"), &cmd)
             .await
     }
 
-    /// Copy an entry to `queue`'s dead-letter stream with why it was given up.
-    /// Done before the acknowledgement, so a crash in between leaves a
-    /// duplicate dead letter, never a lost one.
+    /// Copy an entry to `queue`'s dead-letter stream (one per queue, whatever
+    /// its shards) with why it was given up. Done before the
+    /// acknowledgement, so a crash in between leaves a duplicate dead
+    /// letter, never a lost one.
     pub async fn dead_letter(
         &self,
         queue: &str,

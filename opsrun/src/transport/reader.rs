@@ -1,4 +1,4 @@
-//! A blocking consumer-group reader for one queue, on a connection of its
+//! A blocking consumer-group reader for one queue stream, on a connection of its
 //! own: redis-rs's default 500 ms response timeout would cut BLOCK short, and
 //! a blocked connection stalls every command multiplexed behind it (on a
 //! cluster, every command for that node).
@@ -8,30 +8,30 @@ use std::time::Duration;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 
 use super::connect::ReadConnection;
-use super::{Delivery, Entry, GROUP, Transport};
+use super::{Delivery, Entry, GROUP, QueueStream, Transport};
 use crate::error::{Error, Result};
 
-/// Reads new entries of one queue for one consumer.
+/// Reads new entries of one queue stream for one consumer.
 pub struct StreamReader {
     transport: Transport,
-    queue: String,
+    stream: QueueStream,
     consumer: String,
     connection: Option<ReadConnection>,
 }
 
 impl StreamReader {
-    pub(super) fn new(transport: Transport, queue: &str, consumer: &str) -> Self {
+    pub(super) fn new(transport: Transport, stream: QueueStream, consumer: &str) -> Self {
         StreamReader {
             transport,
-            queue: queue.to_string(),
+            stream,
             consumer: consumer.to_string(),
             connection: None,
         }
     }
 
-    /// The queue this reader consumes.
-    pub fn queue(&self) -> &str {
-        &self.queue
+    /// The stream this reader consumes.
+    pub fn stream(&self) -> &QueueStream {
+        &self.stream
     }
 
     /// Wait up to `block` for at most `count` new entries. On any error the
@@ -39,7 +39,7 @@ impl StreamReader {
     /// and the next call reconnects; a missing group or stream (Redis
     /// restarted without data) is recreated from id `0` before returning.
     pub async fn read(&mut self, count: usize, block: Duration) -> Result<Vec<Delivery>> {
-        let stream = self.transport.keys.queue_stream(&self.queue);
+        let stream = self.transport.keys.queue_stream(&self.stream);
         let operation = || format!("reading stream {stream}");
         let connection = match self.connection.as_mut() {
             Some(c) => c,
@@ -75,8 +75,8 @@ impl StreamReader {
             Err(source) => {
                 self.connection = None;
                 if matches!(source.code(), Some("NOGROUP") | Some("UNBLOCKED")) {
-                    self.transport.ensure_group(&self.queue).await?;
-                    tracing::warn!(queue = %self.queue, "consumer group was missing (redis restarted?); recreated from id 0");
+                    self.transport.ensure_group(&self.stream).await?;
+                    tracing::warn!(stream = %self.stream, "consumer group was missing (redis restarted?); recreated from id 0");
                 }
                 Err(Error::Redis {
                     operation: operation(),
@@ -92,7 +92,7 @@ impl StreamReader {
             .flat_map(|r| r.keys)
             .flat_map(|key| key.ids)
             .map(|item| Delivery {
-                queue: self.queue.clone(),
+                stream: self.stream.clone(),
                 entry: Entry::from_stream_id(&item),
                 entry_id: item.id,
             })
