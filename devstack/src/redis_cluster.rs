@@ -103,22 +103,55 @@ impl RedisCluster {
             .collect()
     }
 
+    /// Ask `args` of any node that answers (one may have been killed).
+    fn ask(&self, args: &[&str]) -> Result<String> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.cli(args).ok())
+            .find(|answer| !answer.trim().is_empty())
+            .context("no cluster node answers")
+    }
+
+    /// The slot of `key`.
+    pub fn slot_of(&self, key: &str) -> Result<u16> {
+        self.ask(&["CLUSTER", "KEYSLOT", key])?
+            .trim()
+            .parse()
+            .context("CLUSTER KEYSLOT")
+    }
+
+    /// Move `slots` slots (the lowest it serves first, keys and all) from
+    /// the master on port `from` to the master on port `to`, with
+    /// `redis-cli --cluster reshard`, as an operator would.
+    pub fn reshard(&self, from: u16, to: u16, slots: usize) -> Result<()> {
+        let id = |port: u16| -> Result<String> {
+            let node = self.nodes.iter().find(|n| n.port() == port);
+            let id = node
+                .context("no node on that port")?
+                .cli(&["CLUSTER", "MYID"])?;
+            Ok(id.trim().to_string())
+        };
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &id(from)?, "--cluster-to", &id(to)?])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .output()
+            .context("running redis-cli --cluster reshard")?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster reshard failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// The port of the master serving `key` now, from `CLUSTER NODES`
     /// (`<id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <state> <slots…>`).
     pub fn master_of(&self, key: &str) -> Result<u16> {
-        // Any node that answers (one may have been killed).
-        let ask = |args: &[&str]| {
-            self.nodes
-                .iter()
-                .filter_map(|n| n.cli(args).ok())
-                .find(|answer| !answer.trim().is_empty())
-                .context("no cluster node answers")
-        };
-        let slot: u16 = ask(&["CLUSTER", "KEYSLOT", key])?
-            .trim()
-            .parse()
-            .context("CLUSTER KEYSLOT")?;
-        let nodes = ask(&["CLUSTER", "NODES"])?;
+        let slot = self.slot_of(key)?;
+        let nodes = self.ask(&["CLUSTER", "NODES"])?;
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {

@@ -666,7 +666,10 @@ mod tests {
             "strict_types refuses undeclared types"
         );
         assert_eq!(registry.queues(), ["bulk", "inventory", "ops"]);
-        assert_eq!((registry.shards("inventory"), registry.shards("ops")), (4, 1));
+        assert_eq!(
+            (registry.shards("inventory"), registry.shards("ops")),
+            (4, 1)
+        );
         assert_eq!(registry.shards("bulk"), 1, "a queue table without shards");
     }
 
@@ -733,7 +736,10 @@ mod tests {
                 "retry_backoff_max",
             ),
             ("[types.\"Bad\"]\nqueue = \"q\"", "types.\"Bad\""),
-            ("[queues.q]\nshards = 0", "queues.\"q\".shards: must be a whole number from 1 to 64"),
+            (
+                "[queues.q]\nshards = 0",
+                "queues.\"q\".shards: must be a whole number from 1 to 64",
+            ),
             ("[queues.q]\nshards = 65", "queues.\"q\".shards"),
             ("[queues.q]\nshards = \"4\"", "queues.\"q\".shards"),
             ("[queues.q]\nshard = 4", "did you mean \"shards\"?"),

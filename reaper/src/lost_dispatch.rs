@@ -159,11 +159,10 @@ async fn locate_unrecorded(
 ) -> Result<HashMap<(i64, RunId, i32), (String, EntryState)>> {
     let mut wanted: HashMap<QueueStream, HashSet<(i64, RunId, i32)>> = HashMap::new();
     for run in runs.iter().filter(|r| r.dispatch_entry_id.is_none()) {
-        wanted.entry(run.stream()).or_default().insert((
-            run.tenant_id,
-            run.id,
-            run.attempt + 1,
-        ));
+        wanted
+            .entry(run.stream())
+            .or_default()
+            .insert((run.tenant_id, run.id, run.attempt + 1));
     }
     let mut located = HashMap::new();
     for (stream, wanted) in wanted {

@@ -157,7 +157,11 @@ async fn dispatch_that_lands_after_the_producer_gave_up_executes_nothing() {
     config.prefix = env.prefix.clone();
     config.command_timeout = Duration::from_millis(300);
     let service = RunService::new(env.ledger().clone(), Transport::new(&config).unwrap());
-    service.transport().ensure_group(&"default".into()).await.unwrap();
+    service
+        .transport()
+        .ensure_group(&"default".into())
+        .await
+        .unwrap();
     let mut admin = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()

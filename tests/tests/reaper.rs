@@ -108,7 +108,11 @@ async fn trimming_removes_acknowledged_entries_and_keeps_pending_and_undelivered
     assert_eq!(env.xlen("default").await as u64, 400 - report.trimmed);
     for id in &pending {
         assert!(
-            transport.entry(&"default".into(), id).await.unwrap().is_some(),
+            transport
+                .entry(&"default".into(), id)
+                .await
+                .unwrap()
+                .is_some(),
             "pending entry {id} kept"
         );
     }

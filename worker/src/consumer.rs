@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 /// Default jobs run at once.
 pub const DEFAULT_CONCURRENCY: usize = 10;
-/// Default BLOCK of one read; also bounds how long shutdown waits for readers.
+/// Default BLOCK of one wait for entries.
 pub const DEFAULT_BLOCK: Duration = Duration::from_secs(2);
 /// Default interval of the batched heartbeat.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -48,7 +48,7 @@ pub struct WorkerConfig {
     pub shards: BTreeMap<String, i16>,
     /// Jobs run at once.
     pub concurrency: usize,
-    /// BLOCK time of one read.
+    /// BLOCK time of one wait for entries.
     pub block: Duration,
     /// Heartbeat interval (well below the reaper's lease).
     pub heartbeat_interval: Duration,
@@ -134,19 +134,23 @@ pub async fn run(
     let readers: Vec<_> = streams
         .iter()
         .map(|stream| {
-            let reader = transport.reader(stream.clone(), lifecycle.holder());
+            let reader = transport.reader(stream.clone(), lifecycle.holder(), config.block);
             tokio::spawn(read_loop(
                 reader,
                 Arc::clone(&lifecycle),
                 capacity.clone(),
                 jobs.clone(),
-                config.block,
                 shutdown.clone(),
             ))
         })
         .collect();
     let streams: Vec<String> = streams.iter().map(|s| s.to_string()).collect();
-    tracing::info!(consumer = lifecycle.holder(), ?streams, concurrency = config.concurrency, "worker started");
+    tracing::info!(
+        consumer = lifecycle.holder(),
+        ?streams,
+        concurrency = config.concurrency,
+        "worker started"
+    );
     for reader in readers {
         let _ = reader.await;
     }
@@ -252,14 +256,15 @@ impl Capacity {
     }
 }
 
-/// Read one queue: wait for capacity, read as many entries as there are
-/// free slots, hand them to [`claim_and_run`] and read again.
+/// Read one stream: wait for capacity, take as many entries as there are
+/// free slots, hand them to [`claim_and_run`] and read again. When the
+/// stream has none, the slots go back (to the worker's other streams) and
+/// the reader waits for an entry holding none.
 async fn read_loop(
     mut reader: StreamReader,
     lifecycle: Arc<Lifecycle>,
     capacity: Capacity,
     jobs: TaskTracker,
-    block: Duration,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -275,14 +280,21 @@ async fn read_loop(
                 None => break,
             }
         }
-        // The read is never cancelled mid-BLOCK: entries Redis hands over
-        // must reach a job, so shutdown waits for the read to return.
+        // A read is never cancelled: entries Redis hands over must reach a
+        // job. It does not block, so shutdown never waits long for it.
         if shutdown.is_cancelled() {
             return;
         }
-        match reader.read(permits.len(), block).await {
+        let read = match reader.read(permits.len()).await {
+            Ok(deliveries) if deliveries.is_empty() => {
+                drop(permits);
+                // A wait takes nothing, so it may be cut short.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    waited = reader.wait() => waited,
+                }
+            }
             Ok(deliveries) => {
-                backoff = Duration::from_millis(100);
                 // Claimed in the background, so the next read goes out while
                 // this one commits; reads that meet share a claim statement.
                 jobs.spawn(claim_and_run(
@@ -291,7 +303,12 @@ async fn read_loop(
                     permits,
                     jobs.clone(),
                 ));
+                Ok(())
             }
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
                 tracing::warn!(stream = %reader.stream(), error = %e, retry_in_ms = backoff.as_millis() as u64, "reading the queue failed; retrying");
                 tokio::select! {

@@ -19,7 +19,11 @@ use crate::run::RunId;
 impl Transport {
     /// The entry `entry_id` of `stream`, if it still exists. `Some(None)`
     /// when it exists but its fields do not parse.
-    pub async fn entry(&self, stream: &QueueStream, entry_id: &str) -> Result<Option<Option<Entry>>> {
+    pub async fn entry(
+        &self,
+        stream: &QueueStream,
+        entry_id: &str,
+    ) -> Result<Option<Option<Entry>>> {
         let stream = self.keys.queue_stream(stream);
         let mut cmd = redis::cmd("XRANGE");
         cmd.arg(&stream)
@@ -180,7 +184,7 @@ impl Transport {
 
     /// The group's last-delivered id on `stream`, or `None` when the stream
     /// or the group does not exist.
-    async fn last_delivered(&self, stream: &QueueStream) -> Result<Option<String>> {
+    pub(super) async fn last_delivered(&self, stream: &QueueStream) -> Result<Option<String>> {
         let stream = self.keys.queue_stream(stream);
         let mut info = redis::cmd("XINFO");
         info.arg("GROUPS").arg(&stream);
@@ -204,7 +208,11 @@ impl Transport {
     }
 
     /// Where entry `entry_id` of `stream` stands.
-    pub async fn entry_state(&self, queue_stream: &QueueStream, entry_id: &str) -> Result<EntryState> {
+    pub async fn entry_state(
+        &self,
+        queue_stream: &QueueStream,
+        entry_id: &str,
+    ) -> Result<EntryState> {
         if self.entry(queue_stream, entry_id).await?.is_none() {
             return Ok(EntryState::Missing);
         }

@@ -328,9 +328,10 @@ impl Transport {
         &self.keys
     }
 
-    /// A dedicated blocking reader for `stream`, consuming as `consumer`.
-    pub fn reader(&self, stream: QueueStream, consumer: &str) -> StreamReader {
-        StreamReader::new(self.clone(), stream, consumer)
+    /// A reader of `stream` on a connection of its own, consuming as
+    /// `consumer`, whose waits last up to `block`.
+    pub fn reader(&self, stream: QueueStream, consumer: &str, block: Duration) -> StreamReader {
+        StreamReader::new(self.clone(), stream, consumer, block)
     }
 
     /// Send `request` under the command timeout. On one server, a command

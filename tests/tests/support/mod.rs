@@ -117,6 +117,15 @@ impl TestEnv {
         self.service.ledger()
     }
 
+    /// Write `registry` (TOML) to a file of this environment's; its path.
+    pub fn write_registry(&self, registry: &str) -> PathBuf {
+        let dir = self.job_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("registry-{}.toml", nanos()));
+        std::fs::write(&path, registry).unwrap();
+        path
+    }
+
     pub fn stream(&self, queue: &str) -> String {
         format!("{}:queue:{queue}", self.prefix)
     }
@@ -344,9 +353,7 @@ identity = "nonce"
     /// caller may give more environment first; its log goes to the job dir.
     pub fn spawn_with_registry(env: &TestEnv, registry: &str, mut command: Command) -> Worker {
         let dir = env.job_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("registry-{}.toml", nanos()));
-        std::fs::write(&path, registry).unwrap();
+        let path = env.write_registry(registry);
         let child = command
             .env("OPSRUN_HEARTBEAT_INTERVAL", "1s")
             .env("OPSRUN_BLOCK", "500ms")
@@ -444,6 +451,17 @@ pub fn fast_reaper(env: &TestEnv, queues: &[String]) -> Killed {
     if !queues.is_empty() {
         cmd.env("OPSRUN_QUEUES", queues.join(","));
     }
+    fast_reaper_command(cmd)
+}
+
+/// [`fast_reaper`] on every queue, with the registry `registry` (TOML).
+pub fn fast_reaper_with_registry(env: &TestEnv, registry: &str) -> Killed {
+    let mut cmd = env.command("reaper");
+    cmd.arg("--registry").arg(env.write_registry(registry));
+    fast_reaper_command(cmd)
+}
+
+fn fast_reaper_command(mut cmd: Command) -> Killed {
     Killed(
         cmd.args([
             "--interval",
