@@ -137,6 +137,7 @@ async fn main() -> Result<()> {
         &prefix,
         "bulk",
         cli.concurrency,
+        None,
     )?;
     wait_completed(&pool, "bulk", cli.runs).await?;
     let finished: f64 = opsrun::sqlx::query_scalar(
@@ -335,7 +336,107 @@ async fn cluster_side_by_side(
             cluster / single
         );
     }
+
+    println!(
+        "\na backlog and a later tenant on the cluster: {FAIRNESS_BACKLOG} runs of one tenant, then {FAIRNESS_LATER} of another \
+         1 s later\n(2 workers at concurrency {FAIRNESS_CONCURRENCY}, {FAIRNESS_SLEEP_MS} ms jobs); wait = start - creation, seconds"
+    );
+    println!(
+        "{:<34} {:>13} {:>13} {:>13} {:>13}",
+        "", "backlog p50", "backlog p99", "later p50", "later p99"
+    );
+    for shards in [1, 4] {
+        let waits = fairness(bin, stack, &cluster.url(), &prefix, &service, shards).await?;
+        let label = match shards {
+            1 => "one stream (shards = 1)",
+            _ => "4 shards, by tenant",
+        };
+        println!(
+            "{label:<34} {:>13.2} {:>13.2} {:>13.2} {:>13.2}",
+            waits[0].0, waits[0].1, waits[1].0, waits[1].1
+        );
+    }
     Ok(())
+}
+
+const FAIRNESS_BACKLOG: usize = 10_000;
+const FAIRNESS_LATER: usize = 100;
+const FAIRNESS_CONCURRENCY: usize = 10;
+const FAIRNESS_SLEEP_MS: u64 = 10;
+
+/// One tenant starts [`FAIRNESS_BACKLOG`] runs on a queue of `shards`
+/// streams, another (on another shard) [`FAIRNESS_LATER`] a second later;
+/// two workers drain both. Returns each tenant's (p50, p99) wait from
+/// creation to start, in seconds: backlog tenant first.
+async fn fairness(
+    bin: &std::path::Path,
+    stack: &Stack,
+    redis_url: &str,
+    prefix: &str,
+    service: &RunService,
+    shards: i16,
+) -> Result<[(f64, f64); 2]> {
+    use opsrun::transport::shard_for;
+    let queue = format!("fair{shards}");
+    let registry_text = format!("[queues.{queue}]\nshards = {shards}\n");
+    let registry_path =
+        std::env::temp_dir().join(format!("opsrun-bench-{}-{queue}.toml", std::process::id()));
+    std::fs::write(&registry_path, &registry_text)?;
+    let registry = opsrun::registry::Registry::parse(&registry_text).map_err(anyhow::Error::msg)?;
+    let service = service.clone().with_registry(std::sync::Arc::new(registry));
+    // Two tenants on different shards (the same one when there is one).
+    let backlog_tenant = 1_000 + i64::from(shards) * 10_000;
+    let later_tenant = (backlog_tenant + 1..)
+        .find(|&t| shards == 1 || shard_for(t, 4) != shard_for(backlog_tenant, 4))
+        .expect("a tenant on another shard");
+    let workers: Vec<Worker> = (0..2)
+        .map(|_| {
+            Worker::start(
+                bin,
+                stack,
+                redis_url,
+                prefix,
+                &queue,
+                FAIRNESS_CONCURRENCY,
+                Some(&registry_path),
+            )
+        })
+        .collect::<Result<_>>()?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pool = service.ledger().pool();
+    // Runs of an earlier invocation on the same database are not this one's.
+    let before: i64 = opsrun::sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM operation_runs")
+        .fetch_one(pool)
+        .await?;
+    let job = |tenant: i64, n: usize| {
+        RunRequest::new(tenant, "demo.sleep")
+            .queue(&queue)
+            .inputs(json!({"n": n, "sleep_ms": FAIRNESS_SLEEP_MS}))
+    };
+    let backlog: Vec<RunRequest> = (0..FAIRNESS_BACKLOG)
+        .map(|n| job(backlog_tenant, n))
+        .collect();
+    service.ensure_runs_chunked(&backlog, 1000, |_, _| {}).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later: Vec<RunRequest> = (0..FAIRNESS_LATER).map(|n| job(later_tenant, n)).collect();
+    service.ensure_runs(&later).await;
+    wait_completed(pool, &queue, FAIRNESS_BACKLOG + FAIRNESS_LATER).await?;
+    drop(workers);
+    let _ = std::fs::remove_file(&registry_path);
+    let mut waits = [(0.0, 0.0); 2];
+    for (i, tenant) in [backlog_tenant, later_tenant].into_iter().enumerate() {
+        waits[i] = opsrun::sqlx::query_as(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at))::float8, \
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at))::float8 \
+             FROM operation_runs WHERE queue = $1 AND tenant_id = $2 AND id > $3",
+        )
+        .bind(&queue)
+        .bind(tenant)
+        .bind(before)
+        .fetch_one(pool)
+        .await?;
+    }
+    Ok(waits)
 }
 
 /// BullMQ's figures, from `bench/bullmq/bench.mjs`.
@@ -455,7 +556,7 @@ async fn end_to_end(
     runs: usize,
 ) -> Result<EndToEnd> {
     let started: Vec<Worker> = (0..workers)
-        .map(|_| Worker::start(bin, stack, redis_url, prefix, queue, concurrency))
+        .map(|_| Worker::start(bin, stack, redis_url, prefix, queue, concurrency, None))
         .collect::<Result<_>>()?;
     // Let the workers connect and block on their reads.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -527,8 +628,13 @@ impl Worker {
         prefix: &str,
         queue: &str,
         concurrency: usize,
+        registry: Option<&std::path::Path>,
     ) -> Result<Worker> {
-        let child = Command::new(bin.join("worker"))
+        let mut command = Command::new(bin.join("worker"));
+        if let Some(registry) = registry {
+            command.arg("--registry").arg(registry);
+        }
+        let child = command
             .args([
                 "--queues",
                 queue,

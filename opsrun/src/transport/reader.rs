@@ -119,13 +119,13 @@ impl StreamReader {
                 redis::AsyncCommands::xread_options(c, &keys, &[id], options).await
             }
         };
-        reply.or_else(|source| {
+        reply.map_err(|source| {
             // A timed-out BLOCK may still be pending on the connection.
             self.connection = None;
-            Err(Error::Redis {
+            Error::Redis {
                 operation: operation(),
                 source,
-            })
+            }
         })
     }
 
