@@ -4,6 +4,12 @@
 //! every accepted run to finish and prints the audit: runs accepted,
 //! completed by outcome, lost (must be 0), executed more than once.
 //! Exits 1 when a run was lost.
+//!
+//! `--cluster`: the same on a 3-master Redis Cluster (a replica each)
+//! started here, the queue sharded over 4 streams; instead of restarting
+//! Redis, a master is SIGKILLed (its replica takes over; the old master
+//! comes back as a replica) or slots are moved between masters with
+//! `redis-cli --cluster reshard`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -15,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use devstack::{PostgresOptions, Stack};
+use opsrun::transport::QueueStream;
 use opsrun::{Ledger, RunRequest, RunService, Transport, TransportConfig};
 use rand::Rng;
 use serde_json::json;
@@ -34,7 +41,13 @@ struct Cli {
     /// Mean time between faults, e.g. "3s".
     #[arg(long, default_value = "3s", value_parser = humantime_duration)]
     fault_every: Duration,
+    /// Run on a Redis Cluster started here, killing masters and resharding.
+    #[arg(long)]
+    cluster: bool,
 }
+
+/// Streams of the chaos queue in cluster mode.
+const CLUSTER_SHARDS: i16 = 4;
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
@@ -110,6 +123,8 @@ impl Processes {
                 "--pending-idle",
                 "10s",
             ])
+            .arg("--registry")
+            .arg(self.dir.join("handlers.toml"))
             .stderr(log)
             .spawn()?;
         started(child, "the reaper", &self.dir.join("reaper.log"))
@@ -141,10 +156,18 @@ async fn main() -> Result<()> {
         .context("binary directory")?
         .to_path_buf();
     let mut stack = Stack::from_env_or_start("opsrun_chaos", PostgresOptions::fast()).await?;
+    let mut cluster = match cli.cluster {
+        true => Some(tokio::task::spawn_blocking(|| devstack::RedisCluster::start(3, 1)).await??),
+        false => None,
+    };
+    let redis_url = cluster
+        .as_ref()
+        .map_or(stack.redis_url.clone(), |c| c.url());
+    let shards = if cli.cluster { CLUSTER_SHARDS } else { 1 };
     let dir = std::env::temp_dir().join(format!("opsrun-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let executions = dir.join("executions.log");
-    write_handlers(&dir, &executions)?;
+    write_handlers(&dir, &executions, shards)?;
 
     let pool = opsrun::sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
@@ -152,7 +175,7 @@ async fn main() -> Result<()> {
         .await?;
     let ledger = Ledger::new(pool.clone());
     ledger.migrate().await?;
-    let mut config = TransportConfig::new(stack.redis_url.clone());
+    let mut config = TransportConfig::new(redis_url.clone());
     config.prefix = "chaos".into();
     config.command_timeout = Duration::from_millis(500);
     // The producer side shares the workers' registry, as every component should.
@@ -161,13 +184,15 @@ async fn main() -> Result<()> {
     )?);
     let service =
         Arc::new(RunService::new(ledger, Transport::new(&config)?).with_registry(registry));
-    service.transport().ensure_group(&"default".into()).await?;
+    for stream in QueueStream::all("default", shards) {
+        service.transport().ensure_group(&stream).await?;
+    }
 
     let mut procs = Processes {
         bin,
         dir: dir.clone(),
         database_url: stack.database_url.clone(),
-        redis_url: stack.redis_url.clone(),
+        redis_url,
         workers: Vec::new(),
         reaper: None,
     };
@@ -176,17 +201,18 @@ async fn main() -> Result<()> {
         procs.workers.push(w);
     }
     procs.reaper = Some(procs.reaper()?);
-    let can_restart_redis = stack.redis.is_some();
+    let can_restart_redis = stack.redis.is_some() && cluster.is_none();
     println!(
-        "chaos: {}s of load at {}/s on {} workers; faults every ~{}s (redis restarts: {})",
+        "chaos: {}s of load at {}/s on {} workers; faults every ~{}s ({})",
         cli.duration.as_secs(),
         cli.rate,
         cli.workers,
         cli.fault_every.as_secs(),
-        if can_restart_redis {
-            "yes"
-        } else {
-            "no, REDIS_URL is set"
+        match (&cluster, can_restart_redis) {
+            (Some(_), _) =>
+                "Redis Cluster, 3 masters + 3 replicas, 4 shards: masters killed, slots resharded",
+            (None, true) => "redis restarts: yes",
+            (None, false) => "redis restarts: no, REDIS_URL is set",
         }
     );
 
@@ -279,6 +305,15 @@ async fn main() -> Result<()> {
                     redis.restart_empty()?;
                 }
                 *events.entry("redis restart without data").or_default() += 1;
+            }
+            75..82 if let Some(cluster) = cluster.as_mut() => {
+                // One failover at a time: the cluster heals before the next.
+                tokio::task::block_in_place(|| kill_a_master(cluster))?;
+                *events.entry("cluster master SIGKILL + rejoin").or_default() += 1;
+            }
+            82..88 if let Some(cluster) = cluster.as_ref() => {
+                tokio::task::block_in_place(|| reshard(cluster))?;
+                *events.entry("cluster reshard (200 slots)").or_default() += 1;
             }
             _ => {
                 if let Some(mut reaper) = procs.reaper.take() {
@@ -395,8 +430,38 @@ async fn audit(pool: &opsrun::sqlx::PgPool, executions: &Path) -> Result<Audit> 
     })
 }
 
-fn write_handlers(dir: &Path, executions: &Path) -> Result<()> {
+/// SIGKILL a random master, wait for its replica to take over, then start
+/// it again (it rejoins as a replica) and wait until every replica is in
+/// sync.
+fn kill_a_master(cluster: &mut devstack::RedisCluster) -> Result<()> {
+    let masters = cluster.master_ports();
+    let victim = masters[rand::rng().random_range(0..masters.len())];
+    cluster.kill(victim);
+    let promoted = devstack::wait_until(Duration::from_secs(30), || {
+        let masters = cluster.master_ports();
+        masters.len() == 3 && !masters.contains(&victim)
+    });
+    if !promoted {
+        bail!("no replica took over from the master on port {victim}");
+    }
+    cluster.restart(victim)?;
+    if !devstack::wait_until(Duration::from_secs(60), || cluster.healthy()) {
+        bail!("the cluster did not heal after the master on port {victim} rejoined");
+    }
+    Ok(())
+}
+
+/// Move 200 slots from a random master to another.
+fn reshard(cluster: &devstack::RedisCluster) -> Result<()> {
+    let masters = cluster.master_ports();
+    let from = rand::rng().random_range(0..masters.len());
+    let to = (from + rand::rng().random_range(1..masters.len())) % masters.len();
+    cluster.reshard(masters[from], masters[to], 200)
+}
+
+fn write_handlers(dir: &Path, executions: &Path, shards: i16) -> Result<()> {
     let mut toml = String::from("[defaults]\ntime_limit = \"30s\"\nlease = \"5s\"\n");
+    toml.push_str(&format!("[queues.default]\nshards = {shards}\n"));
     for (name, _, body) in TYPES {
         toml.push_str(&format!(
             "[types.\"{name}\"]\ncommand = [\"sh\", \"-c\", '''echo \"$OPSRUN_RUN_ID $OPSRUN_ATTEMPT\" >> {}; {body}''']\n",

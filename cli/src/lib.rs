@@ -33,9 +33,16 @@ pub mod exit {
     pub const UNTRUSTED_CERTIFICATE: u8 = 7;
 }
 
-/// The exit code for a Redis error at start: an untrusted certificate, or
-/// Redis unreachable.
+/// The exit code for a Redis error at start: refused credentials or ACL
+/// rights (invalid configuration), an untrusted certificate, or Redis
+/// unreachable.
 pub fn redis_failure(e: Error) -> Failure {
+    if e.is_refused_credentials() {
+        return Failure::new(
+            exit::INVALID,
+            format!("redis refused the credentials or ACL rights in REDIS_URL: {e}"),
+        );
+    }
     let code = if e.is_untrusted_certificate() {
         exit::UNTRUSTED_CERTIFICATE
     } else {

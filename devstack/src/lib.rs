@@ -109,7 +109,7 @@ fn work_dir(kind: &str) -> Result<std::path::PathBuf> {
 }
 
 /// Wait until `ready` returns true, for at most `timeout`.
-fn wait_until(timeout: std::time::Duration, mut ready: impl FnMut() -> bool) -> bool {
+pub fn wait_until(timeout: std::time::Duration, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         if ready() {

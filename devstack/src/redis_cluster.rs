@@ -51,21 +51,32 @@ impl RedisCluster {
             );
         }
         let cluster = RedisCluster { nodes };
-        let ready = wait_until(Duration::from_secs(30), || {
-            cluster.nodes.iter().all(|n| {
-                let ok = n
-                    .cli(&["CLUSTER", "INFO"])
-                    .is_ok_and(|info| info.contains("cluster_state:ok"));
-                let synced = n.cli(&["INFO", "replication"]).is_ok_and(|info| {
-                    info.contains("role:master") || info.contains("master_link_status:up")
-                });
-                ok && synced
-            })
-        });
-        if !ready {
+        if !wait_until(Duration::from_secs(30), || cluster.healthy()) {
             bail!("the cluster did not reach cluster_state:ok with every replica in sync");
         }
         Ok(cluster)
+    }
+
+    /// Whether every node answers, reports `cluster_state:ok`, and every
+    /// replica is in sync with its master.
+    pub fn healthy(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            let ok = n
+                .cli(&["CLUSTER", "INFO"])
+                .is_ok_and(|info| info.contains("cluster_state:ok"));
+            let synced = n.cli(&["INFO", "replication"]).is_ok_and(|info| {
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
+            ok && synced
+        })
+    }
+
+    /// Start the node on `port` again after [`RedisCluster::kill`], empty
+    /// but with its cluster configuration: it rejoins, as a replica of the
+    /// master that took over its slots.
+    pub fn restart(&mut self, port: u16) -> Result<()> {
+        let node = self.nodes.iter_mut().find(|n| n.port() == port);
+        node.context("no node on that port")?.restart_empty()
     }
 
     /// SIGKILL the node listening on `port` (its replica takes over once

@@ -96,6 +96,19 @@ impl Error {
     pub fn is_untrusted_certificate(&self) -> bool {
         untrusted_certificate(&self.to_string())
     }
+
+    /// True when Redis refused the credentials or the ACL user's rights:
+    /// a wrong user or password (`WRONGPASS`), none given where one is
+    /// needed (`NOAUTH`), or a command or key the user may not use
+    /// (`NOPERM`). A configuration problem, not an unreachable server.
+    pub fn is_refused_credentials(&self) -> bool {
+        // redis-rs words them in several ways ("NoPerm: …", "WRONGPASS …",
+        // "Password authentication failed"), through the pool's errors too.
+        let text = self.to_string().to_lowercase();
+        ["wrongpass", "noauth", "noperm", "authentication failed"]
+            .iter()
+            .any(|word| text.contains(word))
+    }
 }
 
 /// Whether an error's text says a server's certificate was refused (rustls

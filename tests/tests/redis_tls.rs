@@ -1,7 +1,9 @@
 //! opsrun over TLS to Redis: a server with a certificate from a test CA.
 //! A run goes end to end (producer, worker) over `rediss://` with the CA
-//! given by file; a client that does not trust the CA, or reaches the
-//! server by a name its certificate does not hold, is refused with exit 7.
+//! given by file, as an ACL user whose rights cover opsrun's keys only; a
+//! client that does not trust the CA, or reaches the server by a name its
+//! certificate does not hold, is refused with exit 7; a wrong password, or
+//! a user without rights on opsrun's keys, with exit 2.
 
 mod support;
 
@@ -14,7 +16,7 @@ async fn a_run_goes_end_to_end_over_tls_and_an_untrusted_server_is_refused() {
     let dir = std::env::temp_dir().join(format!("opsrun-tls-{}", std::process::id()));
     // The certificate names 127.0.0.1 only, so `localhost` is a wrong name.
     let ca = TestCa::create(&dir.join("good"), &["127.0.0.1"]).unwrap();
-    let (_redis, tls_port) = tokio::task::spawn_blocking({
+    let (redis, tls_port) = tokio::task::spawn_blocking({
         let ca = TestCa {
             ca_file: ca.ca_file.clone(),
             cert_file: ca.cert_file.clone(),
@@ -24,8 +26,37 @@ async fn a_run_goes_end_to_end_over_tls_and_an_untrusted_server_is_refused() {
     })
     .await
     .unwrap();
-    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let url = format!("rediss://opsrun:s3cret-pass@127.0.0.1:{tls_port}/");
     let env = TestEnv::with_redis_and_ca(&url, &ca.ca_file).await;
+    // An ACL user limited to opsrun's keys (this test's prefix) and to
+    // non-dangerous commands; the default user is off.
+    let prefix = env.prefix.clone();
+    for acl in [
+        vec![
+            "ACL",
+            "SETUSER",
+            "opsrun",
+            "on",
+            ">s3cret-pass",
+            &format!("~{prefix}:*"),
+            "+@all",
+            "-@dangerous",
+        ],
+        vec![
+            "ACL",
+            "SETUSER",
+            "stranger",
+            "on",
+            ">other-pass",
+            "~elsewhere:*",
+            "+@all",
+            "-@dangerous",
+        ],
+        vec!["ACL", "SETUSER", "default", "off"],
+    ] {
+        let answer = redis.cli(&acl).unwrap();
+        assert!(answer.trim() == "OK", "{acl:?}: {answer}");
+    }
 
     let mut worker = env.command("worker");
     worker.env("REDIS_CA_FILE", &ca.ca_file);
@@ -79,6 +110,37 @@ async fn a_run_goes_end_to_end_over_tls_and_an_untrusted_server_is_refused() {
         }
         let out = reaper.arg("--once").output().unwrap();
         support::assert_exit(&out, 7);
+    }
+
+    // Credentials Redis refuses, and a user without rights on opsrun's
+    // keys: a configuration error (exit 2) naming the problem, the password
+    // never printed.
+    for (url, word) in [
+        (
+            format!("rediss://opsrun:wrong-pass@127.0.0.1:{tls_port}/"),
+            "authentication failed",
+        ),
+        (
+            format!("rediss://stranger:other-pass@127.0.0.1:{tls_port}/"),
+            "noperm",
+        ),
+    ] {
+        let out = env
+            .command("worker")
+            .env("REDIS_URL", &url)
+            .env("REDIS_CA_FILE", &ca.ca_file)
+            .args(["--startup-timeout", "10s"])
+            .output()
+            .unwrap();
+        let stderr = support::assert_exit(&out, 2);
+        assert!(
+            stderr.contains("refused the credentials") && stderr.to_lowercase().contains(word),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("wrong-pass") && !stderr.contains("other-pass"),
+            "{stderr}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -178,11 +178,13 @@ where
     loop {
         match connect().await {
             Ok(v) => return Ok(v),
-            // An untrusted certificate does not fix itself: no waiting.
+            // An untrusted certificate or refused credentials do not fix
+            // themselves: no waiting.
             Err(e)
                 if tokio::time::Instant::now() + delay < deadline
                     && !shutdown.is_cancelled()
-                    && !e.is_untrusted_certificate() =>
+                    && !e.is_untrusted_certificate()
+                    && !e.is_refused_credentials() =>
             {
                 tracing::warn!(error = %opsrun::sanitize::redact(&e.to_string()), retry_in_ms = delay.as_millis() as u64, "{what} not reachable yet");
                 tokio::time::sleep(delay).await;
