@@ -404,10 +404,7 @@ async fn fairness(
         .collect::<Result<_>>()?;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let pool = service.ledger().pool();
-    // Runs of an earlier invocation on the same database are not this one's.
-    let before: i64 = opsrun::sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM operation_runs")
-        .fetch_one(pool)
-        .await?;
+    let before = latest_run_id(pool).await?;
     let job = |tenant: i64, n: usize| {
         RunRequest::new(tenant, "demo.sleep")
             .queue(&queue)
@@ -561,10 +558,7 @@ async fn end_to_end(
     // Let the workers connect and block on their reads.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let pool = service.ledger().pool();
-    // Runs of an earlier invocation on the same database are not this one's.
-    let before: i64 = opsrun::sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM operation_runs")
-        .fetch_one(pool)
-        .await?;
+    let before = latest_run_id(pool).await?;
     bulk_enqueue(service, queue, runs).await?;
     wait_completed(pool, queue, runs).await?;
     let seconds: f64 = opsrun::sqlx::query_scalar(
@@ -581,6 +575,16 @@ async fn end_to_end(
         per_second: runs as f64 / seconds,
         rss_mb,
     })
+}
+
+/// The newest run's id: runs of an earlier invocation on the same database
+/// are not this one's.
+async fn latest_run_id(pool: &opsrun::sqlx::PgPool) -> Result<i64> {
+    Ok(
+        opsrun::sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM operation_runs")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// Wait until every one of the `runs` runs already started on `queue` has

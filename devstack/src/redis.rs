@@ -85,20 +85,32 @@ impl Redis {
     /// Start a server that also listens with TLS (certificates of `ca`) on
     /// a second free port; see [`Redis::tls_url`].
     pub fn start_tls(ca: &crate::TestCa) -> Result<(Redis, u16)> {
+        Redis::start_tls_with(ca, &[])
+    }
+
+    /// [`Redis::start_tls`] with more `redis-server` arguments.
+    pub fn start_tls_with(ca: &crate::TestCa, extra: &[&str]) -> Result<(Redis, u16)> {
         let tls_port = free_port()?;
-        let redis = Redis::start_with(&[
+        let (tls_port_text, cert, key, ca_file) = (
+            tls_port.to_string(),
+            ca.cert_file.display().to_string(),
+            ca.key_file.display().to_string(),
+            ca.ca_file.display().to_string(),
+        );
+        let mut args = vec![
             "--tls-port",
-            &tls_port.to_string(),
+            &tls_port_text,
             "--tls-cert-file",
-            &ca.cert_file.display().to_string(),
+            &cert,
             "--tls-key-file",
-            &ca.key_file.display().to_string(),
+            &key,
             "--tls-ca-cert-file",
-            &ca.ca_file.display().to_string(),
+            &ca_file,
             "--tls-auth-clients",
             "no",
-        ])?;
-        Ok((redis, tls_port))
+        ];
+        args.extend_from_slice(extra);
+        Ok((Redis::start_with(&args)?, tls_port))
     }
 
     /// Send a command with `redis-cli` and return its output.

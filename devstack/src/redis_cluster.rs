@@ -12,35 +12,66 @@ use crate::{Redis, wait_until};
 /// A running ephemeral cluster.
 pub struct RedisCluster {
     nodes: Vec<Redis>,
+    /// The nodes' TLS ports, for a cluster started with TLS.
+    tls_ports: Vec<u16>,
 }
+
+/// Cluster settings of every node.
+const NODE_ARGS: &[&str] = &[
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "2000",
+    // Replicas sync at once (the default waits 5 s to batch them): a
+    // replica that never synced cannot take over.
+    "--repl-diskless-sync-delay",
+    "0",
+];
 
 impl RedisCluster {
     /// Start `masters` masters with `replicas` replicas each and wait until
     /// every node reports `cluster_state:ok`.
     pub fn start(masters: usize, replicas: usize) -> Result<RedisCluster> {
-        let mut nodes = Vec::new();
-        for _ in 0..masters * (1 + replicas) {
-            nodes.push(Redis::start_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "2000",
-                // Replicas sync at once (the default waits 5 s to batch
-                // them): a replica that never synced cannot take over.
-                "--repl-diskless-sync-delay",
-                "0",
-            ])?);
+        let nodes = (0..masters * (1 + replicas))
+            .map(|_| Redis::start_with(NODE_ARGS))
+            .collect::<Result<Vec<_>>>()?;
+        RedisCluster::join(nodes, Vec::new(), replicas, None)
+    }
+
+    /// [`RedisCluster::start`] with TLS (certificates of `ca`) between the
+    /// nodes and to clients, which the nodes send to their TLS ports
+    /// (`tls-cluster`); [`RedisCluster::url`] is then `rediss+cluster://`.
+    /// The plain ports stay open for [`Redis::cli`].
+    pub fn start_tls(masters: usize, replicas: usize, ca: &crate::TestCa) -> Result<RedisCluster> {
+        let mut args = NODE_ARGS.to_vec();
+        args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+        let (nodes, tls_ports) = (0..masters * (1 + replicas))
+            .map(|_| Redis::start_tls_with(ca, &args))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        RedisCluster::join(nodes, tls_ports, replicas, Some(ca))
+    }
+
+    /// Join `nodes` into a cluster with `redis-cli --cluster create` (over
+    /// TLS when `ca` is given) and wait until it is healthy.
+    fn join(
+        nodes: Vec<Redis>,
+        tls_ports: Vec<u16>,
+        replicas: usize,
+        ca: Option<&crate::TestCa>,
+    ) -> Result<RedisCluster> {
+        let cluster = RedisCluster { nodes, tls_ports };
+        let mut create = Command::new("redis-cli");
+        if let Some(ca) = ca {
+            create.arg("--tls").arg("--cacert").arg(&ca.ca_file);
         }
-        let addresses: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
-            .collect();
-        let out = Command::new("redis-cli")
+        let out = create
             .arg("--cluster")
             .arg("create")
-            .args(&addresses)
+            .args(cluster.addresses())
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .context("running redis-cli --cluster create")?;
@@ -50,7 +81,6 @@ impl RedisCluster {
                 String::from_utf8_lossy(&out.stdout)
             );
         }
-        let cluster = RedisCluster { nodes };
         if !wait_until(Duration::from_secs(30), || cluster.healthy()) {
             bail!("the cluster did not reach cluster_state:ok with every replica in sync");
         }
@@ -87,14 +117,25 @@ impl RedisCluster {
         }
     }
 
-    /// The `redis+cluster://` URL naming every node as a seed.
+    /// The nodes' client addresses: their TLS ones on a TLS cluster.
+    fn addresses(&self) -> Vec<String> {
+        match self.tls_ports.is_empty() {
+            true => self.nodes.iter().map(Redis::port).collect::<Vec<_>>(),
+            false => self.tls_ports.clone(),
+        }
+        .into_iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect()
+    }
+
+    /// The `redis+cluster://` URL naming every node as a seed
+    /// (`rediss+cluster://` on a TLS cluster).
     pub fn url(&self) -> String {
-        let seeds: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
-            .collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        let scheme = match self.tls_ports.is_empty() {
+            true => "redis+cluster",
+            false => "rediss+cluster",
+        };
+        format!("{scheme}://{}", self.addresses().join(","))
     }
 
     /// The nodes, masters and replicas.

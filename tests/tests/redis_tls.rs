@@ -7,7 +7,7 @@
 
 mod support;
 
-use devstack::{Redis, TestCa};
+use devstack::{Redis, RedisCluster, TestCa};
 use opsrun::{Outcome, Status};
 use support::{TestEnv, Worker, json_stdout, wait_until};
 
@@ -142,5 +142,77 @@ async fn a_run_goes_end_to_end_over_tls_and_an_untrusted_server_is_refused() {
             "{stderr}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Redis Cluster over TLS (`rediss+cluster://`, TLS between the nodes
+/// too): a run goes end to end; a client that does not trust the CA is
+/// refused with exit 7.
+#[tokio::test]
+async fn a_run_goes_end_to_end_on_a_tls_cluster() {
+    let dir = std::env::temp_dir().join(format!("opsrun-tls-cluster-{}", std::process::id()));
+    let ca = TestCa::create(&dir.join("good"), &["127.0.0.1"]).unwrap();
+    let cluster = tokio::task::spawn_blocking({
+        let ca = TestCa {
+            ca_file: ca.ca_file.clone(),
+            cert_file: ca.cert_file.clone(),
+            key_file: ca.key_file.clone(),
+        };
+        move || RedisCluster::start_tls(3, 0, &ca).unwrap()
+    })
+    .await
+    .unwrap();
+    let url = cluster.url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let env = TestEnv::with_redis_and_ca(&url, &ca.ca_file).await;
+    let mut worker = env.command("worker");
+    worker.env("REDIS_CA_FILE", &ca.ca_file);
+    let _worker = Worker::spawn_with_registry(&env, "", worker);
+    let mut runs = Vec::new();
+    for queue in ["default", "q1", "q2"] {
+        let out = env
+            .command("producer")
+            .env("REDIS_CA_FILE", &ca.ca_file)
+            .args([
+                "enqueue",
+                "--tenant",
+                "1",
+                "--type",
+                "demo.succeed",
+                "--queue",
+                queue,
+            ])
+            .output()
+            .unwrap();
+        support::assert_exit(&out, 0);
+        runs.push(json_stdout(&out)["run_id"].as_i64().unwrap());
+    }
+    let mut worker_q = env.command("worker");
+    worker_q
+        .env("REDIS_CA_FILE", &ca.ca_file)
+        .env("OPSRUN_QUEUES", "q1,q2");
+    let _worker_q = Worker::spawn_with_registry(&env, "", worker_q);
+    for run_id in runs {
+        let done = wait_until(std::time::Duration::from_secs(30), || async {
+            env.ledger()
+                .get(1, opsrun::RunId(run_id))
+                .await
+                .unwrap()
+                .filter(|r| r.status == Status::Completed)
+        })
+        .await
+        .expect("the run completed on the TLS cluster");
+        assert_eq!(done.outcome, Outcome::Succeeded);
+    }
+
+    let other = TestCa::create(&dir.join("other"), &["127.0.0.1"]).unwrap();
+    let out = env
+        .command("producer")
+        .env("REDIS_CA_FILE", &other.ca_file)
+        .args(["enqueue", "--tenant", "2", "--type", "demo.succeed"])
+        .output()
+        .unwrap();
+    let stderr = support::assert_exit(&out, 7);
+    assert!(stderr.contains("certificate"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
