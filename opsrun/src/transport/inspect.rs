@@ -80,7 +80,7 @@ impl Transport {
     /// (those no longer declared too, so that their entries are still seen
     /// to): on a cluster, on every master (a key lives on one node only).
     pub async fn streams(&self) -> Result<Vec<QueueStream>> {
-        let pattern = format!("{}*", self.keys.queue_stream(&QueueStream::new("", 0)));
+        let pattern = format!("{}*", self.keys.queue_streams_prefix());
         let mut streams = Vec::new();
         // Keys are bytes: one that is not a queue stream's name (not UTF-8,
         // or outside the queue alphabet) is skipped, not allowed to fail the

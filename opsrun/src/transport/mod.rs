@@ -57,10 +57,15 @@ impl Keys {
         }
     }
 
+    /// What every queue stream's key starts with.
+    pub fn queue_streams_prefix(&self) -> String {
+        format!("{}:queue:", self.prefix)
+    }
+
     /// The stream a queue-stream key names, or `None` for a key that is not
     /// one (not under this prefix, or not a queue name and shard).
     pub fn parse_queue_stream(&self, key: &str) -> Option<QueueStream> {
-        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":queue:")?;
+        let rest = key.strip_prefix(&self.queue_streams_prefix())?;
         let stream = match rest.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
             Some(tagged) => {
                 let (queue, digits) = tagged.rsplit_once(':')?;
