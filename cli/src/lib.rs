@@ -28,9 +28,10 @@ pub mod exit {
     pub const DATABASE_UNAVAILABLE: u8 = 4;
     /// Redis unreachable.
     pub const REDIS_UNAVAILABLE: u8 = 5;
-    /// A TLS server's certificate is not trusted (unknown CA, wrong name,
-    /// expired): a configuration problem, not an outage.
-    pub const UNTRUSTED_CERTIFICATE: u8 = 7;
+    /// TLS refused, with Redis or Postgres: a server's certificate is not
+    /// trusted (unknown CA, wrong name, expired), or one side requires TLS
+    /// and the other does not use it. A configuration problem, not an outage.
+    pub const TLS_REFUSED: u8 = 7;
 }
 
 /// The exit code for a Redis error at start: refused credentials or ACL
@@ -43,10 +44,21 @@ pub fn redis_failure(e: Error) -> Failure {
             format!("redis refused the credentials or ACL rights in REDIS_URL: {e}"),
         );
     }
-    let code = if e.is_untrusted_certificate() {
-        exit::UNTRUSTED_CERTIFICATE
+    let code = if e.is_tls_refused() {
+        exit::TLS_REFUSED
     } else {
         exit::REDIS_UNAVAILABLE
+    };
+    Failure::new(code, e.to_string())
+}
+
+/// The exit code for a Postgres error at start: TLS refused, or Postgres
+/// unreachable.
+pub fn postgres_failure(e: Error) -> Failure {
+    let code = if e.is_tls_refused() {
+        exit::TLS_REFUSED
+    } else {
+        exit::DATABASE_UNAVAILABLE
     };
     Failure::new(code, e.to_string())
 }
@@ -182,7 +194,7 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
             Error::Invalid { .. } => exit::INVALID,
-            e if e.is_untrusted_certificate() => exit::UNTRUSTED_CERTIFICATE,
+            e if e.is_tls_refused() => exit::TLS_REFUSED,
             e if e.is_database_unavailable() => exit::DATABASE_UNAVAILABLE,
             Error::Redis { .. } | Error::RedisPool { .. } | Error::RedisTimeout { .. } => {
                 exit::REDIS_UNAVAILABLE

@@ -58,6 +58,16 @@ pub struct Postgres {
 impl Postgres {
     /// initdb and start a cluster.
     pub fn start(options: PostgresOptions) -> Result<Postgres> {
+        Postgres::start_with(options, None)
+    }
+
+    /// initdb and start a cluster that accepts TLS connections only, with
+    /// the server certificate of `ca` (`hostssl` trust, `hostnossl` reject).
+    pub fn start_tls(options: PostgresOptions, ca: &crate::TestCa) -> Result<Postgres> {
+        Postgres::start_with(options, Some(ca))
+    }
+
+    fn start_with(options: PostgresOptions, tls: Option<&crate::TestCa>) -> Result<Postgres> {
         let bin = find_bindir()?;
         let dir = work_dir("pg")?;
         let run_as = run_as_user()?;
@@ -84,6 +94,9 @@ impl Postgres {
         let out = initdb.output().context("running initdb")?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if let Some(ca) = tls {
+            require_tls(&data, ca, run_as)?;
         }
         let mut pg = Postgres {
             child: None,
@@ -265,6 +278,38 @@ fn run_as_user() -> Result<Option<(u32, u32)>> {
     bail!(
         "running as root and no 'postgres' user exists; install the postgresql package or run as another user"
     )
+}
+
+/// Configure the cluster in `data` for TLS only: the certificate and key of
+/// `ca` (copied in, owned by the server's user, the key private), and a
+/// `pg_hba.conf` that trusts TLS connections on loopback and rejects plain
+/// ones.
+fn require_tls(data: &Path, ca: &crate::TestCa, run_as: Option<(u32, u32)>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    for (from, name, mode) in [
+        (&ca.cert_file, "server.crt", 0o644),
+        (&ca.key_file, "server.key", 0o600),
+    ] {
+        let to = data.join(name);
+        std::fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&to, Some(uid), Some(gid))?;
+        }
+    }
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))?;
+    writeln!(
+        conf,
+        "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+    )?;
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+    )?;
+    Ok(())
 }
 
 fn as_user(cmd: &mut Command, run_as: Option<(u32, u32)>) {

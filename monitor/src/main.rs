@@ -25,7 +25,9 @@ Exit codes:
   1  unexpected error
   2  invalid input or configuration; nothing was changed
   4  Postgres unreachable
-  6  no such run or token in that tenant";
+  6  no such run or token in that tenant
+  7  TLS refused by Postgres: a certificate not trusted (CA, host name), or
+     TLS required by one side and not used by the other";
 
 /// A run or token that the tenant does not have.
 const NOT_FOUND: u8 = 6;

@@ -89,12 +89,13 @@ impl Error {
 }
 
 impl Error {
-    /// True when a TLS connection failed because the server's certificate
-    /// is not trusted: signed by a CA the client does not trust, for a name
-    /// other than the one connected to, expired. A configuration problem,
-    /// not an unreachable server.
-    pub fn is_untrusted_certificate(&self) -> bool {
-        untrusted_certificate(&self.to_string())
+    /// True when TLS could not be set up as configured, with Redis or
+    /// Postgres: the server's certificate is not trusted (signed by a CA the
+    /// client does not trust, for a name other than the one connected to,
+    /// expired), or one side requires TLS and the other does not use it. A
+    /// configuration problem, not an unreachable server.
+    pub fn is_tls_refused(&self) -> bool {
+        tls_refused(&self.to_string())
     }
 
     /// True when Redis refused the credentials or the ACL user's rights:
@@ -111,10 +112,15 @@ impl Error {
     }
 }
 
-/// Whether an error's text says a server's certificate was refused (rustls
-/// words it "invalid peer certificate: …").
-pub fn untrusted_certificate(text: &str) -> bool {
+/// Whether an error's text says TLS was refused: a server's certificate
+/// (rustls words it "invalid peer certificate: …"), a server without TLS
+/// where the URL requires it (sqlx: "server does not support TLS"), or a
+/// Postgres that accepts only TLS refusing a plain connection (its
+/// `pg_hba.conf` has no entry "… no encryption").
+pub fn tls_refused(text: &str) -> bool {
     text.contains("invalid peer certificate")
+        || text.contains("server does not support TLS")
+        || (text.contains("pg_hba.conf") && text.contains("no encryption"))
 }
 
 /// True when `source` says Postgres could not be reached or is going away.

@@ -23,8 +23,10 @@ Exit codes:
   3  dispatch to Redis failed; the run is recorded as completed/failed with
      queue.dispatch_failed and its JSON is still printed
   4  Postgres unreachable; nothing was written
-  7  Redis's TLS certificate is not trusted (CA, host name); the run is
-     recorded as failed with queue.dispatch_failed, as for 3";
+  7  TLS refused by Redis or Postgres: a certificate not trusted (CA, host
+     name), or TLS required by one side and not used by the other; when
+     Redis refused it, the run is recorded as failed with
+     queue.dispatch_failed, as for 3";
 
 #[derive(Parser)]
 #[command(name = "producer", version, about = "Start opsrun runs: validate, ensure (dedupe), dispatch", after_help = EXIT_CODES)]
@@ -516,8 +518,8 @@ fn result_json(ensured: &opsrun::EnsuredRun, monitor_url: &str) -> (serde_json::
                 run.status.as_str(),
                 run.outcome.as_str()
             );
-            let code = if opsrun::error::untrusted_certificate(&failure.message) {
-                exit::UNTRUSTED_CERTIFICATE
+            let code = if opsrun::error::tls_refused(&failure.message) {
+                exit::TLS_REFUSED
             } else {
                 exit::DISPATCH_FAILED
             };

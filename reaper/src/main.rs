@@ -17,7 +17,8 @@ Exit codes:
   2  invalid configuration
   4  Postgres unreachable at start
   5  Redis unreachable at start
-  7  Redis's TLS certificate is not trusted (CA, host name)";
+  7  TLS refused by Redis or Postgres: a certificate not trusted (CA, host
+     name), or TLS required by one side and not used by the other";
 
 #[derive(Parser)]
 #[command(name = "reaper", version, about = "Retention, reclaiming stuck runs, re-dispatching lost ones, trimming streams", after_help = EXIT_CODES)]

@@ -21,7 +21,8 @@ Exit codes:
   2  invalid configuration (flags, environment or type registry)
   4  Postgres unreachable for the whole --startup-timeout
   5  Redis unreachable for the whole --startup-timeout
-  7  a TLS certificate of Redis is not trusted (CA, host name)";
+  7  TLS refused by Redis or Postgres: a certificate not trusted (CA, host
+     name), or TLS required by one side and not used by the other";
 
 #[derive(Parser)]
 #[command(name = "worker", version, about = "Run opsrun jobs from Redis Streams inside the run lifecycle", after_help = EXIT_CODES)]
@@ -109,7 +110,7 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
         )
     })
     .await
-    .map_err(|e| Failure::new(exit::DATABASE_UNAVAILABLE, e.to_string()))?;
+    .map_err(opsrun_cli::postgres_failure)?;
     let ledger = Ledger::new(pool);
     if !cli.no_migrate {
         // Postgres going away mid-migration (a restart) is waited out like
@@ -121,7 +122,7 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
             }
         })
         .await
-        .map_err(|e| Failure::new(exit::DATABASE_UNAVAILABLE, e.to_string()))??;
+        .map_err(opsrun_cli::postgres_failure)??;
     }
     let config = WorkerConfig {
         queues,
@@ -183,7 +184,7 @@ where
             Err(e)
                 if tokio::time::Instant::now() + delay < deadline
                     && !shutdown.is_cancelled()
-                    && !e.is_untrusted_certificate()
+                    && !e.is_tls_refused()
                     && !e.is_refused_credentials() =>
             {
                 tracing::warn!(error = %opsrun::sanitize::redact(&e.to_string()), retry_in_ms = delay.as_millis() as u64, "{what} not reachable yet");
