@@ -164,6 +164,50 @@ impl Postgres {
         Ok(())
     }
 
+    /// A streaming replica of this server (`pg_basebackup -R`), read-only,
+    /// on a port of its own; stopped when dropped.
+    pub fn start_replica(&self) -> Result<Postgres> {
+        let dir = work_dir("pg-replica")?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .context("chown of the replica's directory")?;
+        }
+        let mut backup = Command::new(self.bin.join("pg_basebackup"));
+        backup
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "--checkpoint=fast",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        as_user(&mut backup, self.run_as);
+        let out = backup.output().context("running pg_basebackup")?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut replica = Postgres {
+            child: None,
+            bin: self.bin.clone(),
+            dir,
+            port: free_port()?,
+            run_as: self.run_as,
+            options: self.options,
+        };
+        replica.launch()?;
+        Ok(replica)
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port

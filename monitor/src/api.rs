@@ -36,7 +36,7 @@ pub async fn list_runs(
     let params = query(params)?;
     let now = Utc::now();
     let filter = params.parse(now)?;
-    let page = state.ledger.list_runs(caller.tenant_id(), &filter).await?;
+    let page = state.reads.list_runs(caller.tenant_id(), &filter).await?;
     let runs: Vec<views::RunSummary> = page
         .runs
         .iter()
@@ -75,7 +75,7 @@ pub async fn show_run(
     Path(id): Path<String>,
 ) -> Result<Json<views::RunDetail>, ApiError> {
     let run = state
-        .ledger
+        .reads
         .get(caller.tenant_id(), run_id(&id)?)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -200,7 +200,7 @@ pub async fn notifications(
         Some(_) => return Err(ApiError::invalid("limit", "must be at least 1")),
     };
     let list = state
-        .ledger
+        .reads
         .notifications(caller.tenant_id(), caller.user_id()?, params.unread, limit)
         .await?;
     Ok(Json(json!({ "notifications": list })))

@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod pages;
+pub mod replica;
 pub mod security;
 pub mod server;
 pub mod views;
@@ -41,8 +42,13 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    /// The run ledger (every read goes through it).
+    /// The run ledger on the primary: writes, token and session checks.
     pub ledger: Ledger,
+    /// Where lists, run pages and notification lists are read: a replica
+    /// (see [`replica`]) or the primary.
+    pub reads: Ledger,
+    /// The replica's lag, when `reads` is a replica.
+    pub replica_lag: Option<Arc<replica::ReplicaLag>>,
     /// Starts runs; `None` when the monitor runs without Redis (read-only).
     pub service: Option<RunService>,
     /// Related-link templates by context key.
@@ -68,6 +74,8 @@ impl AppState {
         public_url: &str,
     ) -> AppState {
         AppState {
+            reads: ledger.clone(),
+            replica_lag: None,
             ledger,
             service,
             links: Arc::new(links),
@@ -78,6 +86,24 @@ impl AppState {
             ),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+}
+
+impl AppState {
+    /// Read lists, run pages and notification lists from `replica`,
+    /// watching its lag.
+    pub fn with_replica(mut self, replica: Ledger, warn_after: Duration) -> AppState {
+        self.replica_lag = Some(replica::ReplicaLag::watch(
+            replica.pool().clone(),
+            warn_after,
+        ));
+        self.reads = replica;
+        self
+    }
+
+    /// What a page read from the replica says when it is far behind.
+    pub fn replica_note(&self) -> Option<String> {
+        self.replica_lag.as_ref().and_then(|lag| lag.note())
     }
 }
 
@@ -112,6 +138,20 @@ pub fn router(state: AppState) -> Router {
         ));
     for (name, value) in security::headers(https) {
         app = app.layer(SetResponseHeaderLayer::if_not_present(name, value));
+    }
+    if let Some(lag) = state.replica_lag.clone() {
+        app = app.layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| {
+                let lag = lag.clone();
+                async move {
+                    let seconds = format!("{:.1}", lag.current().as_secs_f64());
+                    if let Ok(value) = axum::http::HeaderValue::from_str(&seconds) {
+                        response.headers_mut().insert("x-opsrun-replica-lag", value);
+                    }
+                    response
+                }
+            },
+        ));
     }
     app.with_state(state)
 }

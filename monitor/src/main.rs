@@ -95,9 +95,19 @@ struct ServeArgs {
     /// Postgres connections.
     #[arg(long, env = "OPSRUN_MONITOR_POOL", default_value_t = 8)]
     pool: u32,
-    /// Do not apply migrations at start (e.g. when reading from a replica).
+    /// Do not apply migrations at start.
     #[arg(long, env = "OPSRUN_NO_MIGRATE")]
     no_migrate: bool,
+    /// A streaming replica's URL to read lists, run pages and notification
+    /// lists from (writes and token checks stay on DATABASE_URL).
+    #[arg(long, env = "OPSRUN_READ_DATABASE_URL", hide_env_values = true)]
+    read_database_url: Option<String>,
+    /// File holding the replica's URL.
+    #[arg(long, env = "OPSRUN_READ_DATABASE_URL_FILE")]
+    read_database_url_file: Option<std::path::PathBuf>,
+    /// Replica lag after which pages read from it say so.
+    #[arg(long, env = "OPSRUN_REPLICA_LAG_WARNING", default_value = "5s", value_parser = duration)]
+    replica_lag_warning: Duration,
     /// How long a login lasts.
     #[arg(long, env = "OPSRUN_MONITOR_SESSION_TTL", default_value = "8h", value_parser = session_ttl)]
     session_ttl: Duration,
@@ -322,6 +332,18 @@ async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         );
     }
     let mut state = AppState::new(ledger, service, links, &args.public_url);
+    if args.read_database_url.is_some() || args.read_database_url_file.is_some() {
+        let url = opsrun::config::resolve_secret(
+            "read_database_url",
+            args.read_database_url.as_deref(),
+            args.read_database_url_file.as_deref(),
+        )?;
+        let options = opsrun::config::postgres_options_of("read_database_url", &url)?;
+        let replica = opsrun::config::connect_postgres(options, args.pool, args.database.timeout())
+            .await
+            .map_err(opsrun_cli::postgres_failure)?;
+        state = state.with_replica(Ledger::new(replica), args.replica_lag_warning);
+    }
     state.session_ttl = args.session_ttl;
     state.login_limiter = security::LoginLimiter::per_minute(args.login_attempts_per_minute);
     state.request_timeout = args.request_timeout;

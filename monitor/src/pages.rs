@@ -39,6 +39,14 @@ dt{color:#555} dd{margin:0} pre{background:#fff;padding:8px;overflow:auto}
 ";
 
 /// The page frame: header with navigation for a logged-in caller.
+/// `body` read from the replica, under a note when it is far behind.
+fn replica_noted(state: &AppState, body: Markup) -> Markup {
+    html! {
+        @if let Some(note) = state.replica_note() { p.notice #replica-lag { (note) } }
+        (body)
+    }
+}
+
 fn layout(title: &str, caller: Option<&Caller>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
@@ -269,7 +277,7 @@ pub async fn operations(
     let page = match query(params)
         .and_then(|p| p.parse(now).map(|f| (p, f)).map_err(ApiError::from))
     {
-        Ok((params, filter)) => match state.ledger.list_runs(caller.tenant_id(), &filter).await {
+        Ok((params, filter)) => match state.reads.list_runs(caller.tenant_id(), &filter).await {
             Ok(page) => Ok((params, filter, page)),
             Err(e) => Err(ApiError::from(e)),
         },
@@ -289,6 +297,7 @@ pub async fn operations(
             },
         ),
     };
+    let body = replica_noted(&state, body);
     (status, layout("Operations", Some(&caller), body)).into_response()
 }
 
@@ -367,7 +376,7 @@ pub async fn operation(
 ) -> Response {
     let found = match run_id(&id) {
         Ok(id) => state
-            .ledger
+            .reads
             .get(caller.tenant_id(), id)
             .await
             .map_err(ApiError::from),
@@ -418,7 +427,7 @@ pub async fn operation(
         h2 { "Context" } pre #context { (json(&d.context)) }
         h2 { "Inputs" } pre #inputs { (json(&d.inputs)) }
     };
-    layout(&title, Some(&caller), body).into_response()
+    layout(&title, Some(&caller), replica_noted(&state, body)).into_response()
 }
 
 /// `GET /tenants/{tenant}/notifications`: the user's notifications.
@@ -431,7 +440,7 @@ pub async fn notifications(
         Err(e) => return PageError(e, Some(caller)).into_response(),
     };
     let list = match state
-        .ledger
+        .reads
         .notifications(caller.tenant_id(), user, false, 100)
         .await
     {
@@ -448,7 +457,7 @@ pub async fn notifications(
             }
         }
     };
-    layout("Notifications", Some(&caller), body).into_response()
+    layout("Notifications", Some(&caller), replica_noted(&state, body)).into_response()
 }
 
 /// `POST /tenants/{tenant}/notifications/read`.

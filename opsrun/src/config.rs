@@ -56,15 +56,20 @@ pub fn resolve_secret(
 /// Parse a Postgres URL without connecting (so a bad URL is a configuration
 /// error, reported before any I/O).
 pub fn postgres_options(url: &str) -> Result<PgConnectOptions> {
+    postgres_options_of("database_url", url)
+}
+
+/// [`postgres_options`] for the setting `field` (e.g. a replica's URL).
+pub fn postgres_options_of(field: &'static str, url: &str) -> Result<PgConnectOptions> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(Error::invalid(
-            "database_url",
+            field,
             "must start with postgres:// or postgresql://",
         ));
     }
     url.parse::<PgConnectOptions>().map_err(|e| {
         Error::invalid(
-            "database_url",
+            field,
             format!(
                 "not a valid postgres URL: {}",
                 crate::sanitize::redact(&e.to_string())

@@ -1359,3 +1359,126 @@ async fn slow_clients_are_cut_off_while_healthz_answers_and_sigterm_stops_the_se
     let status = support::wait_for_exit(&mut child, std::time::Duration::from_secs(15));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
 }
+
+/// With a streaming replica for its reads (`--read-database-url`): lists,
+/// run pages and notification lists answer from the replica, a start and
+/// marking read go to the primary (and the start answers with the run the
+/// primary wrote), and the lag is reported on every response and, past the
+/// warning, on the pages.
+#[tokio::test]
+async fn reads_come_from_a_replica_and_writes_go_to_the_primary() {
+    let primary = tokio::task::spawn_blocking(|| {
+        devstack::Postgres::start(devstack::PostgresOptions::fast()).unwrap()
+    })
+    .await
+    .unwrap();
+    let env = TestEnv::on_database(&primary.create_database("opsrun").await.unwrap()).await;
+    let replica = primary.start_replica().unwrap();
+    let replica_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&format!(
+            "postgres://opsrun@127.0.0.1:{}/opsrun",
+            replica.port()
+        ))
+        .await
+        .unwrap();
+    let app = router(
+        AppState::new(
+            env.ledger().clone(),
+            Some(env.service.clone()),
+            views::Links::default(),
+            "http://monitor.test",
+        )
+        .with_replica(
+            opsrun::Ledger::new(replica_pool.clone()),
+            std::time::Duration::from_secs(1),
+        ),
+    );
+    // Tokens are checked on the primary: usable at once.
+    let operator = token(&env, A, Role::Operator, Some((7, "Ana"))).await;
+    let start = |n: i64| {
+        call(
+            &app,
+            Method::POST,
+            "/api/v1/runs",
+            Some(&operator),
+            Some(json!({"type": "demo.succeed", "inputs": {"n": n}})),
+        )
+    };
+    let started = start(1).await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.text);
+    let id = started.json()["run"]["id"].as_i64().unwrap();
+
+    // The list, the run and the notifications come from the replica once
+    // it has replayed the start.
+    let listed = support::wait_until(std::time::Duration::from_secs(10), || async {
+        let list = get(&app, "/api/v1/runs", &operator).await;
+        (list.json()["runs"][0]["id"] == json!(id)).then_some(list)
+    })
+    .await
+    .expect("the run reached the replica");
+    let lag: f64 = listed.headers["x-opsrun-replica-lag"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(lag < 5.0, "{lag}");
+    assert_eq!(
+        get(&app, &format!("/api/v1/runs/{id}"), &operator)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let notes = get(&app, "/api/v1/notifications", &operator).await;
+    assert_eq!(
+        notes.json()["notifications"][0]["run_id"],
+        json!(id),
+        "{}",
+        notes.text
+    );
+    // Marking read writes to the primary (the replica refuses writes).
+    let marked = call(
+        &app,
+        Method::POST,
+        "/api/v1/notifications/read",
+        Some(&operator),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(marked.status, StatusCode::OK, "{}", marked.text);
+    let refused = sqlx::query("UPDATE notifications SET read_at = now()")
+        .execute(&replica_pool)
+        .await;
+    assert!(refused.is_err(), "the replica is read-only");
+
+    // Replay paused: the primary moves on, the replica falls behind, and
+    // past the warning the pages read from it say so.
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&replica_pool)
+        .await
+        .unwrap();
+    let second = start(2).await;
+    assert_eq!(second.status, StatusCode::CREATED);
+    // The start answered from the primary; the list is the replica's, without it.
+    let second = second.json()["run"]["id"].as_i64().unwrap();
+    let list = get(&app, "/api/v1/runs", &operator).await;
+    assert_eq!(
+        list.json()["runs"][0]["id"],
+        json!(id),
+        "run {second} is not replayed yet"
+    );
+    let page = support::wait_until(std::time::Duration::from_secs(10), || async {
+        let page = get(&app, &format!("/tenants/{A}/operations"), &operator).await;
+        page.text.contains("replica-lag").then_some(page)
+    })
+    .await
+    .expect("the page says the replica is behind");
+    assert!(page.text.contains("behind the primary"), "{}", page.text);
+    let lag: f64 = page.headers["x-opsrun-replica-lag"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(lag >= 1.0, "{lag}");
+    drop(replica);
+}
