@@ -7,6 +7,7 @@ use anyhow::Result;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 /// PEM files of a CA and of one server certificate signed by it.
+#[derive(Debug, Clone)]
 pub struct TestCa {
     /// The CA certificate (what clients trust).
     pub ca_file: PathBuf,

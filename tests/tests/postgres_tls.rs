@@ -7,8 +7,7 @@
 mod support;
 
 use devstack::{Postgres, PostgresOptions, TestCa};
-use opsrun::{Outcome, Status};
-use support::{TestEnv, Worker, json_stdout, wait_until};
+use support::{TestEnv, Worker, json_stdout};
 
 #[tokio::test]
 async fn postgres_over_verified_tls_and_every_refusal_is_exit_7() {
@@ -16,11 +15,7 @@ async fn postgres_over_verified_tls_and_every_refusal_is_exit_7() {
     // The certificate names 127.0.0.1 only, so `localhost` is a wrong name.
     let ca = TestCa::create(&dir.join("good"), &["127.0.0.1"]).unwrap();
     let pg = tokio::task::spawn_blocking({
-        let ca = TestCa {
-            ca_file: ca.ca_file.clone(),
-            cert_file: ca.cert_file.clone(),
-            key_file: ca.key_file.clone(),
-        };
+        let ca = ca.clone();
         move || Postgres::start_tls(PostgresOptions::fast(), &ca).unwrap()
     })
     .await
@@ -44,16 +39,7 @@ async fn postgres_over_verified_tls_and_every_refusal_is_exit_7() {
         .unwrap();
     support::assert_exit(&out, 0);
     let run_id = json_stdout(&out)["run_id"].as_i64().unwrap();
-    let done = wait_until(std::time::Duration::from_secs(20), || async {
-        env.ledger()
-            .get(1, opsrun::RunId(run_id))
-            .await
-            .unwrap()
-            .filter(|r| r.status == Status::Completed)
-    })
-    .await
-    .expect("the run completed over TLS to Postgres");
-    assert_eq!(done.outcome, Outcome::Succeeded);
+    support::assert_succeeds(&env, 1, run_id).await;
 
     let other = TestCa::create(&dir.join("other"), &["127.0.0.1"]).unwrap();
     for (database_url, what) in [

@@ -8,8 +8,7 @@
 mod support;
 
 use devstack::{Redis, RedisCluster, TestCa};
-use opsrun::{Outcome, Status};
-use support::{TestEnv, Worker, json_stdout, wait_until};
+use support::{TestEnv, Worker, json_stdout};
 
 #[tokio::test]
 async fn a_run_goes_end_to_end_over_tls_and_an_untrusted_server_is_refused() {
@@ -17,11 +16,7 @@ async fn a_run_goes_end_to_end_over_tls_and_an_untrusted_server_is_refused() {
     // The certificate names 127.0.0.1 only, so `localhost` is a wrong name.
     let ca = TestCa::create(&dir.join("good"), &["127.0.0.1"]).unwrap();
     let (redis, tls_port) = tokio::task::spawn_blocking({
-        let ca = TestCa {
-            ca_file: ca.ca_file.clone(),
-            cert_file: ca.cert_file.clone(),
-            key_file: ca.key_file.clone(),
-        };
+        let ca = ca.clone();
         move || Redis::start_tls(&ca).unwrap()
     })
     .await
@@ -69,16 +64,7 @@ async fn a_run_goes_end_to_end_over_tls_and_an_untrusted_server_is_refused() {
         .unwrap();
     support::assert_exit(&out, 0);
     let run_id = json_stdout(&out)["run_id"].as_i64().unwrap();
-    let done = wait_until(std::time::Duration::from_secs(20), || async {
-        env.ledger()
-            .get(1, opsrun::RunId(run_id))
-            .await
-            .unwrap()
-            .filter(|r| r.status == Status::Completed)
-    })
-    .await
-    .expect("the run completed over TLS");
-    assert_eq!(done.outcome, Outcome::Succeeded);
+    support::assert_succeeds(&env, 1, run_id).await;
 
     // Another CA, and the system's roots: the server is not trusted. A
     // name the certificate does not hold: refused too.
@@ -153,11 +139,7 @@ async fn a_run_goes_end_to_end_on_a_tls_cluster() {
     let dir = std::env::temp_dir().join(format!("opsrun-tls-cluster-{}", std::process::id()));
     let ca = TestCa::create(&dir.join("good"), &["127.0.0.1"]).unwrap();
     let cluster = tokio::task::spawn_blocking({
-        let ca = TestCa {
-            ca_file: ca.ca_file.clone(),
-            cert_file: ca.cert_file.clone(),
-            key_file: ca.key_file.clone(),
-        };
+        let ca = ca.clone();
         move || RedisCluster::start_tls(3, 0, &ca).unwrap()
     })
     .await
@@ -193,16 +175,7 @@ async fn a_run_goes_end_to_end_on_a_tls_cluster() {
         .env("OPSRUN_QUEUES", "q1,q2");
     let _worker_q = Worker::spawn_with_registry(&env, "", worker_q);
     for run_id in runs {
-        let done = wait_until(std::time::Duration::from_secs(30), || async {
-            env.ledger()
-                .get(1, opsrun::RunId(run_id))
-                .await
-                .unwrap()
-                .filter(|r| r.status == Status::Completed)
-        })
-        .await
-        .expect("the run completed on the TLS cluster");
-        assert_eq!(done.outcome, Outcome::Succeeded);
+        support::assert_succeeds(&env, 1, run_id).await;
     }
 
     let other = TestCa::create(&dir.join("other"), &["127.0.0.1"]).unwrap();

@@ -418,6 +418,25 @@ pub async fn completed_within(env: &TestEnv, run: &Run, limit: Duration) -> Run 
     .unwrap_or_else(|| panic!("run {} on {} did not complete (lost?)", run.id, run.queue))
 }
 
+/// Wait for run `id` of `tenant` to complete, and check that it succeeded.
+pub async fn assert_succeeds(env: &TestEnv, tenant: i64, id: i64) {
+    let done = wait_until(Duration::from_secs(30), || async {
+        env.ledger()
+            .get(tenant, RunId(id))
+            .await
+            .unwrap()
+            .filter(|r| r.status == Status::Completed)
+    })
+    .await
+    .unwrap_or_else(|| panic!("run {id} of tenant {tenant} did not complete"));
+    assert_eq!(
+        done.outcome,
+        opsrun::Outcome::Succeeded,
+        "{:?}",
+        done.failure_summary
+    );
+}
+
 /// The audit after a fault: every accepted run completed successfully
 /// within its attempts (none lost), and no run is left active (starts that
 /// were refused were recorded failed).
