@@ -1,5 +1,5 @@
-//! The consumer-group process: one blocking reader per queue stream (every
-//! shard of every queue), at most
+//! The consumer-group process: one reader per queue stream (every shard of
+//! every queue), at most
 //! `concurrency` jobs at once, a batched heartbeat, and a graceful drain on
 //! shutdown (stop reading, let in-flight jobs finish within the grace period,
 //! leave the rest to the reaper).
@@ -68,9 +68,7 @@ impl WorkerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
-}
 
-impl WorkerConfig {
     /// Every stream this worker reads.
     pub fn streams(&self) -> Vec<QueueStream> {
         self.queues
