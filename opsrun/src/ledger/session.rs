@@ -114,8 +114,7 @@ impl Session {
         .bind(claims.iter().map(|c| c.lease.as_secs().clamp(1, i32::MAX as u64) as i32).collect::<Vec<_>>())
         .bind(holder)
         .bind(claims.iter().map(|c| c.entry_id.as_str()).collect::<Vec<_>>())
-        .bind(claims.iter().map(|c| c.shard).collect::<Vec<_>>())
-        .persistent(false);
+        .bind(claims.iter().map(|c| c.shard).collect::<Vec<_>>());
         let claimed = statement.fetch_all(self.connection().await?).await;
         self.kept(claimed).map_err(db("claiming runs"))
     }
@@ -147,8 +146,7 @@ impl Session {
         .bind(completions.iter().map(|(c, _)| c.attempt).collect::<Vec<_>>())
         .bind(completions.iter().map(|(_, t)| t.outcome.as_str().to_string()).collect::<Vec<_>>())
         .bind(completions.iter().map(|(_, t)| Json(t.counts)).collect::<Vec<_>>())
-        .bind(completions.iter().map(|(_, t)| Json(t.failures)).collect::<Vec<_>>())
-        .persistent(false);
+        .bind(completions.iter().map(|(_, t)| Json(t.failures)).collect::<Vec<_>>());
         let written = statement.fetch_all(self.connection().await?).await;
         self.kept(written).map_err(db("completing runs"))
     }
