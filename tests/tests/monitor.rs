@@ -1482,3 +1482,128 @@ async fn reads_come_from_a_replica_and_writes_go_to_the_primary() {
     assert!(lag >= 1.0, "{lag}");
     drop(replica);
 }
+
+/// Each service under its own role from `deploy/roles.sql`: migrations as
+/// the migrator, a start as the producer, the worker and reaper binaries
+/// under theirs, the monitor (list, start, mark read) under its own; the
+/// monitor's role cannot change a run, the worker's cannot create a table.
+#[tokio::test]
+async fn each_service_works_under_its_own_role_and_no_further() {
+    let pg = tokio::task::spawn_blocking(|| {
+        devstack::Postgres::start(devstack::PostgresOptions::fast()).unwrap()
+    })
+    .await
+    .unwrap();
+    let admin_url = pg.create_database("opsrun").await.unwrap();
+    let roles_sql = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/roles.sql"),
+    )
+    .unwrap();
+    let apply_roles = || async {
+        let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(roles_sql.clone()))
+            .execute(&admin)
+            .await
+            .unwrap();
+    };
+    let url = |role: &str| format!("postgres://{role}@127.0.0.1:{}/opsrun", pg.port());
+    apply_roles().await;
+    let env = TestEnv::on_database(&url("opsrun_migrator")).await;
+    let migrate = env
+        .command("producer")
+        .env("DATABASE_URL", url("opsrun_migrator"))
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_exit(&migrate, 0);
+    apply_roles().await;
+
+    // The producer, worker and reaper binaries, each as its role.
+    let out = env
+        .command("producer")
+        .env("DATABASE_URL", url("opsrun_producer"))
+        .args([
+            "enqueue",
+            "--tenant",
+            &A.to_string(),
+            "--type",
+            "demo.succeed",
+            "--user-id",
+            "7",
+            "--initiator-name",
+            "Ana",
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let run_id = json_stdout(&out)["run_id"].as_i64().unwrap();
+    let mut worker = env.command("worker");
+    worker
+        .env("DATABASE_URL", url("opsrun_worker"))
+        .arg("--no-migrate");
+    let _worker = support::Worker::spawn_with_registry(&env, "", worker);
+    support::assert_succeeds(&env, A, run_id).await;
+    let reaper = env
+        .command("reaper")
+        .env("DATABASE_URL", url("opsrun_reaper"))
+        .args(["--once", "--retention", "1s"])
+        .output()
+        .unwrap();
+    assert_exit(&reaper, 0);
+    assert_eq!(json_stdout(&reaper)["failed_passes"], json!([]));
+
+    // The monitor under its role: lists, starts, marks read.
+    let monitor_pool = sqlx::PgPool::connect(&url("opsrun_monitor")).await.unwrap();
+    let monitor_ledger = opsrun::Ledger::new(monitor_pool.clone());
+    let app = router(AppState::new(
+        monitor_ledger.clone(),
+        Some(opsrun::RunService::new(
+            monitor_ledger,
+            env.service.transport().clone(),
+        )),
+        views::Links::default(),
+        "http://monitor.test",
+    ));
+    let operator = token(&env, A, Role::Operator, Some((7, "Ana"))).await;
+    assert_eq!(
+        get(&app, "/api/v1/runs", &operator).await.status,
+        StatusCode::OK
+    );
+    let started = call(
+        &app,
+        Method::POST,
+        "/api/v1/runs",
+        Some(&operator),
+        Some(json!({"type": "demo.succeed", "inputs": {"n": 2}})),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.text);
+    let marked = call(
+        &app,
+        Method::POST,
+        "/api/v1/notifications/read",
+        Some(&operator),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(marked.status, StatusCode::OK, "{}", marked.text);
+
+    // And no further.
+    let denied = |result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| match result {
+        Err(sqlx::Error::Database(e)) => e.code().as_deref() == Some("42501"),
+        _ => false,
+    };
+    let monitor_updates = sqlx::query("UPDATE operation_runs SET context = context")
+        .execute(&monitor_pool)
+        .await;
+    assert!(denied(monitor_updates), "the monitor's role changed a run");
+    let worker_pool = sqlx::PgPool::connect(&url("opsrun_worker")).await.unwrap();
+    let worker_creates = sqlx::query("CREATE TABLE stolen (a int)")
+        .execute(&worker_pool)
+        .await;
+    assert!(denied(worker_creates), "the worker's role created a table");
+    let worker_deletes = sqlx::query("DELETE FROM operation_runs")
+        .execute(&worker_pool)
+        .await;
+    assert!(denied(worker_deletes), "the worker's role deleted runs");
+}

@@ -1,0 +1,67 @@
+-- opsrun's least-privilege roles. Run as a superuser (or a role with
+-- CREATEROLE that owns the database), connected to opsrun's database:
+--
+--   psql -v ON_ERROR_STOP=1 -d opsrun -f deploy/roles.sql    # the roles
+--   DATABASE_URL=postgres://opsrun_migrator@…/opsrun producer migrate
+--   psql -v ON_ERROR_STOP=1 -d opsrun -f deploy/roles.sql    # the grants
+--
+-- and again after every `producer migrate` that adds tables: it is
+-- idempotent, and grants only on tables that exist. Give each login role a
+-- password (`\password opsrun_worker`) or a client certificate. Services
+-- then run with `--no-migrate` (worker, monitor), each as its own role.
+--
+-- What each role may do, and why:
+--   opsrun_migrator  owns the schema (DDL: `producer migrate`), and
+--                    manages tokens (`monitor token create|revoke`)
+--   opsrun_producer  starts runs: inserts them, reads them (dedupe), fails
+--                    one whose dispatch failed
+--   opsrun_worker    claims, heartbeats and completes runs (UPDATE), never
+--                    inserts or deletes them
+--   opsrun_reaper    the worker's rights, and deletes runs and their
+--                    notifications past retention
+--   opsrun_monitor   reads runs, notifications, tokens and sessions; starts
+--                    runs (INSERT); marks notifications read (read_at
+--                    only); opens and ends sessions. It cannot change a
+--                    run: a start whose dispatch failed stays queued and the
+--                    reaper's lost-dispatch pass sends it again.
+-- Writing a run also writes its initiator's notification (triggers running
+-- as the writer), hence INSERT on notifications for the roles that write
+-- runs.
+
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['opsrun_migrator', 'opsrun_producer', 'opsrun_worker',
+                             'opsrun_reaper', 'opsrun_monitor'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I LOGIN', r);
+        END IF;
+        EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), r);
+        EXECUTE format('GRANT USAGE ON SCHEMA public TO %I', r);
+    END LOOP;
+END
+$$;
+
+GRANT CREATE ON SCHEMA public TO opsrun_migrator;
+
+-- Per table, once the migrations created it.
+DO $$
+BEGIN
+    IF to_regclass('public.operation_runs') IS NOT NULL THEN
+        REVOKE ALL ON operation_runs, notifications, api_tokens, monitor_sessions
+            FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
+        GRANT SELECT, INSERT, UPDATE ON operation_runs TO opsrun_producer;
+        GRANT INSERT ON notifications TO opsrun_producer;
+        GRANT SELECT, UPDATE ON operation_runs TO opsrun_worker;
+        GRANT INSERT ON notifications TO opsrun_worker;
+        GRANT SELECT, UPDATE, DELETE ON operation_runs TO opsrun_reaper;
+        GRANT SELECT, INSERT, DELETE ON notifications TO opsrun_reaper;
+        GRANT SELECT, INSERT ON operation_runs TO opsrun_monitor;
+        GRANT SELECT, INSERT ON notifications TO opsrun_monitor;
+        GRANT UPDATE (read_at) ON notifications TO opsrun_monitor;
+        GRANT SELECT ON api_tokens TO opsrun_monitor;
+        GRANT SELECT, INSERT, DELETE ON monitor_sessions TO opsrun_monitor;
+    END IF;
+END
+$$;
