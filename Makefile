@@ -27,10 +27,12 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Producer latency and end-to-end throughput, on a durable (fsync on) Postgres,
-## side by side with BullMQ on the same Redis when Node and npm are available.
+## side by side with BullMQ on the same Redis and graphile-worker on the same
+## Postgres when Node and npm are available.
 bench: servers
 	$(CARGO) build --release --bins
 	@(cd bench/bullmq && npm install --no-audit --no-fund --silent >/dev/null 2>&1) || echo "npm install of the BullMQ baseline failed; it will be skipped"
+	@(cd bench/graphile && npm install --no-audit --no-fund --silent >/dev/null 2>&1) || echo "npm install of the graphile-worker baseline failed; it will be skipped"
 	target/release/bench $(ARGS)
 
 ## Monitor list/detail latency with 1M runs for one tenant among 10 tenants.

@@ -96,7 +96,7 @@ async function main() {
   const two = await endToEnd("e2e2", jobs, 2, concurrency);
   const wide = await endToEnd("e2e100", jobs, 1, 100);
   console.log(JSON.stringify({
-    bullmq: "6.7.0",
+    version: "6.7.0",
     jobs, concurrency,
     add_p50_ms: percentile(latencies, 0.5),
     add_p99_ms: percentile(latencies, 0.99),

@@ -233,51 +233,25 @@ async fn main() -> Result<()> {
         100.0 * hot as f64 / updates.max(1) as f64
     );
 
-    // 6. BullMQ on the same machine and Redis, side by side.
-    match bullmq_baseline(&stack.redis_url, cli.runs, cli.concurrency, cli.samples) {
-        Ok(b) => {
-            println!(
-                "\nside by side (BullMQ {}, same Redis)          opsrun     BullMQ  opsrun/BullMQ",
-                b.version
-            );
-            let row = |label: &str, ours: f64, theirs: f64| {
-                println!(
-                    "{label:<46} {ours:>10.2} {theirs:>10.2} {:>10.2}",
-                    ours / theirs
-                );
-            };
-            row(
-                "single enqueue p50 (ms, lower is better)",
-                p50_in_process.as_secs_f64() * 1e3,
-                b.add_p50_ms,
-            );
-            row(
-                "single enqueue p99 (ms, lower is better)",
-                p99_in_process.as_secs_f64() * 1e3,
-                b.add_p99_ms,
-            );
-            row(
-                "bulk enqueue (runs/s; chunks of 1000, 2 in flight)",
-                bulk_rate,
-                b.add_bulk_per_s,
-            );
-            row(
-                "end to end, 1 worker (runs/s)",
-                e2e_one.per_second,
-                b.end_to_end_per_s,
-            );
-            row(
-                "end to end, 2 workers (runs/s)",
-                e2e_two.per_second,
-                b.end_to_end_2_workers_per_s,
-            );
-            row(
-                "worker peak RSS, concurrency 100 (MB)",
-                wide.rss_mb,
-                b.worker_rss_mb_c100,
-            );
+    // 6. BullMQ on the same Redis and graphile-worker (Postgres only) on the
+    // same Postgres, side by side.
+    let ours = Figures {
+        add_p50_ms: p50_in_process.as_secs_f64() * 1e3,
+        add_p99_ms: p99_in_process.as_secs_f64() * 1e3,
+        add_bulk_per_s: bulk_rate,
+        end_to_end_per_s: e2e_one.per_second,
+        end_to_end_2_workers_per_s: e2e_two.per_second,
+        worker_rss_mb_c100: Some(wide.rss_mb),
+    };
+    for peer in [Peer::BULLMQ, Peer::GRAPHILE_WORKER] {
+        let server = match peer.env {
+            "REDIS_URL" => &stack.redis_url,
+            _ => &stack.database_url,
+        };
+        match peer.measure(server, cli.runs, cli.concurrency, cli.samples) {
+            Ok((version, theirs)) => side_by_side(&peer, &version, &ours, &theirs),
+            Err(why) => println!("\n{} baseline skipped: {why}", peer.name),
         }
-        Err(why) => println!("\nBullMQ baseline skipped: {why}"),
     }
     if cli.cluster {
         cluster_side_by_side(
@@ -436,66 +410,138 @@ async fn fairness(
     Ok(waits)
 }
 
-/// BullMQ's figures, from `bench/bullmq/bench.mjs`.
-struct Baseline {
-    version: String,
+/// The figures compared side by side.
+struct Figures {
     add_p50_ms: f64,
     add_p99_ms: f64,
     add_bulk_per_s: f64,
     end_to_end_per_s: f64,
     end_to_end_2_workers_per_s: f64,
-    worker_rss_mb_c100: f64,
+    worker_rss_mb_c100: Option<f64>,
 }
 
-/// Run the BullMQ script (installed by `make bench` with npm) on `redis_url`.
-fn bullmq_baseline(
-    redis_url: &str,
-    jobs: usize,
-    concurrency: usize,
-    samples: usize,
-) -> std::result::Result<Baseline, String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bullmq");
-    if !dir.join("node_modules/bullmq").exists() {
-        return Err(format!(
-            "bullmq is not installed (run `npm install` in {})",
-            dir.display()
-        ));
-    }
-    let out = Command::new("node")
-        .arg("bench.mjs")
-        .args([
-            jobs.to_string(),
-            concurrency.to_string(),
-            samples.to_string(),
-        ])
-        .current_dir(&dir)
-        .env("REDIS_URL", redis_url)
-        .output()
-        .map_err(|e| format!("node is not available: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the BullMQ script failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("unreadable BullMQ output: {e}"))?;
-    let num = |k: &str| {
-        v[k].as_f64()
-            .ok_or_else(|| format!("BullMQ output lacks {k}"))
+/// A peer measured by its own script, `bench/<dir>/bench.mjs` (installed
+/// with npm by `make bench`), on the server it shares with opsrun.
+struct Peer {
+    name: &'static str,
+    dir: &'static str,
+    package: &'static str,
+    /// The variable naming the shared server.
+    env: &'static str,
+    shares: &'static str,
+}
+
+impl Peer {
+    const BULLMQ: Peer = Peer {
+        name: "BullMQ",
+        dir: "bullmq",
+        package: "bullmq",
+        env: "REDIS_URL",
+        shares: "same Redis",
     };
-    Ok(Baseline {
-        version: v["bullmq"].as_str().unwrap_or("?").to_string(),
-        add_p50_ms: num("add_p50_ms")?,
-        add_p99_ms: num("add_p99_ms")?,
-        add_bulk_per_s: num("add_bulk_per_s")?,
-        end_to_end_per_s: num("end_to_end_per_s")?,
-        end_to_end_2_workers_per_s: num("end_to_end_2_workers_per_s")?,
-        worker_rss_mb_c100: num("worker_rss_mb_c100")?,
-    })
+    const GRAPHILE_WORKER: Peer = Peer {
+        name: "graphile-worker",
+        dir: "graphile",
+        package: "graphile-worker",
+        env: "DATABASE_URL",
+        shares: "same Postgres",
+    };
+
+    /// Run the script against `server`; its version and figures.
+    fn measure(
+        &self,
+        server: &str,
+        jobs: usize,
+        concurrency: usize,
+        samples: usize,
+    ) -> std::result::Result<(String, Figures), String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(self.dir);
+        if !dir.join("node_modules").join(self.package).exists() {
+            return Err(format!(
+                "{} is not installed (run `npm install` in {})",
+                self.package,
+                dir.display()
+            ));
+        }
+        let out = Command::new("node")
+            .arg("bench.mjs")
+            .args([
+                jobs.to_string(),
+                concurrency.to_string(),
+                samples.to_string(),
+            ])
+            .current_dir(&dir)
+            .env(self.env, server)
+            .output()
+            .map_err(|e| format!("node is not available: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "the {} script failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("unreadable {} output: {e}", self.name))?;
+        let num = |k: &str| {
+            v[k].as_f64()
+                .ok_or_else(|| format!("{} output lacks {k}", self.name))
+        };
+        Ok((
+            v["version"].as_str().unwrap_or("?").to_string(),
+            Figures {
+                add_p50_ms: num("add_p50_ms")?,
+                add_p99_ms: num("add_p99_ms")?,
+                add_bulk_per_s: num("add_bulk_per_s")?,
+                end_to_end_per_s: num("end_to_end_per_s")?,
+                end_to_end_2_workers_per_s: num("end_to_end_2_workers_per_s")?,
+                worker_rss_mb_c100: v["worker_rss_mb_c100"].as_f64(),
+            },
+        ))
+    }
+}
+
+/// opsrun's figures beside a peer's, with their ratio.
+fn side_by_side(peer: &Peer, version: &str, ours: &Figures, theirs: &Figures) {
+    let heading = format!("side by side ({} {version}, {})", peer.name, peer.shares);
+    println!("\n{heading:<46}     opsrun {:>10}     ratio", peer.name);
+    let row = |label: &str, ours: f64, theirs: f64| {
+        println!(
+            "{label:<46} {ours:>10.2} {theirs:>10.2} {:>10.2}",
+            ours / theirs
+        );
+    };
+    row(
+        "single enqueue p50 (ms, lower is better)",
+        ours.add_p50_ms,
+        theirs.add_p50_ms,
+    );
+    row(
+        "single enqueue p99 (ms, lower is better)",
+        ours.add_p99_ms,
+        theirs.add_p99_ms,
+    );
+    row(
+        "bulk enqueue (runs/s; chunks of 1000, 2 in flight)",
+        ours.add_bulk_per_s,
+        theirs.add_bulk_per_s,
+    );
+    row(
+        "end to end, 1 worker (runs/s)",
+        ours.end_to_end_per_s,
+        theirs.end_to_end_per_s,
+    );
+    row(
+        "end to end, 2 workers (runs/s)",
+        ours.end_to_end_2_workers_per_s,
+        theirs.end_to_end_2_workers_per_s,
+    );
+    if let (Some(ours), Some(theirs)) = (ours.worker_rss_mb_c100, theirs.worker_rss_mb_c100) {
+        row("worker peak RSS, concurrency 100 (MB)", ours, theirs);
+    }
 }
 
 /// Start `runs` no-op runs on `queue` through the batch API, in chunks of
