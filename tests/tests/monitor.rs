@@ -1437,15 +1437,7 @@ async fn reads_come_from_a_replica_and_writes_go_to_the_primary() {
         notes.text
     );
     // Marking read writes to the primary (the replica refuses writes).
-    let marked = call(
-        &app,
-        Method::POST,
-        "/api/v1/notifications/read",
-        Some(&operator),
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(marked.status, StatusCode::OK, "{}", marked.text);
+    mark_all_read(&app, &operator).await;
     let refused = sqlx::query("UPDATE notifications SET read_at = now()")
         .execute(&replica_pool)
         .await;
@@ -1578,15 +1570,7 @@ async fn each_service_works_under_its_own_role_and_no_further() {
     )
     .await;
     assert_eq!(started.status, StatusCode::CREATED, "{}", started.text);
-    let marked = call(
-        &app,
-        Method::POST,
-        "/api/v1/notifications/read",
-        Some(&operator),
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(marked.status, StatusCode::OK, "{}", marked.text);
+    mark_all_read(&app, &operator).await;
 
     // And no further.
     let denied = |result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| match result {
@@ -1606,4 +1590,17 @@ async fn each_service_works_under_its_own_role_and_no_further() {
         .execute(&worker_pool)
         .await;
     assert!(denied(worker_deletes), "the worker's role deleted runs");
+}
+
+/// `POST /api/v1/notifications/read` for all of the caller's; it must answer 200.
+async fn mark_all_read(app: &Router, token: &str) {
+    let marked = call(
+        app,
+        Method::POST,
+        "/api/v1/notifications/read",
+        Some(token),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(marked.status, StatusCode::OK, "{}", marked.text);
 }
