@@ -138,6 +138,12 @@ impl RunService {
         &self.registry
     }
 
+    /// The shard of `queue` a run of `tenant_id` goes to, as the registry
+    /// declares the queue now.
+    fn shard_for(&self, tenant_id: i64, queue: &str) -> i16 {
+        shard_for(tenant_id, self.registry.shards(queue))
+    }
+
     /// The ledger.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
@@ -208,11 +214,10 @@ impl RunService {
                     })?
             }
         };
-        let shards = self.registry.shards(queue_of(request, spec));
         Ok(Prepared {
             spec,
             identity,
-            shard: shard_for(request.tenant_id, shards),
+            shard: self.shard_for(request.tenant_id, queue_of(request, spec)),
         })
     }
 
@@ -495,7 +500,7 @@ impl RunService {
     /// the run is still dispatched, and at worst the reaper sends a harmless
     /// duplicate.
     pub async fn dispatch(&self, run: &Run) -> Result<String> {
-        let shard = shard_for(run.tenant_id, self.registry.shards(&run.queue));
+        let shard = self.shard_for(run.tenant_id, &run.queue);
         let stream = QueueStream::new(run.queue.clone(), shard);
         let entry_id = self
             .transport

@@ -26,13 +26,11 @@ use serde::Serialize;
 /// Options of every pass.
 #[derive(Debug, Clone, Default)]
 pub struct ReaperConfig {
-    /// Queues whose streams the Redis passes visit; empty: the
-    /// `declared_queues` and every queue stream found under the prefix.
+    /// Queues whose streams the Redis passes visit; empty: the service
+    /// registry's queues (visited even when listing the streams fails) and
+    /// every queue stream found under the prefix. Every shard of a queue is
+    /// visited: those the registry declares, and any other found.
     pub queues: Vec<String>,
-    /// Queues always visited when `queues` is empty (the registry's), even
-    /// when listing the streams finds none or fails. Every shard of a queue
-    /// is visited: those the registry declares, and any other found.
-    pub declared_queues: Vec<String>,
     /// Due pass.
     pub due: due::DueConfig,
     /// Stuck-running pass.
@@ -80,14 +78,14 @@ pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundRepor
         failed("queues", e);
         Vec::new()
     });
+    let registry = service.registry();
     let queues = match &config.queues {
         q if !q.is_empty() => {
             found.retain(|s| q.contains(&s.queue));
-            q
+            q.clone()
         }
-        _ => &config.declared_queues,
+        _ => registry.queues(),
     };
-    let registry = service.registry();
     let mut streams: Vec<QueueStream> = queues
         .iter()
         .flat_map(|q| QueueStream::all(q, registry.shards(q)))

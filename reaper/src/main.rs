@@ -80,7 +80,6 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let registry = cli.registry.load()?;
     let config = ReaperConfig {
         queues: cli.queues.clone(),
-        declared_queues: registry.queues(),
         due: due::DueConfig { batch: cli.batch },
         stuck: stuck::StuckConfig { batch: cli.batch },
         lost_dispatch: lost_dispatch::LostDispatchConfig {
