@@ -12,7 +12,7 @@ use clap::Args;
 use opsrun::config::{DEFAULT_CONNECT_TIMEOUT, connect_postgres, postgres_options, resolve_secret};
 use opsrun::sqlx::PgPool;
 use opsrun::sqlx::postgres::PgConnectOptions;
-use opsrun::{Error, TransportConfig};
+use opsrun::{Error, Ledger, Pooler, TransportConfig};
 
 /// Exit codes shared by every binary (each documents the ones it uses).
 pub mod exit {
@@ -75,6 +75,12 @@ pub struct DatabaseArgs {
     /// How long to wait for a Postgres connection.
     #[arg(long, env = "OPSRUN_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub connect_timeout: Duration,
+    /// What sits between opsrun and Postgres: `direct` (nothing, or a
+    /// session pooler) or `transaction` (a transaction-mode pooler such as
+    /// PgBouncer with pool_mode = transaction: each statement is sent
+    /// unnamed in its own transaction; migrations then need a direct URL).
+    #[arg(long, env = "OPSRUN_DATABASE_POOLER", default_value = "direct")]
+    pub database_pooler: Pooler,
 }
 
 impl DatabaseArgs {
@@ -91,6 +97,41 @@ impl DatabaseArgs {
     /// Connect a pool of at most `max_connections`.
     pub async fn connect(&self, max_connections: u32) -> Result<PgPool, Failure> {
         Ok(connect_postgres(self.options()?, max_connections, self.timeout()).await?)
+    }
+
+    /// A ledger over a pool of at most `max_connections`, behind the
+    /// configured pooler.
+    pub async fn ledger(&self, max_connections: u32) -> Result<Ledger, Failure> {
+        Ok(self.ledger_over(self.connect(max_connections).await?))
+    }
+
+    /// A ledger over `pool` (connected with [`DatabaseArgs::options`]),
+    /// behind the configured pooler.
+    pub fn ledger_over(&self, pool: PgPool) -> Ledger {
+        Ledger::behind(pool, self.database_pooler)
+    }
+
+    /// For a service or a migration (not a one-shot command: it costs two
+    /// connections): refuse to go on when `direct` is configured and the
+    /// connections turn out to go through a transaction-mode pooler, where
+    /// cached statements would fail or mix up and a migration's lock would be
+    /// left held.
+    pub async fn refuse_unconfigured_pooler(&self) -> Result<(), Failure> {
+        if self.database_pooler == Pooler::Transaction {
+            return Ok(());
+        }
+        let found = opsrun::behind_transaction_pooler(&self.options()?, self.timeout())
+            .await
+            .map_err(postgres_failure)?;
+        if found {
+            return Err(Failure::new(
+                exit::INVALID,
+                "DATABASE_URL goes through a transaction-mode pooler (a connection did not keep its \
+                 Postgres backend): set OPSRUN_DATABASE_POOLER=transaction (--database-pooler \
+                 transaction) and run `producer migrate` over a direct DATABASE_URL",
+            ));
+        }
+        Ok(())
     }
 
     /// The connect timeout.
@@ -193,7 +234,7 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::Invalid { .. } => exit::INVALID,
+            Error::Invalid { .. } | Error::TransactionPooler { .. } => exit::INVALID,
             e if e.is_tls_refused() => exit::TLS_REFUSED,
             e if e.is_database_unavailable() => exit::DATABASE_UNAVAILABLE,
             Error::Redis { .. } | Error::RedisPool { .. } | Error::RedisTimeout { .. } => {

@@ -1,15 +1,17 @@
-//! Ephemeral local Postgres and Redis servers for the demo, the benchmark and
+//! Ephemeral local Postgres (with PgBouncer) and Redis servers for the demo, the benchmark and
 //! the tests: started from the installed binaries on free loopback ports, in
 //! a temporary directory, and killed with the process that started them.
 //! Not for production: no auth beyond loopback trust, fsync optional.
 
 mod keeper;
+mod pgbouncer;
 mod postgres;
 mod redis;
 mod redis_cluster;
 mod redis_sentinel;
 mod tls;
 
+pub use pgbouncer::PgBouncer;
 pub use postgres::{Postgres, PostgresOptions};
 pub use redis::Redis;
 pub use redis_cluster::RedisCluster;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use crate::{free_port, keeper, wait_until, work_dir};
 
 /// The role ephemeral clusters are created with.
-const SUPERUSER: &str = "opsrun";
+pub(crate) const SUPERUSER: &str = "opsrun";
 
 /// How the ephemeral cluster trades durability for speed.
 #[derive(Debug, Clone, Copy)]
@@ -307,7 +307,7 @@ fn find_bindir() -> Result<PathBuf> {
 }
 
 /// As root, the uid/gid of the `postgres` user; otherwise run as ourselves.
-fn run_as_user() -> Result<Option<(u32, u32)>> {
+pub(crate) fn run_as_user() -> Result<Option<(u32, u32)>> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
@@ -356,7 +356,7 @@ fn require_tls(data: &Path, ca: &crate::TestCa, run_as: Option<(u32, u32)>) -> R
     Ok(())
 }
 
-fn as_user(cmd: &mut Command, run_as: Option<(u32, u32)>) {
+pub(crate) fn as_user(cmd: &mut Command, run_as: Option<(u32, u32)>) {
     use std::os::unix::process::CommandExt;
     if let Some((uid, gid)) = run_as {
         cmd.uid(uid).gid(gid);

@@ -93,10 +93,7 @@ impl AppState {
     /// Read lists, run pages and notification lists from `replica`,
     /// watching its lag.
     pub fn with_replica(mut self, replica: Ledger, warn_after: Duration) -> AppState {
-        self.replica_lag = Some(replica::ReplicaLag::watch(
-            replica.pool().clone(),
-            warn_after,
-        ));
+        self.replica_lag = Some(replica::ReplicaLag::watch(replica.clone(), warn_after));
         self.reads = replica;
         self
     }
@@ -158,10 +155,7 @@ pub fn router(state: AppState) -> Router {
 
 /// `GET /healthz`: 200 when Postgres answers.
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> StatusCode {
-    match opsrun::sqlx::query("SELECT 1")
-        .execute(state.ledger.pool())
-        .await
-    {
+    match state.ledger.ping().await {
         Ok(_) => StatusCode::OK,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }

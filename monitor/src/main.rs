@@ -14,7 +14,7 @@ use opsrun::access::{Role, generate_token};
 use opsrun::ledger::NewToken;
 use opsrun::listing::FilterParams;
 use opsrun::request::parse_positive_id;
-use opsrun::{Ledger, RunId, RunService, Transport};
+use opsrun::{RunId, RunService, Transport};
 use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
 use opsrun_monitor::{AppState, router, security, server, views};
 use serde_json::json;
@@ -321,7 +321,8 @@ async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         Err(_) if args.redis.redis_url.is_none() && args.redis.redis_url_file.is_none() => None,
         Err(e) => return Err(e),
     };
-    let ledger = Ledger::new(args.database.connect(args.pool).await?);
+    args.database.refuse_unconfigured_pooler().await?;
+    let ledger = args.database.ledger(args.pool).await?;
     if !args.no_migrate {
         ledger.migrate().await?;
     }
@@ -342,7 +343,7 @@ async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         let replica = opsrun::config::connect_postgres(options, args.pool, args.database.timeout())
             .await
             .map_err(opsrun_cli::postgres_failure)?;
-        state = state.with_replica(Ledger::new(replica), args.replica_lag_warning);
+        state = state.with_replica(args.database.ledger_over(replica), args.replica_lag_warning);
     }
     state.session_ttl = args.session_ttl;
     state.login_limiter = security::LoginLimiter::per_minute(args.login_attempts_per_minute);
@@ -410,7 +411,7 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
                 }
                 _ => None,
             };
-            let ledger = Ledger::new(database.connect(1).await?);
+            let ledger = database.ledger(1).await?;
             let (secret, hash) = generate_token();
             let stored = ledger
                 .create_token(
@@ -434,7 +435,7 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         TokenCommand::List { tenant, database } => {
-            let ledger = Ledger::new(database.connect(1).await?);
+            let ledger = database.ledger(1).await?;
             for t in ledger.tokens(tenant).await? {
                 println!("{}", json!(t));
             }
@@ -445,7 +446,7 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
             id,
             database,
         } => {
-            let ledger = Ledger::new(database.connect(1).await?);
+            let ledger = database.ledger(1).await?;
             if ledger.revoke_token(tenant, id).await? {
                 eprintln!("revoked token {id}");
                 Ok(exit::OK)
@@ -469,7 +470,7 @@ async fn runs(command: RunsCommand) -> Result<u8, Failure> {
             database,
         } => {
             let filter = filter.params().parse(now)?;
-            let ledger = Ledger::new(database.connect(1).await?);
+            let ledger = database.ledger(1).await?;
             let page = ledger.list_runs(tenant, &filter).await?;
             let summaries: Vec<views::RunSummary> = page
                 .runs
@@ -523,7 +524,7 @@ async fn runs(command: RunsCommand) -> Result<u8, Failure> {
         } => {
             let links =
                 views::Links::with_overrides(&links).map_err(|e| Failure::new(exit::INVALID, e))?;
-            let ledger = Ledger::new(database.connect(1).await?);
+            let ledger = database.ledger(1).await?;
             let Some(run) = ledger.get(tenant, RunId(run_id)).await? else {
                 return Err(Failure::new(
                     NOT_FOUND,
@@ -599,7 +600,7 @@ async fn notifications(command: NotificationsCommand) -> Result<u8, Failure> {
             if !(1..=200).contains(&limit) {
                 return Err(Failure::new(exit::INVALID, "invalid limit: use 1 to 200"));
             }
-            let ledger = Ledger::new(database.connect(1).await?);
+            let ledger = database.ledger(1).await?;
             let list = ledger.notifications(tenant, user_id, unread, limit).await?;
             match format {
                 Format::Json => println!("{}", json!({"notifications": list})),
@@ -631,7 +632,7 @@ async fn notifications(command: NotificationsCommand) -> Result<u8, Failure> {
             all,
             database,
         } => {
-            let ledger = Ledger::new(database.connect(1).await?);
+            let ledger = database.ledger(1).await?;
             let marked = ledger
                 .mark_notifications_read(tenant, user_id, if all { None } else { Some(&ids) })
                 .await?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use opsrun::sqlx::PgPool;
+use opsrun::Ledger;
 
 /// Default lag after which pages say the replica is behind.
 pub const DEFAULT_LAG_WARNING: Duration = Duration::from_secs(5);
@@ -25,7 +25,7 @@ pub struct ReplicaLag {
 
 impl ReplicaLag {
     /// Measure `replica`'s lag every second, in a task of its own.
-    pub fn watch(replica: PgPool, warn_after: Duration) -> Arc<ReplicaLag> {
+    pub fn watch(replica: Ledger, warn_after: Duration) -> Arc<ReplicaLag> {
         let lag = Arc::new(ReplicaLag {
             millis: AtomicU64::new(0),
             warn_after,
@@ -35,7 +35,7 @@ impl ReplicaLag {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                match measure(&replica).await {
+                match replica.replay_lag().await {
                     Ok(behind) => watched
                         .millis
                         .store(behind.as_millis() as u64, Ordering::Relaxed),
@@ -61,18 +61,4 @@ impl ReplicaLag {
             )
         })
     }
-}
-
-/// How far `replica` is behind: 0 when it has replayed all it received (or
-/// is a primary), else the time since the last transaction it replayed.
-async fn measure(replica: &PgPool) -> opsrun::sqlx::Result<Duration> {
-    let seconds: f64 = opsrun::sqlx::query_scalar(
-        "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0 \
-                     WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-                     ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) \
-                END::float8",
-    )
-    .fetch_one(replica)
-    .await?;
-    Ok(Duration::from_secs_f64(seconds.max(0.0)))
 }

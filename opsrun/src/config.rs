@@ -67,7 +67,10 @@ pub fn postgres_options_of(field: &'static str, url: &str) -> Result<PgConnectOp
             "must start with postgres:// or postgresql://",
         ));
     }
-    url.parse::<PgConnectOptions>().map_err(|e| {
+    // No `extra_float_digits` startup parameter (sqlx sends one by
+    // default): PgBouncer refuses connections that carry parameters it does
+    // not know, and since Postgres 12 floats print exactly without it.
+    let parsed = url.parse::<PgConnectOptions>().map_err(|e| {
         Error::invalid(
             field,
             format!(
@@ -75,7 +78,8 @@ pub fn postgres_options_of(field: &'static str, url: &str) -> Result<PgConnectOp
                 crate::sanitize::redact(&e.to_string())
             ),
         )
-    })
+    })?;
+    Ok(parsed.extra_float_digits(None))
 }
 
 /// Connect a pool of at most `max_connections`, failing after `timeout` when

@@ -21,6 +21,21 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// Postgres lost or mixed up this connection's prepared statements: the
+    /// connection goes through a transaction-mode pooler that the ledger was
+    /// not told about (see [`crate::Pooler`]). A configuration problem.
+    #[error(
+        "{operation}: {source} (the Postgres connection goes through a transaction-mode pooler \
+         such as PgBouncer with pool_mode = transaction: connect with the transaction pooler \
+         setting, OPSRUN_DATABASE_POOLER=transaction)"
+    )]
+    TransactionPooler {
+        /// The ledger operation that failed.
+        operation: &'static str,
+        /// The driver error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// Redis could not be reached or a stream command failed.
     #[error("{operation}: {source}")]
     Redis {
@@ -176,5 +191,27 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Attach the operation name to a sqlx error.
 pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
-    move |source| Error::Database { operation, source }
+    move |source| {
+        if statement_mixup(&source) {
+            Error::TransactionPooler { operation, source }
+        } else {
+            Error::Database { operation, source }
+        }
+    }
+}
+
+/// Whether Postgres says this connection's prepared statements are gone or
+/// are not the ones it prepared: a named statement missing (26000) or
+/// already there (42P05), or parameters that do not fit it (08P01 "bind
+/// message supplies …"). sqlx names statements per connection, so only a
+/// pooler moving the connection between server backends does this.
+fn statement_mixup(source: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = source else {
+        return false;
+    };
+    match db.code().as_deref() {
+        Some("26000" | "42P05") => true,
+        Some("08P01") => db.message().contains("bind message supplies"),
+        _ => false,
+    }
 }

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use opsrun::mirror::{DomainStatus, MirrorRequest};
 use opsrun::request::{parse_json_object, parse_positive_id, validate_queue, validate_type};
 use opsrun::service::view_url;
-use opsrun::{Dispatch, Initiator, Ledger, RunRequest, RunService, Transport};
+use opsrun::{Dispatch, Initiator, RunRequest, RunService, Transport};
 use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
 use serde_json::json;
 
@@ -230,7 +230,7 @@ async fn mirror(args: MirrorArgs) -> Result<u8, Failure> {
     // Validate everything before connecting: the run request, the domain id and the type.
     request.validate()?;
     registry.spec(&request.run.run_type)?;
-    let ledger = Ledger::new(args.database.connect(1).await?);
+    let ledger = args.database.ledger(1).await?;
     let mirrored = opsrun::mirror::apply(&ledger, &registry, &request).await?;
     let output = match &mirrored.run {
         Some(run) => json!({
@@ -253,7 +253,8 @@ async fn mirror(args: MirrorArgs) -> Result<u8, Failure> {
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<u8, Failure> {
-    let ledger = Ledger::new(args.connect(1).await?);
+    args.refuse_unconfigured_pooler().await?;
+    let ledger = args.ledger(1).await?;
     ledger.migrate().await?;
     eprintln!("migrations applied");
     Ok(exit::OK)
@@ -379,7 +380,7 @@ async fn service(
     transport_config.pool_size = 1;
     // Opens no connection: Redis is contacted only when there is something to send.
     let transport = Transport::new(&transport_config)?;
-    let ledger = Ledger::new(args.database.connect(connections).await?);
+    let ledger = args.database.ledger(connections).await?;
     Ok(RunService::new(ledger, transport).with_registry(registry))
 }
 

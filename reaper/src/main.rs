@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use opsrun::{Ledger, RunService, Transport};
+use opsrun::{RunService, Transport};
 use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
 use opsrun_reaper::{ReaperConfig, due, lost_dispatch, pending, retention, stuck, trim};
 use tokio_util::sync::CancellationToken;
@@ -101,7 +101,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         },
     };
     let transport = Transport::new(&cli.redis.transport_config()?)?;
-    let ledger = Ledger::new(cli.database.connect(4).await?);
+    cli.database.refuse_unconfigured_pooler().await?;
+    let ledger = cli.database.ledger(4).await?;
     transport.ping().await.map_err(opsrun_cli::redis_failure)?;
     // The registry's shards say where re-dispatched runs go.
     let service = RunService::new(ledger, transport).with_registry(std::sync::Arc::new(registry));

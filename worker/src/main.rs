@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use opsrun::config::connect_postgres;
-use opsrun::{Ledger, Transport};
+use opsrun::Transport;
 use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
 use opsrun_worker::consumer::{self, WorkerConfig};
 use opsrun_worker::isolation;
@@ -111,7 +111,8 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
     })
     .await
     .map_err(opsrun_cli::postgres_failure)?;
-    let ledger = Ledger::new(pool);
+    cli.database.refuse_unconfigured_pooler().await?;
+    let ledger = cli.database.ledger_over(pool);
     if !cli.no_migrate {
         // Postgres going away mid-migration (a restart) is waited out like
         // an unreachable Postgres; a migration that fails on its own is not.

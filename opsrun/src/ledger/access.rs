@@ -37,7 +37,7 @@ impl Ledger {
         .bind(new.label)
         .bind(hash)
         .bind(new.queues)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await
         .map_err(db("creating token"))
     }
@@ -48,7 +48,7 @@ impl Ledger {
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL"
         )))
         .bind(token_hash(secret))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db("reading token"))
     }
@@ -59,7 +59,7 @@ impl Ledger {
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant_id = $1 ORDER BY id DESC"
         )))
         .bind(tenant_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db("listing tokens"))
     }
@@ -72,7 +72,7 @@ impl Ledger {
         )
         .bind(tenant_id)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db("revoking token"))?;
         Ok(done.rows_affected() == 1)
@@ -95,7 +95,7 @@ impl Ledger {
         .bind(secret_hash)
         .bind(token_id)
         .bind(ttl.as_secs_f64())
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db("starting a session"))?;
         Ok(())
@@ -108,7 +108,7 @@ impl Ledger {
              (SELECT token_id FROM monitor_sessions WHERE session_sha256 = $1 AND expires_at > now())"
         )))
         .bind(token_hash(secret))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db("reading session"))
     }
@@ -117,7 +117,7 @@ impl Ledger {
     pub async fn end_session(&self, secret: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM monitor_sessions WHERE session_sha256 = $1")
             .bind(token_hash(secret))
-            .execute(&self.pool)
+            .execute(&self.db)
             .await
             .map_err(db("ending session"))?;
         Ok(done.rows_affected() == 1)

@@ -69,7 +69,7 @@ impl Ledger {
             .push_bind(i64::from(filter.limit) + 1);
         let mut runs: Vec<Run> = q
             .build_query_as()
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db)
             .await
             .map_err(db("listing runs"))?;
         let next = if runs.len() > filter.limit as usize {

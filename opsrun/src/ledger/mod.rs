@@ -21,15 +21,19 @@
 mod access;
 mod listing;
 mod notifications;
+mod pooler;
 mod session;
 
 pub use access::NewToken;
+pub use pooler::{Pooler, behind_transaction_pooler};
 pub use session::Session;
+
+use pooler::Db;
 
 use sqlx::PgPool;
 use sqlx::types::Json;
 
-use crate::error::{Result, db};
+use crate::error::{Error, Result, db};
 use crate::registry::IdentityRule;
 use crate::request::RunRequest;
 use crate::run::{Failure, Outcome, ReclaimReason, Run, RunId, Status, SummaryCounts};
@@ -176,7 +180,7 @@ pub struct Terminal<'a> {
 /// The run ledger over a Postgres pool.
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    pool: PgPool,
+    db: Db,
 }
 
 /// Build a statement from a template with `{cols}` replaced by [`RUN_COLUMNS`]
@@ -193,24 +197,70 @@ fn sql(template: &'static str) -> sqlx::AssertSqlSafe<String> {
 impl Ledger {
     /// A ledger over `pool`.
     pub fn new(pool: PgPool) -> Self {
-        Ledger { pool }
+        Self::behind(pool, Pooler::Direct)
+    }
+
+    /// A ledger over `pool`, whose connections go through `pooler`.
+    pub fn behind(pool: PgPool, pooler: Pooler) -> Self {
+        Ledger {
+            db: Db { pool, pooler },
+        }
     }
 
     /// The underlying pool.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.db.pool
+    }
+
+    /// What sits between this ledger and Postgres.
+    pub fn pooler(&self) -> Pooler {
+        self.db.pooler
     }
 
     /// A session that keeps one connection across its statements, for a loop
     /// that writes many times a second (see [`Session`]).
     pub fn session(&self) -> Session {
-        Session::new(self.pool.clone())
+        Session::new(self.db.clone())
     }
 
-    /// Apply pending migrations (serialized across processes by an advisory lock).
+    /// Apply pending migrations (serialized across processes by an advisory
+    /// lock, which a transaction pooler would leave held on whichever server
+    /// connection took it: refused there, see [`Pooler`]).
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await?;
+        if self.db.pooler == Pooler::Transaction {
+            return Err(Error::invalid(
+                "database_url",
+                "migrations cannot run through a transaction pooler: run `producer migrate` with a \
+                 direct DATABASE_URL and start the services with --no-migrate",
+            ));
+        }
+        MIGRATOR.run(&self.db.pool).await?;
         Ok(())
+    }
+
+    /// Whether Postgres answers a statement (a health check).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.db)
+            .await
+            .map_err(db("checking postgres"))?;
+        Ok(())
+    }
+
+    /// How far this ledger's server is behind its primary: zero for a
+    /// primary or a replica that has replayed all it received, else the time
+    /// since the last transaction it replayed.
+    pub async fn replay_lag(&self) -> Result<std::time::Duration> {
+        let seconds: f64 = sqlx::query_scalar(
+            "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0 \
+                         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                         ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) \
+                    END::float8",
+        )
+        .fetch_one(&self.db)
+        .await
+        .map_err(db("measuring replica lag"))?;
+        Ok(std::time::Duration::from_secs_f64(seconds.max(0.0)))
     }
 
     /// Create a queued run, or return the run that holds its identity:
@@ -264,7 +314,7 @@ impl Ledger {
                     .bind(request.not_before)
                     .bind(new.domain_id)
                     .bind(new.shard)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&self.db)
                     .await
                     .map_err(db("inserting run"))?;
             if let Some(run) = created {
@@ -274,7 +324,7 @@ impl Ledger {
                 sqlx::query_as::<_, Run>(sql(if strict { SELECT_STRICT } else { SELECT_ACTIVE }))
                     .bind(request.tenant_id)
                     .bind(new.identity)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&self.db)
                     .await
                     .map_err(db("reading the run with this identity"))?;
             if let Some(run) = existing {
@@ -294,7 +344,7 @@ impl Ledger {
              WHERE tenant_id = $1 AND run_identity_hash = $2 AND identity_rule = 'strict'"))
         .bind(tenant_id)
         .bind(identity)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db("reading the run with this identity"))
     }
@@ -333,7 +383,7 @@ impl Ledger {
         .bind(runs.iter().map(|r| r.lease_seconds).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.request.not_before).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.shard).collect::<Vec<_>>())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db("inserting runs"))
     }
@@ -356,7 +406,7 @@ impl Ledger {
                 .map(|i| i.1.to_string())
                 .collect::<Vec<_>>(),
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db("reading active runs"))
     }
@@ -397,7 +447,7 @@ impl Ledger {
                 .collect::<Vec<_>>(),
         )
         .bind(dispatches.iter().map(|d| d.shard).collect::<Vec<_>>())
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db("recording dispatches"))?;
         Ok(())
@@ -410,7 +460,7 @@ impl Ledger {
         ))
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db("reading run"))
     }
@@ -430,7 +480,7 @@ impl Ledger {
         .bind(tenant_id)
         .bind(id)
         .bind(Json([failure]))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db("failing queued run"))
     }
@@ -458,7 +508,7 @@ impl Ledger {
         .bind(attempt)
         .bind(holder)
         .bind(lease.as_secs().clamp(1, i32::MAX as u64) as i32)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db("claiming run"))
     }
@@ -492,7 +542,7 @@ impl Ledger {
              RETURNING id"))
         .bind(&ids)
         .bind(holder)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db("heartbeating runs"))
     }
@@ -521,7 +571,7 @@ impl Ledger {
         .bind(Json(terminal.failures))
         .bind(fence.lease_secs())
         .bind(terminal.reclaim.map(ReclaimReason::as_str))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db("completing run"))
     }
@@ -546,7 +596,7 @@ impl Ledger {
         .bind(claim.attempt)
         .bind(delay.as_secs_f64())
         .bind(Json(failures))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db("scheduling a retry"))
     }
@@ -563,7 +613,7 @@ impl Ledger {
                AND status = 'queued' AND dispatched_at IS NULL \
              RETURNING {cols}"))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db("taking due runs"))
     }
@@ -589,7 +639,7 @@ impl Ledger {
                AND heartbeat_at < now() - make_interval(secs => lease_seconds) \
              ORDER BY heartbeat_at LIMIT $1"))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db("finding stale running runs"))
     }
@@ -616,7 +666,7 @@ impl Ledger {
         .bind(claim.holder)
         .bind(claim.attempt)
         .bind(lease.as_secs_f64())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db("requeueing expired run"))
     }
@@ -634,7 +684,7 @@ impl Ledger {
              ORDER BY COALESCE(dispatched_at, created_at) LIMIT $2"))
         .bind(age.as_secs_f64())
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db("finding queued runs with old dispatches"))
     }
@@ -661,7 +711,7 @@ impl Ledger {
         .bind(reason.as_str())
         .bind(run.attempt)
         .bind(run.dispatched_at)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db("claiming a re-dispatch"))
     }
@@ -688,7 +738,7 @@ impl Ledger {
         )
         .bind(age.as_secs_f64())
         .bind(batch)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await
         .map_err(db("deleting completed runs"))?;
         Ok(deleted as u64)
@@ -723,7 +773,7 @@ impl Ledger {
         .bind(outcome)
         .bind(Json(counts))
         .bind(Json(failures))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db("updating run"))
     }

@@ -27,7 +27,7 @@ impl Ledger {
         .bind(user_id)
         .bind(unread_only)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db("listing notifications"))
     }
@@ -48,7 +48,7 @@ impl Ledger {
         .bind(tenant_id)
         .bind(user_id)
         .bind(ids)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db("marking notifications read"))?;
         Ok(done.rows_affected())

@@ -18,37 +18,42 @@
 
 use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::Postgres;
 
+use super::pooler::{Db, Held};
 use super::{Claim, ClaimRequest, Terminal, sql};
 use crate::error::{Result, db};
 use crate::run::{Run, RunId};
 
 /// Statements on one connection held across calls (see the module docs).
 pub struct Session {
-    pool: PgPool,
+    db: Db,
     connection: Option<PoolConnection<Postgres>>,
 }
 
 impl Session {
-    pub(super) fn new(pool: PgPool) -> Self {
+    pub(super) fn new(db: Db) -> Self {
         Session {
-            pool,
+            db,
             connection: None,
         }
     }
 
     /// The held connection, taken from the pool when none is held.
-    async fn connection(&mut self) -> Result<&mut PgConnection> {
+    async fn connection(&mut self) -> Result<Held<'_>> {
         let connection = match self.connection.take() {
             Some(connection) => connection,
             None => self
+                .db
                 .pool
                 .acquire()
                 .await
                 .map_err(db("taking a connection from the pool"))?,
         };
-        Ok(&mut **self.connection.insert(connection))
+        Ok(Held {
+            connection: &mut **self.connection.insert(connection),
+            pooler: self.db.pooler,
+        })
     }
 
     /// Keep the connection only after a statement that succeeded.
