@@ -53,7 +53,11 @@ impl PgBouncer {
             ),
         )?;
         if let Some((uid, gid)) = run_as {
-            for path in [dir.clone(), dir.join("users.txt"), dir.join("pgbouncer.ini")] {
+            for path in [
+                dir.clone(),
+                dir.join("users.txt"),
+                dir.join("pgbouncer.ini"),
+            ] {
                 std::os::unix::fs::chown(&path, Some(uid), Some(gid))
                     .context("chown of the pgbouncer directory")?;
             }
@@ -74,7 +78,8 @@ impl PgBouncer {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         if !ready {
-            let log = std::fs::read_to_string(bouncer.dir.join("pgbouncer.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(bouncer.dir.join("pgbouncer.log")).unwrap_or_default();
             bail!("pgbouncer did not listen on port {port}: {log}");
         }
         Ok(bouncer)

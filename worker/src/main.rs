@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use opsrun::config::connect_postgres;
 use opsrun::Transport;
+use opsrun::config::connect_postgres;
 use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
 use opsrun_worker::consumer::{self, WorkerConfig};
 use opsrun_worker::isolation;

@@ -196,9 +196,11 @@ impl<'c> Executor<'c> for Held<'c> {
     {
         match self.pooler {
             Pooler::Direct => self.connection.fetch_optional(query),
-            Pooler::Transaction => Box::pin(async move {
-                Ok(first_row(in_transaction(self.connection, query).await?))
-            }),
+            Pooler::Transaction => {
+                Box::pin(
+                    async move { Ok(first_row(in_transaction(self.connection, query).await?)) },
+                )
+            }
         }
     }
 
@@ -253,7 +255,8 @@ pub async fn behind_transaction_pooler(
         }
         // Only a pooler makes a trivial statement wait for another
         // connection's open transaction (holding its last server connection).
-        let after = tokio::time::timeout(timeout, backend(&mut first, "SELECT pg_backend_pid()")).await;
+        let after =
+            tokio::time::timeout(timeout, backend(&mut first, "SELECT pg_backend_pid()")).await;
         let _ = second.close().await;
         let _ = first.close().await;
         match after {

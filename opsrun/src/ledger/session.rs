@@ -16,9 +16,9 @@
 //! restart its state is unknown. The next statement takes another from the
 //! pool; callers retry a statement that failed for want of Postgres.
 
+use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
-use sqlx::Postgres;
 
 use super::pooler::{Db, Held};
 use super::{Claim, ClaimRequest, Terminal, sql};

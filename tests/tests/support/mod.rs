@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use devstack::{PostgresOptions, Stack};
-use opsrun::{Ledger, Run, RunId, RunRequest, RunService, Status, Transport, TransportConfig};
+use opsrun::{
+    Ledger, Pooler, Run, RunId, RunRequest, RunService, Status, Transport, TransportConfig,
+};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
@@ -32,7 +34,10 @@ pub async fn stack() -> &'static Stack {
 
 /// One test's database, pool and Redis prefix.
 pub struct TestEnv {
+    /// The URL the service and the binaries use (a pooler's, see
+    /// [`TestEnv::through_pooler`]); `pool` is always direct.
     pub database_url: String,
+    pub pooler: Pooler,
     pub redis_url: String,
     pub prefix: String,
     pub pool: PgPool,
@@ -95,11 +100,32 @@ impl TestEnv {
         let transport = Transport::new(&config).unwrap();
         TestEnv {
             database_url,
+            pooler: Pooler::Direct,
             redis_url: redis_url.to_string(),
             prefix,
             pool,
             service: RunService::new(ledger, transport),
         }
+    }
+
+    /// A test environment on `database_url`'s database (migrated over that
+    /// direct URL), whose service, binaries and workers reach it through the
+    /// transaction-mode pooler at `pooled_url`; `pool` stays direct.
+    pub async fn through_pooler(database_url: &str, pooled_url: &str) -> TestEnv {
+        let mut env = Self::on_database(database_url).await;
+        let options = opsrun::config::postgres_options(pooled_url).unwrap();
+        let pool = opsrun::config::connect_postgres(options, 10, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut config = TransportConfig::new(&env.redis_url);
+        config.prefix = env.prefix.clone();
+        env.service = RunService::new(
+            Ledger::behind(pool, Pooler::Transaction),
+            Transport::new(&config).unwrap(),
+        );
+        env.database_url = pooled_url.to_string();
+        env.pooler = Pooler::Transaction;
+        env
     }
 
     /// The type registry the test workers use (written by `Worker::spawn`).
@@ -160,6 +186,13 @@ impl TestEnv {
         let mut cmd = Command::new(bin_path(binary));
         cmd.env("DATABASE_URL", &self.database_url)
             .env("REDIS_URL", &self.redis_url)
+            .env(
+                "OPSRUN_DATABASE_POOLER",
+                match self.pooler {
+                    Pooler::Direct => "direct",
+                    Pooler::Transaction => "transaction",
+                },
+            )
             .env("OPSRUN_PREFIX", &self.prefix)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
@@ -262,6 +295,16 @@ pub fn json_stdout(out: &Output) -> serde_json::Value {
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// A child process killed when dropped.
+pub struct Spawned(pub Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A worker process with a handlers file whose jobs log each execution.
