@@ -4,6 +4,8 @@
 //! REDIS_URL when set, otherwise ephemeral servers with fsync on, so figures
 //! include durable commits.
 
+mod pooler;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,9 @@ use clap::Parser;
 use devstack::{PostgresOptions, Stack};
 use opsrun::{Ledger, RunRequest, RunService, Transport, TransportConfig};
 use serde_json::json;
+
+/// The database the benchmark creates on an ephemeral Postgres.
+const DATABASE: &str = "opsrun_bench";
 
 #[derive(Parser)]
 #[command(about = "opsrun benchmark: producer latency and end-to-end throughput")]
@@ -41,7 +46,7 @@ async fn main() -> Result<()> {
         .parent()
         .context("binary directory")?
         .to_path_buf();
-    let stack = Stack::from_env_or_start("opsrun_bench", PostgresOptions::durable()).await?;
+    let stack = Stack::from_env_or_start(DATABASE, PostgresOptions::durable()).await?;
     // The library's pool, as the binaries build it.
     let pool = opsrun::config::connect_postgres(
         opsrun::config::postgres_options(&stack.database_url)?,
@@ -130,9 +135,10 @@ async fn main() -> Result<()> {
     // 4. One worker drains that backlog, timed on the Postgres clock from its start.
     let epoch = "SELECT extract(epoch FROM clock_timestamp())::float8";
     let started: f64 = opsrun::sqlx::query_scalar(epoch).fetch_one(&pool).await?;
+    let direct = WorkerDb::direct(&stack);
     let worker = Worker::start(
         &bin,
-        &stack,
+        &direct,
         &stack.redis_url,
         &prefix,
         "bulk",
@@ -150,10 +156,11 @@ async fn main() -> Result<()> {
     // 5. End to end as BullMQ's is measured: bulk enqueue while the workers run.
     let e2e_one = end_to_end(
         &bin,
-        &stack,
+        &direct,
         &stack.redis_url,
         &prefix,
         &service,
+        &pool,
         "e2e1",
         1,
         cli.concurrency,
@@ -162,10 +169,11 @@ async fn main() -> Result<()> {
     .await?;
     let e2e_two = end_to_end(
         &bin,
-        &stack,
+        &direct,
         &stack.redis_url,
         &prefix,
         &service,
+        &pool,
         "e2e2",
         2,
         cli.concurrency,
@@ -174,10 +182,11 @@ async fn main() -> Result<()> {
     .await?;
     let wide = end_to_end(
         &bin,
-        &stack,
+        &direct,
         &stack.redis_url,
         &prefix,
         &service,
+        &pool,
         "e2e100",
         1,
         100,
@@ -253,6 +262,7 @@ async fn main() -> Result<()> {
             Err(why) => println!("\n{} baseline skipped: {why}", peer.name),
         }
     }
+    pooler::side_by_side(&bin, &stack, DATABASE, &prefix, &cli).await?;
     if cli.cluster {
         cluster_side_by_side(
             &bin,
@@ -286,10 +296,11 @@ async fn cluster_side_by_side(
     for (queue, workers) in [("cluster1", 1), ("cluster2", 2)] {
         let e2e = end_to_end(
             bin,
-            stack,
+            &WorkerDb::direct(stack),
             &cluster.url(),
             &prefix,
             &service,
+            &pool,
             queue,
             workers,
             cli.concurrency,
@@ -320,7 +331,15 @@ async fn cluster_side_by_side(
         "", "backlog p50", "backlog p99", "later p50", "later p99"
     );
     for shards in [1, 4] {
-        let waits = fairness(bin, stack, &cluster.url(), &prefix, &service, shards).await?;
+        let waits = fairness(
+            bin,
+            &WorkerDb::direct(stack),
+            &cluster.url(),
+            &prefix,
+            &service,
+            shards,
+        )
+        .await?;
         let label = match shards {
             1 => "one stream (shards = 1)",
             _ => "4 shards, by tenant",
@@ -344,7 +363,7 @@ const FAIRNESS_SLEEP_MS: u64 = 10;
 /// creation to start, in seconds: backlog tenant first.
 async fn fairness(
     bin: &std::path::Path,
-    stack: &Stack,
+    db: &WorkerDb,
     redis_url: &str,
     prefix: &str,
     service: &RunService,
@@ -367,7 +386,7 @@ async fn fairness(
         .map(|_| {
             Worker::start(
                 bin,
-                stack,
+                db,
                 redis_url,
                 prefix,
                 &queue,
@@ -589,21 +608,23 @@ struct EndToEnd {
 #[allow(clippy::too_many_arguments)]
 async fn end_to_end(
     bin: &std::path::Path,
-    stack: &Stack,
+    db: &WorkerDb,
     redis_url: &str,
     prefix: &str,
     service: &RunService,
+    observer: &opsrun::sqlx::PgPool,
     queue: &'static str,
     workers: usize,
     concurrency: usize,
     runs: usize,
 ) -> Result<EndToEnd> {
     let started: Vec<Worker> = (0..workers)
-        .map(|_| Worker::start(bin, stack, redis_url, prefix, queue, concurrency, None))
+        .map(|_| Worker::start(bin, db, redis_url, prefix, queue, concurrency, None))
         .collect::<Result<_>>()?;
     // Let the workers connect and block on their reads.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let pool = service.ledger().pool();
+    // Read straight from Postgres, whatever the service goes through.
+    let pool = observer;
     let before = latest_run_id(pool).await?;
     bulk_enqueue(service, queue, runs).await?;
     wait_completed(pool, queue, runs).await?;
@@ -667,13 +688,33 @@ async fn wait_completed(pool: &opsrun::sqlx::PgPool, queue: &str, runs: usize) -
     }
 }
 
+/// How worker processes reach Postgres.
+struct WorkerDb {
+    url: String,
+    /// `OPSRUN_DATABASE_POOLER`.
+    pooler: &'static str,
+    /// `--db-pool-size`, when not the default.
+    pool_size: Option<u32>,
+}
+
+impl WorkerDb {
+    /// Straight to the benchmark's Postgres, with the default pool.
+    fn direct(stack: &Stack) -> WorkerDb {
+        WorkerDb {
+            url: stack.database_url.clone(),
+            pooler: "direct",
+            pool_size: None,
+        }
+    }
+}
+
 /// A worker process, stopped with SIGTERM when dropped.
 struct Worker(std::process::Child);
 
 impl Worker {
     fn start(
         bin: &std::path::Path,
-        stack: &Stack,
+        db: &WorkerDb,
         redis_url: &str,
         prefix: &str,
         queue: &str,
@@ -692,7 +733,9 @@ impl Worker {
                 "--concurrency",
                 &concurrency.to_string(),
             ])
-            .env("DATABASE_URL", &stack.database_url)
+            .args(db.pool_size.map(|n| format!("--db-pool-size={n}")))
+            .env("DATABASE_URL", &db.url)
+            .env("OPSRUN_DATABASE_POOLER", db.pooler)
             .env("REDIS_URL", redis_url)
             .env("OPSRUN_PREFIX", prefix)
             .env("RUST_LOG", "warn")

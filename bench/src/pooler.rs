@@ -1,0 +1,128 @@
+//! `make bench`'s PgBouncer rows: what a transaction-mode pooler costs.
+//! The same end to end and single start as above, three ways: straight to
+//! Postgres with cached statements (the default), straight to Postgres with
+//! the pooler setting (each statement unnamed in its own transaction: the
+//! cost of the setting alone), and through PgBouncer in transaction mode
+//! (the setting plus the pooler's hop), workers holding a pool of 3.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use devstack::{PgBouncer, Stack};
+use opsrun::{Ledger, Pooler, RunRequest, RunService, Transport, TransportConfig};
+use serde_json::json;
+
+use crate::{Cli, WorkerDb, end_to_end, ms, percentiles};
+
+/// Server connections PgBouncer keeps: what 100 workers of 3 would share.
+const SERVER_POOL: u32 = 20;
+/// The workers' `--db-pool-size` (the least a worker runs with).
+const WORKER_POOL: u32 = 3;
+
+/// Measure and print the rows; `database` is the benchmark's database on
+/// `stack`'s ephemeral Postgres.
+pub async fn side_by_side(
+    bin: &std::path::Path,
+    stack: &Stack,
+    database: &str,
+    prefix: &str,
+    cli: &Cli,
+) -> Result<()> {
+    let Some(postgres) = &stack.postgres else {
+        println!(
+            "\nPgBouncer rows skipped: DATABASE_URL names a server this benchmark did not start"
+        );
+        return Ok(());
+    };
+    let bouncer = match PgBouncer::start(postgres, SERVER_POOL) {
+        Ok(bouncer) => bouncer,
+        Err(why) => {
+            println!("\nPgBouncer rows skipped: {why:#}");
+            return Ok(());
+        }
+    };
+    let ways = [
+        (
+            "direct, cached statements",
+            stack.database_url.clone(),
+            Pooler::Direct,
+        ),
+        (
+            "direct, pooler setting",
+            stack.database_url.clone(),
+            Pooler::Transaction,
+        ),
+        (
+            "through PgBouncer (transaction mode)",
+            bouncer.url(database),
+            Pooler::Transaction,
+        ),
+    ];
+    let observer = opsrun::config::connect_postgres(
+        opsrun::config::postgres_options(&stack.database_url)?,
+        2,
+        opsrun::config::DEFAULT_CONNECT_TIMEOUT,
+    )
+    .await?;
+    let mut rows = Vec::new();
+    for (i, (label, url, pooler)) in ways.iter().enumerate() {
+        let options = opsrun::config::postgres_options(url)?;
+        let pool =
+            opsrun::config::connect_postgres(options, 16, opsrun::config::DEFAULT_CONNECT_TIMEOUT)
+                .await?;
+        let mut config = TransportConfig::new(stack.redis_url.clone());
+        config.prefix = prefix.to_string();
+        let service = RunService::new(Ledger::behind(pool, *pooler), Transport::new(&config)?);
+        let mut latencies = Vec::with_capacity(cli.samples);
+        for n in 0..cli.samples {
+            let request = RunRequest::new(3, "bench.pooler")
+                .queue("latency")
+                .inputs(json!({"way": i, "n": n}));
+            let started = Instant::now();
+            service.ensure_run(&request).await?;
+            latencies.push(started.elapsed());
+        }
+        let (p50, p99) = percentiles(&mut latencies);
+        let db = WorkerDb {
+            url: url.clone(),
+            pooler: match pooler {
+                Pooler::Direct => "direct",
+                Pooler::Transaction => "transaction",
+            },
+            pool_size: Some(WORKER_POOL),
+        };
+        let queue: &'static str = ["pool0", "pool1", "pool2"][i];
+        let e2e = end_to_end(
+            bin,
+            &db,
+            &stack.redis_url,
+            prefix,
+            &service,
+            &observer,
+            queue,
+            1,
+            cli.concurrency,
+            cli.runs,
+        )
+        .await?;
+        rows.push((label, p50, p99, e2e.per_second));
+    }
+    println!(
+        "\n{:<46} {:>10} {:>10} {:>10} {:>9}",
+        format!("Postgres pooling (worker pool {WORKER_POOL}, PgBouncer {SERVER_POOL})"),
+        "start p50",
+        "p99",
+        "e2e 1x50",
+        "vs first"
+    );
+    let first = rows[0].3;
+    for (label, p50, p99, per_second) in rows {
+        println!(
+            "{label:<46} {:>10} {:>10} {per_second:>10.0} {:>9.2}",
+            ms(p50),
+            ms(p99),
+            per_second / first
+        );
+    }
+    Ok(())
+}
