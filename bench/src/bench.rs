@@ -300,7 +300,7 @@ async fn cluster_side_by_side(
             &cluster.url(),
             &prefix,
             &service,
-            &pool,
+            pool,
             queue,
             workers,
             cli.concurrency,

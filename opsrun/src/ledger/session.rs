@@ -51,7 +51,7 @@ impl Session {
                 .map_err(db("taking a connection from the pool"))?,
         };
         Ok(Held {
-            connection: &mut **self.connection.insert(connection),
+            connection: self.connection.insert(connection),
             pooler: self.db.pooler,
         })
     }
