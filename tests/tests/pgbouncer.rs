@@ -217,28 +217,7 @@ async fn the_lifecycle_runs_through_pgbouncer_with_fewer_server_connections_than
     // A worker killed mid-job: the reaper (the binary, through the pooler)
     // takes its runs back and the other worker finishes them.
     let [mut doomed, survivor] = workers;
-    let long: Vec<_> = env
-        .service
-        .ensure_runs(
-            &(0..4)
-                .map(|i| RunRequest::new(8, "test.long").inputs(json!({"i": i})))
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .into_iter()
-        .map(|e| e.unwrap().run)
-        .collect();
-    wait_until(Duration::from_secs(10), || async {
-        let running: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM operation_runs WHERE tenant_id = 8 AND status = 'running'",
-        )
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        (running == 4).then_some(())
-    })
-    .await
-    .expect("the long runs started");
+    let long = start_running(&env, 8, "test.long", 4).await;
     doomed.signal(libc::SIGKILL);
     let _ = doomed.child.wait();
     // Its runs' leases (60 s) are made to have passed.
@@ -264,6 +243,38 @@ async fn the_lifecycle_runs_through_pgbouncer_with_fewer_server_connections_than
     }
     drop(survivor);
     assert_eq!(active(&env).await, 0);
+}
+
+/// Start `count` runs of `run_type` for `tenant`, returned once all are running.
+async fn start_running(
+    env: &TestEnv,
+    tenant: i64,
+    run_type: &str,
+    count: usize,
+) -> Vec<opsrun::Run> {
+    let requests: Vec<_> = (0..count)
+        .map(|i| RunRequest::new(tenant, run_type).inputs(json!({"i": i})))
+        .collect();
+    let runs = env
+        .service
+        .ensure_runs(&requests)
+        .await
+        .into_iter()
+        .map(|e| e.unwrap().run)
+        .collect();
+    wait_until(Duration::from_secs(10), || async {
+        let running: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM operation_runs WHERE tenant_id = $1 AND status = 'running'",
+        )
+        .bind(tenant)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        (running == count as i64).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the {run_type} runs did not all start"));
+    runs
 }
 
 /// Run `command` to its end; a service that does not stop within `limit`
@@ -390,28 +401,7 @@ async fn postgres_crashing_behind_pgbouncer_loses_no_run() {
     reap_until_done(&env, Duration::from_secs(60)).await;
 
     // Postgres away while jobs finish: their completions wait for it.
-    let slow: Vec<_> = env
-        .service
-        .ensure_runs(
-            &(0..6)
-                .map(|i| RunRequest::new(2, "test.slow").inputs(json!({"i": i})))
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .into_iter()
-        .map(|e| e.unwrap().run)
-        .collect();
-    wait_until(Duration::from_secs(10), || async {
-        let running: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM operation_runs WHERE tenant_id = 2 AND status = 'running'",
-        )
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        (running == 6).then_some(())
-    })
-    .await
-    .expect("the slow runs started");
+    let slow = start_running(&env, 2, "test.slow", 6).await;
     servers.postgres.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     servers.postgres.restart().unwrap();
