@@ -53,7 +53,10 @@ pub mod service;
 pub mod transport;
 
 pub use error::{Error, Result};
-pub use ledger::{ClaimRequest, DispatchRecord, Ledger, Pooler, behind_transaction_pooler};
+pub use ledger::{
+    CancelResult, ClaimRequest, DispatchRecord, Ledger, OperatorAction, Pooler,
+    behind_transaction_pooler,
+};
 pub use request::{Initiator, RunRequest};
 pub use run::{Failure, Outcome, Reclaim, ReclaimReason, Run, RunId, Status, SummaryCounts};
 pub use service::{Dispatch, EnsuredRun, RunService};

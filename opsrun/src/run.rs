@@ -95,7 +95,7 @@ pub enum Outcome {
     PartiallySucceeded,
     /// Nothing succeeded, or the job errored, panicked or timed out.
     Failed,
-    /// Reserved: the schema accepts it, nothing produces it yet.
+    /// Stopped by an explicit cancel (see [`crate::RunService::cancel`]).
     Cancelled,
 }
 
@@ -343,6 +343,10 @@ pub struct Run {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// When someone asked to cancel the run (see [`crate::RunService::cancel`]).
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// Who asked to cancel it, and why: its `run.cancelled` failure message.
+    pub cancel_request: Option<String>,
 }
 
 #[cfg(test)]

@@ -3,16 +3,19 @@
 //! transport; the ordering rules (row committed before XADD, failed dispatch
 //! ends the run) live here.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::sync::Arc;
 
 use crate::identity::{identity_hash, nonce_identity_hash, strict_identity_hash};
-use crate::ledger::{DispatchRecord, Ledger, NewRun};
+use crate::ledger::{CancelResult, DispatchRecord, Ledger, NewRun};
 use crate::registry::{IdentityRule, Registry, TypeSpec};
-use crate::request::RunRequest;
+use crate::request::{Initiator, MAX_INITIATOR_NAME_CHARS, RunRequest, check_label};
 use crate::run::{Failure, Outcome, Run, RunId, Status, SummaryCounts, fold_failures};
 use crate::sanitize;
 use crate::transport::{Entry, QueueStream, Transport, shard_for};
+
+/// Longest reason an operator may give for an action.
+pub const MAX_REASON_CHARS: usize = 500;
 
 /// Failure code of a run whose dispatch to Redis failed.
 pub const DISPATCH_FAILED: &str = "queue.dispatch_failed";
@@ -578,4 +581,57 @@ impl RunService {
         )
         .await
     }
+    /// Cancel run `run_id` of `tenant_id` for `actor`: see [`cancel`].
+    pub async fn cancel(
+        &self,
+        tenant_id: i64,
+        run_id: RunId,
+        actor: &Initiator,
+        reason: Option<&str>,
+    ) -> Result<Option<(CancelResult, Run)>> {
+        cancel(&self.ledger, tenant_id, run_id, actor, reason).await
+    }
+}
+
+/// Cancel run `run_id` of `tenant_id` for `actor`, recording the action
+/// with `reason` in the audit trail (see [`CancelResult`]): a queued or
+/// waiting run completes `cancelled` now; a running one is stopped by its
+/// worker within a second or two. Needs no Redis. `None` when the tenant has
+/// no such run. The run is returned as it stands after the call.
+pub async fn cancel(
+    ledger: &Ledger,
+    tenant_id: i64,
+    run_id: RunId,
+    actor: &Initiator,
+    reason: Option<&str>,
+) -> Result<Option<(CancelResult, Run)>> {
+    if tenant_id <= 0 {
+        return Err(Error::invalid("tenant_id", "must be a positive integer"));
+    }
+    check_label("actor_name", &actor.name, MAX_INITIATOR_NAME_CHARS)?;
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    if let Some(reason) = reason {
+        check_label("reason", reason, MAX_REASON_CHARS)?;
+    }
+    let reason = reason.map(sanitize::redact);
+    let who = match actor.user_id {
+        Some(id) => format!("{} (user {id})", actor.name),
+        None => actor.name.clone(),
+    };
+    let request = match &reason {
+        Some(reason) => format!("cancelled by {who}: {reason}"),
+        None => format!("cancelled by {who}"),
+    };
+    let request = sanitize::failure("run.cancelled", &request).message;
+    let Some(result) = ledger
+        .cancel(tenant_id, run_id, actor, reason.as_deref(), &request)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let run = ledger
+        .get(tenant_id, run_id)
+        .await?
+        .ok_or_else(|| Error::invalid("run_id", "the run was deleted while it was cancelled"))?;
+    Ok(Some((result, run)))
 }

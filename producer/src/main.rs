@@ -45,9 +45,50 @@ enum Command {
     /// Idempotent; needs no Redis (nothing is dispatched).
     #[command(after_help = EXIT_CODES)]
     Mirror(Box<MirrorArgs>),
+    /// Cancel a run: a queued or waiting run completes `cancelled` at once, a
+    /// running one is stopped by its worker within a second or two. Recorded
+    /// in the tenant's audit trail with who and why. Needs no Redis.
+    #[command(after_help = CANCEL_EXIT_CODES)]
+    Cancel(Box<CancelArgs>),
     /// Apply the database migrations.
     #[command(after_help = EXIT_CODES)]
     Migrate(DatabaseArgs),
+}
+
+const CANCEL_EXIT_CODES: &str = "\
+Exit codes:
+  0  cancelled, cancel requested, or nothing to do (already completed, or
+     already asked): \"result\" in the printed JSON says which
+  1  unexpected error
+  2  invalid input or configuration; nothing was written
+  4  Postgres unreachable; nothing was written
+  6  the tenant has no such run; nothing was written
+  7  TLS refused by Postgres";
+
+#[derive(Args)]
+struct CancelArgs {
+    /// Tenant of the run.
+    #[arg(long = "tenant",
+          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+    tenant: i64,
+    /// The run to cancel.
+    #[arg(long = "run",
+          value_parser = |s: &str| parse_positive_id("run_id", s).map_err(|e| e.to_string()))]
+    run: i64,
+    /// Who cancels: a user id…
+    #[arg(long,
+          value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
+    user_id: Option<i64>,
+    /// …and name (as shown in the audit trail and the run's failure).
+    #[arg(long, default_value = opsrun::request::SYSTEM_INITIATOR)]
+    actor_name: String,
+    /// Why (recorded with the action; sanitized).
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    view: ViewArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
 }
 
 #[derive(Args)]
@@ -194,6 +235,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Enqueue(args) => enqueue(*args).await,
             Command::Mirror(args) => mirror(*args).await,
+            Command::Cancel(args) => cancel(*args).await,
             Command::Migrate(args) => migrate(args).await,
         }
     })
@@ -251,6 +293,43 @@ async fn mirror(args: MirrorArgs) -> Result<u8, Failure> {
     println!("{output}");
     Ok(exit::OK)
 }
+
+async fn cancel(args: CancelArgs) -> Result<u8, Failure> {
+    let actor = Initiator {
+        user_id: args.user_id,
+        name: args.actor_name.clone(),
+    };
+    let ledger = args.database.ledger(1).await?;
+    let found = opsrun::service::cancel(
+        &ledger,
+        args.tenant,
+        opsrun::RunId(args.run),
+        &actor,
+        args.reason.as_deref(),
+    )
+    .await?;
+    let Some((result, run)) = found else {
+        return Err(Failure::new(
+            NOT_FOUND,
+            format!("tenant {} has no run {}", args.tenant, args.run),
+        ));
+    };
+    println!(
+        "{}",
+        json!({
+            "run_id": run.id,
+            "tenant_id": run.tenant_id,
+            "result": result,
+            "status": run.status,
+            "outcome": run.outcome,
+            "view_url": view_url(&args.view.monitor_url, &run),
+        })
+    );
+    Ok(exit::OK)
+}
+
+/// Exit code: the tenant has no such run.
+const NOT_FOUND: u8 = 6;
 
 async fn migrate(args: DatabaseArgs) -> Result<u8, Failure> {
     args.refuse_unconfigured_pooler().await?;

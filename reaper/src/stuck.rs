@@ -2,7 +2,9 @@
 //! than its lease (per type, from the registry, stamped on the run) lost its
 //! worker. It is requeued and dispatched again
 //! (reason `lease_expired`), or failed with `job.attempts_exhausted` and
-//! dead-lettered once it used its attempts. A run that still heartbeats is
+//! dead-lettered once it used its attempts; one someone asked to cancel is
+//! completed `cancelled` instead (the requeue is turned into the cancel by
+//! the ledger, see migration 000011). A run that still heartbeats is
 //! never taken, however long it runs: every write re-checks the heartbeat and
 //! is fenced on the claim the reaper saw, so each run is reclaimed once even
 //! with several reapers.
@@ -13,7 +15,7 @@
 use std::time::Duration;
 
 use opsrun::ledger::{Claim, Fence, Terminal};
-use opsrun::{Outcome, ReclaimReason, Result, Run, RunService, sanitize};
+use opsrun::{Outcome, ReclaimReason, Result, Run, RunService, Status, sanitize};
 use serde::Serialize;
 
 /// Default runs examined per round.
@@ -41,6 +43,8 @@ pub struct StuckReport {
     pub requeued: u64,
     /// Runs failed after their last attempt, and dead-lettered.
     pub failed: u64,
+    /// Runs someone asked to cancel, completed `cancelled`.
+    pub cancelled: u64,
     /// Requeued runs whose new dispatch failed (the lost-dispatch pass retries).
     pub dispatch_failed: u64,
     /// Candidates another reaper or a late heartbeat got first.
@@ -60,7 +64,7 @@ pub async fn run_once(service: &RunService, config: &StuckConfig) -> Result<Stuc
             holder: &holder,
             attempt: run.attempt,
         };
-        if run.attempt >= run.max_attempts {
+        if run.attempt >= run.max_attempts && run.cancel_requested_at.is_none() {
             let lease = Duration::from_secs(run.lease_seconds.max(1) as u64);
             match fail_exhausted(service, &run, claim, lease).await? {
                 true => report.failed += 1,
@@ -76,6 +80,13 @@ pub async fn run_once(service: &RunService, config: &StuckConfig) -> Result<Stuc
             report.skipped += 1;
             continue;
         };
+        if requeued.status == Status::Completed {
+            tracing::info!(run_id = %run.id, tenant_id = run.tenant_id, holder = %holder,
+                "run stopped heartbeating after a cancel was asked for; cancelled");
+            report.cancelled += 1;
+            ack_old_entry(service, &run).await;
+            continue;
+        }
         tracing::warn!(run_id = %run.id, tenant_id = run.tenant_id, attempt = run.attempt, holder = %holder,
             "run stopped heartbeating; requeued (lease_expired)");
         report.requeued += 1;

@@ -28,6 +28,9 @@ pub const DEFAULT_CONCURRENCY: usize = 10;
 pub const DEFAULT_BLOCK: Duration = Duration::from_secs(2);
 /// Default interval of the batched heartbeat.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default interval of the cancel check: a cancelled run's job is stopped
+/// within about this long.
+pub const DEFAULT_CANCEL_CHECK: Duration = Duration::from_secs(1);
 /// Default time in-flight jobs get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Most entries taken in one read.
@@ -54,6 +57,8 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// Time in-flight jobs get after shutdown is requested.
     pub shutdown_grace: Duration,
+    /// How often the worker asks whether someone cancelled a run it runs.
+    pub cancel_check: Duration,
 }
 
 impl WorkerConfig {
@@ -66,6 +71,7 @@ impl WorkerConfig {
             block: DEFAULT_BLOCK,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            cancel_check: DEFAULT_CANCEL_CHECK,
         }
     }
 
@@ -125,6 +131,7 @@ pub async fn run(
         lifecycle.holder().to_string(),
         lifecycle.in_flight().clone(),
         config.heartbeat_interval,
+        config.cancel_check,
         stop_heartbeat.clone(),
     ));
 

@@ -9,7 +9,8 @@
 //! asks for a retry (`job.retry`) after the type's backoff, or after
 //! `retry_after_seconds` from the result line; any other non-zero exit fails
 //! the run with `job.exit_nonzero` and the sanitized tail of stderr. When the
-//! time limit passes the whole process group is killed.
+//! time limit passes the whole process group is killed; when the run is
+//! cancelled it gets SIGTERM, and is killed after the worker's cancel grace.
 //!
 //! Isolation: a job's environment starts empty; it gets the `OPSRUN_*`
 //! variables, its type's `env`, and the worker variables its type's
@@ -226,7 +227,21 @@ impl Handler for ExecHandler {
         };
         let stdout = tail(child.stdout.take().expect("stdout is piped"), STDOUT_KEEP);
         let stderr = tail(child.stderr.take().expect("stderr is piped"), STDERR_KEEP);
-        let (_, stdout, stderr, status) = tokio::join!(feed, stdout, stderr, child.wait());
+        // A cancel asks the whole process group to stop (SIGTERM); the
+        // lifecycle kills it (SIGKILL, on drop) if it has not after the grace.
+        let pgid = guard.pgid;
+        let terminate = async {
+            job.cancelled().await;
+            if let Some(pgid) = pgid {
+                // SAFETY: signals a process group this handler created.
+                unsafe { libc::kill(-pgid, libc::SIGTERM) };
+            }
+            std::future::pending::<()>().await
+        };
+        let (_, stdout, stderr, status) = tokio::select! {
+            ended = async { tokio::join!(feed, stdout, stderr, child.wait()) } => ended,
+            _ = terminate => unreachable!("never resolves"),
+        };
         guard.pgid = None;
 
         let status = match status {

@@ -49,6 +49,13 @@ struct Cli {
     /// Interval of the batched Postgres heartbeat.
     #[arg(long, env = "OPSRUN_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = duration)]
     heartbeat_interval: Duration,
+    /// How often to ask whether a running run was cancelled.
+    #[arg(long, env = "OPSRUN_CANCEL_CHECK", default_value = "1s", value_parser = duration)]
+    cancel_check: Duration,
+    /// Time a cancelled job gets to stop on its own (an exec job's process
+    /// group has had SIGTERM) before it is killed.
+    #[arg(long, env = "OPSRUN_CANCEL_GRACE", default_value = "10s", value_parser = duration)]
+    cancel_grace: Duration,
     /// BLOCK time of one stream read.
     #[arg(long, env = "OPSRUN_BLOCK", default_value = "2s", value_parser = duration)]
     block: Duration,
@@ -132,6 +139,7 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
         block: cli.block,
         heartbeat_interval: cli.heartbeat_interval,
         shutdown_grace: cli.shutdown_grace,
+        cancel_check: cli.cancel_check,
     };
     for stream in config.streams() {
         retry_at_start("redis", cli.startup_timeout, &shutdown, || {
@@ -157,7 +165,8 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
         &registry,
         &worker_env,
     )
-    .map_err(|e| Failure::new(exit::INVALID, e))?;
+    .map_err(|e| Failure::new(exit::INVALID, e))?
+    .cancel_grace(cli.cancel_grace);
     let lifecycle = Arc::new(lifecycle);
     consumer::run(lifecycle, ledger, transport, config, shutdown).await;
     Ok(())

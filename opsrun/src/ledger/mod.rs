@@ -19,12 +19,14 @@
 //! scan) made bulk starts 20 times slower once it had grown.
 
 mod access;
+mod actions;
 mod listing;
 mod notifications;
 mod pooler;
 mod session;
 
 pub use access::NewToken;
+pub use actions::{CancelResult, OperatorAction};
 pub use pooler::{Pooler, behind_transaction_pooler};
 pub use session::Session;
 
@@ -45,7 +47,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status, outcome, run_identity_hash, \
      summary_counts, failure_summary, context, inputs, queue, shard, attempt, max_attempts, holder, heartbeat_at, \
      dispatch_entry_id, dispatched_at, reclaims, identity_rule, lease_seconds, not_before, domain_id, \
-     started_at, completed_at, created_at, updated_at";
+     started_at, completed_at, created_at, updated_at, cancel_requested_at, cancel_request";
 
 /// A one-row `FROM` item that makes the statement's own transaction commit
 /// without waiting for the WAL flush (`synchronous_commit` is local to that

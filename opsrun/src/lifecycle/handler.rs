@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use crate::run::{Failure, Outcome, Run, SummaryCounts};
 
@@ -12,9 +13,37 @@ use crate::run::{Failure, Outcome, Run, SummaryCounts};
 pub struct Job {
     /// The run as claimed: status `running`, `attempt` already counted.
     pub run: Run,
+    cancel: CancellationToken,
 }
 
 impl Job {
+    /// A job for `run`, never cancelled.
+    pub fn new(run: Run) -> Job {
+        Job {
+            run,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The same job, cancelled when `cancel` is.
+    pub fn stopped_by(mut self, cancel: CancellationToken) -> Job {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Resolves when someone asked to cancel the run. A handler that can
+    /// stop cleanly selects on it and returns what it did so far (its counts
+    /// are kept, the outcome is `cancelled`); one that does not is dropped
+    /// after the worker's cancel grace.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// True once someone asked to cancel the run.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
     /// The job's inputs (a JSON object).
     pub fn inputs(&self) -> &serde_json::Value {
         &self.run.inputs.0
@@ -85,8 +114,10 @@ impl JobResult {
 /// Executes jobs of one or more run types.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
-    /// Run the job. Cancellation is by dropping the future (time limit or
-    /// shutdown), so hold resources in types that clean up on drop.
+    /// Run the job. A cancel is signalled first ([`Job::cancelled`]); a
+    /// job is otherwise stopped by dropping the future (time limit, lease
+    /// lost, shutdown, or a cancel it did not heed within the grace), so
+    /// hold resources in types that clean up on drop.
     async fn handle(&self, job: Job) -> JobResult;
 }
 

@@ -18,18 +18,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use acker::Acker;
 pub use completer::Completer;
 pub use handler::{Handler, Job, JobReport, JobResult, Route};
-pub use heartbeat::{InFlight, heartbeat_loop};
+pub use heartbeat::{InFlight, Stops, heartbeat_loop};
 pub use middleware::{Middleware, Next};
 
 use crate::error::Result;
 use crate::ledger::{Claim, ClaimRequest, Fence, Ledger, Terminal};
-use crate::run::{Outcome, Run, RunId, fold_failures};
+use crate::run::{Failure, Outcome, Run, RunId, fold_failures};
 use crate::sanitize;
 use crate::transport::{Delivery, QueueStream, Transport};
 
@@ -74,6 +73,8 @@ pub struct Finished {
     result: JobResult,
     retry_backoff: Option<crate::registry::RetryBackoff>,
     span: tracing::Span,
+    /// Who asked to cancel the run while its job ran, and why.
+    cancelled: Option<String>,
 }
 
 /// Counters of processed deliveries.
@@ -104,7 +105,12 @@ pub struct Lifecycle {
     claimer: Option<claimer::Claimer>,
     completer: Option<Completer>,
     acker: Option<Acker>,
+    cancel_grace: Duration,
 }
+
+/// Default time a job gets to stop on its own after a cancel (an exec job's
+/// process group has had SIGTERM) before it is dropped (SIGKILL).
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 impl Lifecycle {
     /// A lifecycle whose claims are held as `holder` (the consumer name).
@@ -121,7 +127,15 @@ impl Lifecycle {
             claimer: None,
             completer: None,
             acker: None,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
         }
+    }
+
+    /// How long a job gets to stop on its own after a cancel before it is
+    /// dropped (default [`DEFAULT_CANCEL_GRACE`]).
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
     }
 
     /// Handle `run_type` with `route`.
@@ -278,7 +292,7 @@ impl Lifecycle {
     /// Run the handler stack of a claimed run. The run stays held (and
     /// heartbeated) until [`Lifecycle::settle`] has written its result.
     pub async fn run_job(&self, delivery: Delivery, run: Run) -> Finished {
-        let lost = self.in_flight.insert(run.id);
+        let stops = self.in_flight.insert(run.id);
         let span = tracing::info_span!("run", run_id = %run.id, tenant_id = run.tenant_id, r#type = %run.run_type, attempt = run.attempt, queue = %run.queue);
         tracing::info!(parent: &span, "run started");
         // The span follows the job into its task, so handler logs carry the run's fields.
@@ -288,10 +302,14 @@ impl Lifecycle {
             .or(self.fallback.as_ref())
             .cloned();
         let retry_backoff = route.as_ref().map(|r| r.retry);
+        let job = Job::new(run.clone()).stopped_by(stops.cancel.clone());
         let result = self
-            .execute(Job { run: run.clone() }, route, lost)
+            .execute(job, route, stops)
             .instrument(span.clone())
             .await;
+        // A cancel asked for while the job ran decides the outcome, whatever
+        // the job returned (its counts are kept).
+        let cancelled = self.in_flight.cancel_request(run.id);
         self.in_flight.job_finished(run.id);
         Finished {
             delivery,
@@ -299,6 +317,7 @@ impl Lifecycle {
             result,
             retry_backoff,
             span,
+            cancelled,
         }
     }
 
@@ -311,6 +330,7 @@ impl Lifecycle {
             result,
             retry_backoff,
             span,
+            cancelled,
         } = finished;
         let claim = Claim {
             tenant_id: run.tenant_id,
@@ -329,6 +349,7 @@ impl Lifecycle {
             Some(backoff),
         ) = (&result, retry_backoff)
             && run.attempt < run.max_attempts
+            && cancelled.is_none()
         {
             let failures =
                 fold_failures(prior.into_iter().chain([sanitize::failure(code, message)]));
@@ -342,7 +363,15 @@ impl Lifecycle {
             self.in_flight.remove(run.id);
             return Box::pin(self.after_retry(retried, &delivery, &span, delay)).await;
         }
-        let (outcome, counts, failures) = terminal_state(result, prior);
+        let (mut outcome, counts, mut failures) = terminal_state(result, prior);
+        if let Some(request) = cancelled {
+            outcome = Outcome::Cancelled;
+            failures = fold_failures(failures.into_iter().chain([Failure {
+                code: "run.cancelled".into(),
+                message: request,
+                count: 1,
+            }]));
+        }
         let terminal = Terminal {
             outcome,
             counts: &counts,
@@ -385,7 +414,7 @@ impl Lifecycle {
 
     /// Run the middleware stack and handler in their own task, under the
     /// route's time limit, turning panics and timeouts into failures.
-    async fn execute(&self, job: Job, route: Option<Route>, lost: CancellationToken) -> JobResult {
+    async fn execute(&self, job: Job, route: Option<Route>, stops: Stops) -> JobResult {
         let Some(route) = route else {
             return JobResult::failed(
                 "job.unknown_type",
@@ -423,10 +452,21 @@ impl Lifecycle {
                 "job.timeout",
                 format!("the job exceeded its time limit of {}s and was stopped", route.time_limit.as_secs_f64()),
             ),
-            _ = lost.cancelled() => stopped(
+            _ = stops.lost.cancelled() => stopped(
                 "job.lease_lost",
                 "the run was taken over by another worker; this attempt was stopped".to_string(),
             ),
+            // The job saw the cancel too (`Job::cancelled`; an exec job's
+            // process group got SIGTERM) and may stop on its own, with its
+            // counts, within the grace.
+            _ = stops.cancel.cancelled() => match tokio::time::timeout(self.cancel_grace, &mut task).await {
+                Ok(Ok(result)) => return result,
+                Ok(Err(_)) => return JobResult::failed("job.cancelled", "the job task failed while stopping"),
+                Err(_) => stopped(
+                    "job.cancelled",
+                    format!("the job did not stop within {}s of the cancel and was killed", self.cancel_grace.as_secs_f64()),
+                ),
+            },
         };
         // Dropping the task drops the handler future, which kills an exec
         // job's process group.
