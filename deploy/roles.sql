@@ -19,11 +19,13 @@
 --                    inserts or deletes them
 --   opsrun_reaper    the worker's rights, and deletes runs and their
 --                    notifications past retention
---   opsrun_monitor   reads runs, notifications, tokens and sessions; starts
---                    runs (INSERT); marks notifications read (read_at
---                    only); opens and ends sessions. It cannot change a
---                    run: a start whose dispatch failed stays queued and the
---                    reaper's lost-dispatch pass sends it again.
+--   opsrun_monitor   reads runs, notifications, tokens, sessions and the
+--                    audit trail; starts runs (INSERT); marks notifications
+--                    read (read_at only); opens and ends sessions; cancels
+--                    runs (only through opsrun_cancel_run). It cannot
+--                    otherwise change a run: a start whose dispatch failed
+--                    stays queued and the reaper's lost-dispatch pass sends
+--                    it again.
 -- Writing a run also writes its initiator's notification (triggers running
 -- as the writer), hence INSERT on notifications for the roles that write
 -- runs.
@@ -62,6 +64,15 @@ BEGIN
         GRANT UPDATE (read_at) ON notifications TO opsrun_monitor;
         GRANT SELECT ON api_tokens TO opsrun_monitor;
         GRANT SELECT, INSERT, DELETE ON monitor_sessions TO opsrun_monitor;
+    END IF;
+    -- Cancelling goes through one function that runs as the schema's
+    -- owner and records the action: the roles that cancel (the producer's
+    -- CLI, the monitor's API) need no UPDATE on runs for it.
+    IF to_regclass('public.operator_actions') IS NOT NULL THEN
+        REVOKE ALL ON operator_actions FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
+        GRANT SELECT ON operator_actions TO opsrun_producer, opsrun_monitor;
+        GRANT EXECUTE ON FUNCTION opsrun_cancel_run(bigint, bigint, bigint, text, text, text)
+            TO opsrun_producer, opsrun_monitor;
     END IF;
 END
 $$;

@@ -11,7 +11,7 @@ use crate::request::Initiator;
 use crate::run::RunId;
 
 /// What a cancel did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelResult {
     /// The run was queued (or waiting to retry) and is now completed `cancelled`.

@@ -362,16 +362,23 @@ identity_keys = ["schedule_id", "scheduled_for"]
 [types."test.nonce"]
 command = {succeed}
 identity = "nonce"
+[types."test.cancellable"]
+command = {cancellable}
+[types."test.brief"]
+command = {brief}
 "#,
                 succeed = script("exit 0"),
                 partial = script(r#"echo progress; echo '{"summary_counts":{"total":10,"success":8,"failed":2,"skipped":0}}'"#),
                 fail = script("echo 'connect postgres://app:hunter2secret@db/x failed, password=hunter2secret' >&2; exit 3"),
                 slow = script("sleep 2"),
+                brief = script("sleep 0.2"),
                 long = script("sleep 3"),
                 poison = script("kill -9 $PPID; sleep 5"),
                 flaky = script("if [ \"$OPSRUN_ATTEMPT\" -lt 3 ]; then echo 'Throttled (retrying)' >&2; exit 75; fi"),
                 throttled = script("echo 'Throttled (retrying)' >&2; exit 75"),
                 timeout = script("sleep 30"),
+                // Records its process group, and reports counts when told to stop.
+                cancellable = script(&format!(r#"trap 'echo "{{\"summary_counts\":{{\"total\":5,\"success\":2,\"failed\":0,\"skipped\":3}}}}"; exit 0' TERM; echo $$ > {}/pgid-$OPSRUN_RUN_ID; sleep 30 & wait"#, dir.display())),
                 stdin = script(&format!("cat > {}/stdin-$OPSRUN_RUN_ID.json; env | grep -c '^DATABASE_URL=' > {}/dburl-$OPSRUN_RUN_ID || true", dir.display(), dir.display())),
             ),
         )
