@@ -1,6 +1,7 @@
 //! The JSON API under `/api/v1`: list and show the caller's tenant's runs,
-//! start one (operators), and read the caller's notifications. Every query
-//! is scoped to the token's tenant; another tenant's run is a 404.
+//! start and cancel them (operators), read the tenant's audit trail and the
+//! caller's notifications. Every query is scoped to the token's tenant;
+//! another tenant's run is a 404.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -17,7 +18,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::{AppState, views};
 
-/// Largest notification page.
+/// Largest page of notifications or actions.
 const MAX_NOTIFICATIONS: i64 = 200;
 
 /// A query string that failed to parse (an unknown filter, say) is a 400.
@@ -112,9 +113,7 @@ pub async fn start_run(
     caller: Caller,
     body: Result<Json<StartRun>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    if !caller.0.role.may_start_runs() {
-        return Err(ApiError::forbidden("a readonly token cannot start runs"));
-    }
+    caller.operator("start runs")?;
     let Json(body) = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
     let mut request = RunRequest::new(caller.tenant_id(), body.run_type);
     if let Some(inputs) = body.inputs {
@@ -175,6 +174,89 @@ pub async fn start_run(
     Ok((status, Json(body)).into_response())
 }
 
+/// Body of `POST /api/v1/runs/{id}/cancel` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRun {
+    /// Why; recorded in the audit trail and the run's failure (sanitized).
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/runs/{id}/cancel` (operators): a queued or waiting run
+/// completes `cancelled` now, a running one is stopped by its worker within
+/// a second or two. 200 with what it did (`result`, `changed`) and the run;
+/// a completed run is left alone (`already_completed`).
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<CancelRun>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.operator("cancel runs")?;
+    let run_id = run_id(&id)?;
+    // No body (no JSON content type) is a cancel without a reason.
+    let reason = match body {
+        Ok(Json(body)) => body.reason,
+        Err(JsonRejection::MissingJsonContentType(_)) => None,
+        Err(e) => return Err(ApiError::invalid("body", e.body_text())),
+    };
+    let (result, run) = opsrun::service::cancel(
+        &state.ledger,
+        caller.tenant_id(),
+        run_id,
+        &caller.actor(),
+        reason.as_deref(),
+    )
+    .await?
+    .ok_or_else(ApiError::not_found)?;
+    let changed = matches!(
+        result,
+        opsrun::CancelResult::Cancelled | opsrun::CancelResult::CancelRequested
+    );
+    Ok(Json(json!({
+        "result": result,
+        "changed": changed,
+        "run": views::detail(&run, &state.public_url, &state.links, Utc::now()),
+    })))
+}
+
+/// Query of `GET /api/v1/actions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionQuery {
+    /// Only the actions on this run.
+    #[serde(default)]
+    pub run_id: Option<i64>,
+    /// At most this many (capped to 200).
+    #[serde(default)]
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/actions`: the tenant's operator actions, newest first.
+pub async fn actions(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Result<Query<ActionQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let params = query(params)?;
+    let limit = page_limit(params.limit)?;
+    let list = state
+        .ledger
+        .operator_actions(caller.tenant_id(), params.run_id.map(RunId), limit)
+        .await?;
+    Ok(Json(json!({ "actions": list })))
+}
+
+/// A page size: 50 by default, at most 200.
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(n) if n >= 1 => Ok(n.min(MAX_NOTIFICATIONS)),
+        Some(_) => Err(ApiError::invalid("limit", "must be at least 1")),
+    }
+}
+
 /// Query of `GET /api/v1/notifications`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,11 +276,7 @@ pub async fn notifications(
     params: Result<Query<NotificationQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let params = query(params)?;
-    let limit = match params.limit {
-        None => 50,
-        Some(n) if n >= 1 => n.min(MAX_NOTIFICATIONS),
-        Some(_) => return Err(ApiError::invalid("limit", "must be at least 1")),
-    };
+    let limit = page_limit(params.limit)?;
     let list = state
         .reads
         .notifications(caller.tenant_id(), caller.user_id()?, params.unread, limit)

@@ -35,6 +35,35 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// Who acts, for the audit trail: the token's user, or the token itself
+    /// when it acts for no user.
+    pub fn actor(&self) -> opsrun::Initiator {
+        let t = &self.0;
+        match (t.user_id, &t.user_name) {
+            (Some(id), Some(name)) => opsrun::Initiator::user(id, name.clone()),
+            _ => opsrun::Initiator {
+                user_id: t.user_id,
+                name: match &t.label {
+                    Some(label) => format!("token {label}"),
+                    None => format!("token #{}", t.id),
+                },
+            },
+        }
+    }
+
+    /// 403 unless the caller may act on runs (an operator).
+    pub fn operator(&self, what: &str) -> Result<(), ApiError> {
+        if self.0.role.may_start_runs() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "a readonly token cannot {what}"
+            )))
+        }
+    }
+}
+
 /// Credentials have a fixed shape; anything else is not worth a query.
 fn well_formed(secret: &str) -> bool {
     secret.starts_with(opsrun::access::TOKEN_PREFIX) && secret.len() <= 128

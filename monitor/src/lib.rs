@@ -12,6 +12,7 @@
 //!   `POST /tenants/{tenant}/notifications/read`
 //! - `GET /static/opsrun.css`, `GET /healthz`
 
+pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod error;
@@ -110,6 +111,8 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/api/v1/runs", get(api::list_runs).post(api::start_run))
         .route("/api/v1/runs/{id}", get(api::show_run))
+        .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))
+        .route("/api/v1/actions", get(api::actions))
         .route("/api/v1/notifications", get(api::notifications))
         .route("/api/v1/notifications/read", post(api::mark_read))
         .route("/api/v1/me", get(api::me))
@@ -118,6 +121,11 @@ pub fn router(state: AppState) -> Router {
         .route("/logout", post(pages::logout))
         .route("/tenants/{tenant}/operations", get(pages::operations))
         .route("/tenants/{tenant}/operations/{id}", get(pages::operation))
+        .route(
+            "/tenants/{tenant}/operations/{id}/cancel",
+            get(actions::cancel_form).post(actions::cancel),
+        )
+        .route("/tenants/{tenant}/actions", get(actions::actions))
         .route("/tenants/{tenant}/notifications", get(pages::notifications))
         .route(
             "/tenants/{tenant}/notifications/read",

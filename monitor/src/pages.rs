@@ -32,7 +32,7 @@ th{font-weight:600;background:#eef0f3}
 form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end;margin-bottom:12px}
 form.filters label{display:flex;flex-direction:column;font-size:12px;color:#555}
 .badge{padding:1px 8px;border-radius:10px;font-size:12px;background:#e3e6ea}
-.succeeded{background:#d5f5dd}.partially_succeeded{background:#fff1c2}.failed{background:#ffd9d6}.pending{background:#dde9ff}
+.succeeded{background:#d5f5dd}.partially_succeeded{background:#fff1c2}.failed{background:#ffd9d6}.pending{background:#dde9ff}.cancelled{background:#e8e0f5}
 .error{background:#ffd9d6;padding:8px 12px;border-radius:4px}
 dl{display:grid;grid-template-columns:200px 1fr;gap:4px 12px;background:#fff;padding:12px}
 dt{color:#555} dd{margin:0} pre{background:#fff;padding:8px;overflow:auto}
@@ -40,14 +40,14 @@ dt{color:#555} dd{margin:0} pre{background:#fff;padding:8px;overflow:auto}
 
 /// The page frame: header with navigation for a logged-in caller.
 /// `body` read from the replica, under a note when it is far behind.
-fn replica_noted(state: &AppState, body: Markup) -> Markup {
+pub(crate) fn replica_noted(state: &AppState, body: Markup) -> Markup {
     html! {
         @if let Some(note) = state.replica_note() { p.notice #replica-lag { (note) } }
         (body)
     }
 }
 
-fn layout(title: &str, caller: Option<&Caller>, body: Markup) -> Markup {
+pub(crate) fn layout(title: &str, caller: Option<&Caller>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -62,6 +62,7 @@ fn layout(title: &str, caller: Option<&Caller>, body: Markup) -> Markup {
                     strong { "opsrun" }
                     @if let Some(caller) = caller {
                         a href=(format!("/tenants/{}/operations", caller.tenant_id())) { "Monitoring → Operations" }
+                        a href=(format!("/tenants/{}/actions", caller.tenant_id())) { "Audit trail" }
                         @if caller.0.user_id.is_some() {
                             a href=(format!("/tenants/{}/notifications", caller.tenant_id())) { "Notifications" }
                         }
@@ -79,7 +80,7 @@ fn layout(title: &str, caller: Option<&Caller>, body: Markup) -> Markup {
 }
 
 /// An error as a page, with the same status the API would answer.
-struct PageError(ApiError, Option<Caller>);
+pub(crate) struct PageError(pub ApiError, pub Option<Caller>);
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
@@ -132,7 +133,7 @@ impl FromRequestParts<AppState> for PageCaller {
     }
 }
 
-fn time(at: DateTime<Utc>) -> String {
+pub(crate) fn time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
@@ -388,6 +389,14 @@ pub async fn operation(
         Err(e) => return PageError(e, Some(caller)).into_response(),
     };
     let d = views::detail(&run, "", &state.links, Utc::now());
+    let actions = match state
+        .reads
+        .operator_actions(caller.tenant_id(), Some(run.id), 50)
+        .await
+    {
+        Ok(actions) => actions,
+        Err(e) => return PageError(e.into(), Some(caller)).into_response(),
+    };
     let title = format!("{} #{}", run.run_type, run.id);
     let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let body = html! {
@@ -410,9 +419,19 @@ pub async fn operation(
             dt { "Identity" } dd { code { (run.run_identity_hash) } " (" (run.identity_rule) ") · " a href=(d.same_identity_url) { "runs with this identity" } }
             @if let Some(domain) = &run.domain_id { dt { "Domain record" } dd { (domain) } }
             @if let Some(t) = run.not_before { dt { "Not before" } dd { (time(t)) } }
+            @if let (Some(t), None) = (run.cancel_requested_at, run.completed_at) {
+                dt { "Cancel" } dd #cancel-requested { "Asked for at " (time(t)) ": " (run.cancel_request.as_deref().unwrap_or("")) }
+            }
+        }
+        @if run.completed_at.is_none() && run.cancel_requested_at.is_none() && caller.0.role.may_start_runs() {
+            p { a #cancel-run .button href=(format!("/tenants/{}/operations/{}/cancel", run.tenant_id, run.id)) { "Cancel this run…" } }
         }
         h2 { "Timeline" }
         table #timeline { @for e in &d.timeline { tr { td { (time(e.at)) } td { (e.event) } td { (e.detail) } } } }
+        @if !actions.is_empty() {
+            h2 { "Operator actions" }
+            (crate::actions::table(&actions))
+        }
         h2 { "Failures" }
         @if d.failure_summary.is_empty() { p #no-failures { "None." } } @else {
             table #failures {

@@ -222,7 +222,8 @@ pub fn detail(run: &Run, base: &str, links: &Links, now: DateTime<Utc>) -> RunDe
     }
 }
 
-/// Created, scheduled, dispatched, reclaims, started, completed; oldest first.
+/// Created, scheduled, dispatched, reclaims, started, cancel asked,
+/// completed; oldest first.
 pub fn timeline(run: &Run) -> Vec<TimelineEvent> {
     let mut events = vec![TimelineEvent {
         at: run.created_at,
@@ -272,6 +273,13 @@ pub fn timeline(run: &Run) -> Vec<TimelineEvent> {
             at,
             event: "started",
             detail: format!("attempt {} of {}", run.attempt, run.max_attempts),
+        });
+    }
+    if let Some(at) = run.cancel_requested_at {
+        events.push(TimelineEvent {
+            at,
+            event: "cancel asked",
+            detail: run.cancel_request.clone().unwrap_or_default(),
         });
     }
     if let Some(at) = run.completed_at {

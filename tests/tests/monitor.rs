@@ -1571,6 +1571,43 @@ async fn each_service_works_under_its_own_role_and_no_further() {
     .await;
     assert_eq!(started.status, StatusCode::CREATED, "{}", started.text);
     mark_all_read(&app, &operator).await;
+    // It cancels (through the one function that may), though it cannot
+    // update runs; so does the producer's CLI.
+    let started_id = started.json()["run"]["id"].as_i64().unwrap();
+    let cancelled = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/runs/{started_id}/cancel"),
+        Some(&operator),
+        Some(json!({"reason": "under its role"})),
+    )
+    .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text);
+    assert!(matches!(
+        cancelled.json()["result"].as_str(),
+        Some("cancelled" | "cancel_requested" | "already_completed")
+    ));
+    let out = env
+        .command("producer")
+        .env("DATABASE_URL", url("opsrun_producer"))
+        .args([
+            "cancel",
+            "--tenant",
+            &A.to_string(),
+            "--run",
+            &run_id.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(json_stdout(&out)["result"], "already_completed");
+    assert_eq!(
+        get(&app, "/api/v1/actions", &operator).await.json()["actions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // And no further.
     let denied = |result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| match result {
@@ -1603,4 +1640,128 @@ async fn mark_all_read(app: &Router, token: &str) {
     )
     .await;
     assert_eq!(marked.status, StatusCode::OK, "{}", marked.text);
+}
+
+#[tokio::test]
+async fn operators_cancel_runs_and_every_cancel_is_in_the_trail() {
+    let env = TestEnv::new().await;
+    let app = app(&env);
+    let reader = token(&env, A, Role::Readonly, Some((7, "Ada"))).await;
+    let operator = token(&env, A, Role::Operator, Some((8, "Grace"))).await;
+    let stranger = token(&env, B, Role::Operator, Some((9, "Eve"))).await;
+    let run = env
+        .service
+        .ensure_run(&opsrun::RunRequest::new(A, "inventory.sync"))
+        .await
+        .unwrap()
+        .run;
+    let path = format!("/api/v1/runs/{}/cancel", run.id);
+
+    let refused = call(&app, Method::POST, &path, Some(&reader), None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
+    let hidden = call(&app, Method::POST, &path, Some(&stranger), None).await;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND, "{}", hidden.text);
+    let missing = call(
+        &app,
+        Method::POST,
+        "/api/v1/runs/99999/cancel",
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let bad = call(
+        &app,
+        Method::POST,
+        &path,
+        Some(&operator),
+        Some(json!({"why": "x"})),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    assert_eq!(
+        env.ledger().get(A, run.id).await.unwrap().unwrap().status,
+        opsrun::Status::Queued
+    );
+
+    // The run page offers the cancel to operators only, behind a confirmation page.
+    let page = get(
+        &app,
+        &format!("/tenants/{A}/operations/{}", run.id),
+        &operator,
+    )
+    .await;
+    assert!(page.text.contains("id=\"cancel-run\""), "{}", page.text);
+    let page = get(
+        &app,
+        &format!("/tenants/{A}/operations/{}", run.id),
+        &reader,
+    )
+    .await;
+    assert!(!page.text.contains("id=\"cancel-run\""));
+    let confirm = get(
+        &app,
+        &format!("/tenants/{A}/operations/{}/cancel", run.id),
+        &operator,
+    )
+    .await;
+    assert_eq!(confirm.status, StatusCode::OK);
+    assert!(
+        confirm.text.contains("It has not started"),
+        "{}",
+        confirm.text
+    );
+    assert_eq!(
+        get(
+            &app,
+            &format!("/tenants/{A}/operations/{}/cancel", run.id),
+            &reader
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+
+    let done = call(
+        &app,
+        Method::POST,
+        &path,
+        Some(&operator),
+        Some(json!({"reason": "duplicate"})),
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    let done = done.json();
+    assert_eq!(done["result"], "cancelled");
+    assert_eq!(done["changed"], true);
+    assert_eq!(done["run"]["outcome"], "cancelled");
+    assert_eq!(
+        done["run"]["failure_summary"][0]["message"],
+        "cancelled by Grace (user 8): duplicate"
+    );
+    let again = call(&app, Method::POST, &path, Some(&operator), None)
+        .await
+        .json();
+    assert_eq!(again["result"], "already_completed");
+    assert_eq!(again["changed"], false);
+
+    // The trail: readable by any role of the tenant, newest first; none elsewhere.
+    let trail = get(&app, "/api/v1/actions", &reader).await.json();
+    let actions = trail["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 2, "{trail}");
+    assert_eq!(actions[0]["result"], "already_completed");
+    assert_eq!(actions[1]["result"], "cancelled");
+    assert_eq!(actions[1]["actor_name"], "Grace");
+    assert_eq!(actions[1]["actor_user_id"], 8);
+    assert_eq!(actions[1]["reason"], "duplicate");
+    assert_eq!(
+        get(&app, "/api/v1/actions", &stranger).await.json()["actions"],
+        json!([])
+    );
+    let page = get(&app, &format!("/tenants/{A}/actions"), &reader).await;
+    assert!(
+        page.text.contains("duplicate") && page.text.contains("Grace"),
+        "{}",
+        page.text
+    );
 }
