@@ -278,6 +278,84 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
     );
     shot("4-run.png").await;
 
+    // Cancel a queued run: the button leads to a confirmation step; keeping
+    // it changes nothing, confirming cancels it and says who did.
+    let queued = env
+        .service
+        .ensure_run(&RunRequest::new(4, "restore.run").inputs(json!({"site": "nice"})))
+        .await
+        .unwrap()
+        .run;
+    let run_page = format!("{base}/tenants/4/operations/{}", queued.id);
+    client.goto(&run_page).await.unwrap();
+    click(&client, "#cancel-run").await;
+    let what = client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("confirm-what"))
+        .await
+        .unwrap();
+    assert!(what.text().await.unwrap().contains("It has not started"));
+    shot("5-cancel-confirm.png").await;
+    click(&client, "#keep").await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("cancel-run"))
+        .await
+        .expect("back on the run page, still cancellable");
+    assert_eq!(
+        env.ledger()
+            .get(4, queued.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Queued
+    );
+    click(&client, "#cancel-run").await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("confirm-cancel"))
+        .await
+        .unwrap()
+        .find(Locator::Css("input[name=reason]"))
+        .await
+        .unwrap()
+        .send_keys("restored by hand")
+        .await
+        .unwrap();
+    click(&client, "#confirm").await;
+    let outcome = wait_until(Duration::from_secs(10), || async {
+        let text = client
+            .find(Locator::Id("outcome"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (text == "Cancelled").then_some(text)
+    })
+    .await;
+    assert!(outcome.is_some(), "the run page does not show the cancel");
+    let failures = client
+        .find(Locator::Id("failures"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        failures.contains("cancelled by Ada Lovelace (user 7): restored by hand"),
+        "{failures}"
+    );
+    assert!(
+        client.find(Locator::Id("cancel-run")).await.is_err(),
+        "a cancelled run offers a cancel"
+    );
+    shot("6-cancelled.png").await;
+
     // Log out; a form on another site that logs the browser in (login CSRF)
     // is refused and sets no session.
     click(&client, "form[action='/logout'] button").await;
@@ -298,7 +376,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
     })
     .await;
     assert!(refused.is_some(), "the cross-site login was not refused");
-    shot("5-cross-site-refused.png").await;
+    shot("7-cross-site-refused.png").await;
     client
         .goto(&format!("{base}/tenants/4/operations"))
         .await
@@ -327,6 +405,6 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         landed.as_str().starts_with(&base),
         "the browser left the monitor: {landed}"
     );
-    shot("6-login-stays-on-site.png").await;
+    shot("8-login-stays-on-site.png").await;
     client.close().await.unwrap();
 }
