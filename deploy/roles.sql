@@ -74,5 +74,12 @@ BEGIN
         GRANT EXECUTE ON FUNCTION opsrun_cancel_run(bigint, bigint, bigint, text, text, text)
             TO opsrun_producer, opsrun_monitor;
     END IF;
+    -- Pausing and resuming queues likewise; every service may see which are paused.
+    IF to_regclass('public.queue_pauses') IS NOT NULL THEN
+        REVOKE ALL ON queue_pauses FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
+        GRANT SELECT ON queue_pauses TO opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
+        GRANT EXECUTE ON FUNCTION opsrun_pause_queue(text, boolean, bigint, bigint, text, text)
+            TO opsrun_producer, opsrun_monitor;
+    END IF;
 END
 $$;

@@ -14,8 +14,8 @@ use crate::api::run_id;
 use crate::error::ApiError;
 use crate::pages::{PageCaller, PageError, layout, replica_noted, time};
 
-/// The actions as a table, newest first.
-pub fn table(actions: &[OperatorAction]) -> Markup {
+/// The actions of `tenant` as a table, newest first.
+pub fn table(tenant: i64, actions: &[OperatorAction]) -> Markup {
     html! {
         table .actions {
             thead { tr { th { "When" } th { "Action" } th { "Run" } th { "By" } th { "Why" } th { "Result" } } }
@@ -24,7 +24,7 @@ pub fn table(actions: &[OperatorAction]) -> Markup {
                     td { (time(a.at)) }
                     td { (a.action) }
                     td { @if let Some(id) = a.run_id {
-                        a href=(format!("/tenants/{}/operations/{}", a.tenant_id, id)) { "#" (id) }
+                        a href=(format!("/tenants/{tenant}/operations/{id}")) { "#" (id) }
                     } @else if let Some(queue) = &a.queue { "queue " (queue) } }
                     td { (a.actor_name) @if let Some(u) = a.actor_user_id { " (user " (u) ")" } }
                     td { (a.reason.as_deref().unwrap_or("")) }
@@ -133,7 +133,7 @@ pub async fn actions(State(state): State<AppState>, PageCaller(caller): PageCall
         Ok(list) => {
             let body = html! {
                 h1 { "Audit trail" }
-                @if list.is_empty() { p #no-actions { "No operator action yet." } } @else { (table(&list)) }
+                @if list.is_empty() { p #no-actions { "No operator action yet." } } @else { (table(caller.tenant_id(), &list)) }
             };
             layout("Audit trail", Some(&caller), replica_noted(&state, body)).into_response()
         }

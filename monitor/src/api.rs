@@ -174,7 +174,8 @@ pub async fn start_run(
     Ok((status, Json(body)).into_response())
 }
 
-/// Body of `POST /api/v1/runs/{id}/cancel` (optional).
+/// Body of `POST /api/v1/runs/{id}/cancel` and of a queue's pause or
+/// resume (optional).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRun {
@@ -195,12 +196,7 @@ pub async fn cancel_run(
 ) -> Result<Json<Value>, ApiError> {
     caller.operator("cancel runs")?;
     let run_id = run_id(&id)?;
-    // No body (no JSON content type) is a cancel without a reason.
-    let reason = match body {
-        Ok(Json(body)) => body.reason,
-        Err(JsonRejection::MissingJsonContentType(_)) => None,
-        Err(e) => return Err(ApiError::invalid("body", e.body_text())),
-    };
+    let reason = optional_reason(body)?;
     let (result, run) = opsrun::service::cancel(
         &state.ledger,
         caller.tenant_id(),
@@ -219,6 +215,61 @@ pub async fn cancel_run(
         "changed": changed,
         "run": views::detail(&run, &state.public_url, &state.links, Utc::now()),
     })))
+}
+
+/// `POST /api/v1/queues/{queue}/pause` and `…/resume`: for an operator
+/// token created for that queue (`--allow-queue`), since a queue serves
+/// every tenant. 200 with `result` (`paused`, `already_paused`, `resumed`,
+/// `not_paused`); recorded in the token's tenant's trail.
+pub async fn pause_queue(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((queue, verb)): Path<(String, String)>,
+    body: Result<Json<CancelRun>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let pause = match verb.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return Err(ApiError::not_found()),
+    };
+    caller.operator("pause or resume queues")?;
+    if !caller.0.queues.iter().any(|q| *q == queue) {
+        return Err(ApiError::forbidden(format!(
+            "queue {queue:?} serves every tenant: only a token created with --allow-queue {queue} may pause or resume it"
+        )));
+    }
+    let reason = optional_reason(body)?;
+    let result = opsrun::service::pause_queue(
+        &state.ledger,
+        &queue,
+        pause,
+        Some(caller.tenant_id()),
+        &caller.actor(),
+        reason.as_deref(),
+    )
+    .await?;
+    Ok(Json(json!({ "queue": queue, "result": result })))
+}
+
+/// `GET /api/v1/queues`: the paused queues.
+pub async fn queues(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let paused = state.ledger.paused_queues().await?;
+    Ok(Json(json!({ "paused": paused })))
+}
+
+/// The reason of an optional JSON body `{"reason": …}`; no body (no JSON
+/// content type) is none.
+fn optional_reason(
+    body: Result<Json<CancelRun>, JsonRejection>,
+) -> Result<Option<String>, ApiError> {
+    match body {
+        Ok(Json(body)) => Ok(body.reason),
+        Err(JsonRejection::MissingJsonContentType(_)) => Ok(None),
+        Err(e) => Err(ApiError::invalid("body", e.body_text())),
+    }
 }
 
 /// Query of `GET /api/v1/actions`.

@@ -113,6 +113,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}", get(api::show_run))
         .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))
         .route("/api/v1/actions", get(api::actions))
+        .route("/api/v1/queues", get(api::queues))
+        .route("/api/v1/queues/{queue}/{verb}", post(api::pause_queue))
         .route("/api/v1/notifications", get(api::notifications))
         .route("/api/v1/notifications/read", post(api::mark_read))
         .route("/api/v1/me", get(api::me))

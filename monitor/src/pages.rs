@@ -298,6 +298,16 @@ pub async fn operations(
             },
         ),
     };
+    // Paused queues hold runs of every tenant: said above the list.
+    let paused = state.ledger.paused_queues().await.unwrap_or_default();
+    let body = html! {
+        @for p in &paused {
+            p.notice .paused-queue { "Queue " strong { (p.queue) } " is paused since " (time(p.paused_at))
+                @if let Some(reason) = &p.reason { ": " (reason) }
+                ". Its runs wait and start once it is resumed." }
+        }
+        (body)
+    };
     let body = replica_noted(&state, body);
     (status, layout("Operations", Some(&caller), body)).into_response()
 }
@@ -430,7 +440,7 @@ pub async fn operation(
         table #timeline { @for e in &d.timeline { tr { td { (time(e.at)) } td { (e.event) } td { (e.detail) } } } }
         @if !actions.is_empty() {
             h2 { "Operator actions" }
-            (crate::actions::table(&actions))
+            (crate::actions::table(run.tenant_id, &actions))
         }
         h2 { "Failures" }
         @if d.failure_summary.is_empty() { p #no-failures { "None." } } @else {

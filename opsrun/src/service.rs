@@ -608,12 +608,7 @@ pub async fn cancel(
     if tenant_id <= 0 {
         return Err(Error::invalid("tenant_id", "must be a positive integer"));
     }
-    check_label("actor_name", &actor.name, MAX_INITIATOR_NAME_CHARS)?;
-    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
-    if let Some(reason) = reason {
-        check_label("reason", reason, MAX_REASON_CHARS)?;
-    }
-    let reason = reason.map(sanitize::redact);
+    let reason = checked_action(actor, reason)?;
     let who = match actor.user_id {
         Some(id) => format!("{} (user {id})", actor.name),
         None => actor.name.clone(),
@@ -634,4 +629,34 @@ pub async fn cancel(
         .await?
         .ok_or_else(|| Error::invalid("run_id", "the run was deleted while it was cancelled"))?;
     Ok(Some((result, run)))
+}
+
+/// Pause (`pause`) or resume `queue` for `actor`, recording the action with
+/// `reason` in `tenant_id`'s audit trail (or in none, from the command
+/// line): workers stop reading it within a second or two and read on once
+/// it is resumed. Returns `paused`, `already_paused`, `resumed` or
+/// `not_paused`.
+pub async fn pause_queue(
+    ledger: &Ledger,
+    queue: &str,
+    pause: bool,
+    tenant_id: Option<i64>,
+    actor: &Initiator,
+    reason: Option<&str>,
+) -> Result<String> {
+    crate::request::validate_queue(queue)?;
+    let reason = checked_action(actor, reason)?;
+    ledger
+        .pause_queue(queue, pause, tenant_id, actor, reason.as_deref())
+        .await
+}
+
+/// Check an operator action's actor and reason; the reason sanitized.
+fn checked_action(actor: &Initiator, reason: Option<&str>) -> Result<Option<String>> {
+    check_label("actor_name", &actor.name, MAX_INITIATOR_NAME_CHARS)?;
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    if let Some(reason) = reason {
+        check_label("reason", reason, MAX_REASON_CHARS)?;
+    }
+    Ok(reason.map(sanitize::redact))
 }

@@ -50,9 +50,48 @@ enum Command {
     /// in the tenant's audit trail with who and why. Needs no Redis.
     #[command(after_help = CANCEL_EXIT_CODES)]
     Cancel(Box<CancelArgs>),
+    /// Pause a queue: workers stop taking its runs within a second or two,
+    /// let those in flight finish, and take the rest once it is resumed.
+    /// Recorded (in no tenant's trail: a queue serves them all).
+    #[command(after_help = QUEUE_EXIT_CODES)]
+    Pause(Box<QueueActionArgs>),
+    /// Resume a paused queue.
+    #[command(after_help = QUEUE_EXIT_CODES)]
+    Resume(Box<QueueActionArgs>),
+    /// List the paused queues as JSON.
+    #[command(after_help = QUEUE_EXIT_CODES)]
+    Paused(DatabaseArgs),
     /// Apply the database migrations.
     #[command(after_help = EXIT_CODES)]
     Migrate(DatabaseArgs),
+}
+
+const QUEUE_EXIT_CODES: &str = "\
+Exit codes:
+  0  done, or nothing to do (\"result\" says: paused, already_paused,
+     resumed, not_paused)
+  1  unexpected error
+  2  invalid input or configuration; nothing was written
+  4  Postgres unreachable; nothing was written
+  7  TLS refused by Postgres";
+
+#[derive(Args)]
+struct QueueActionArgs {
+    /// The queue.
+    #[arg(long)]
+    queue: String,
+    /// Who acts: a user id…
+    #[arg(long,
+          value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
+    user_id: Option<i64>,
+    /// …and name (as shown in the audit trail).
+    #[arg(long, default_value = opsrun::request::SYSTEM_INITIATOR)]
+    actor_name: String,
+    /// Why (recorded with the action; sanitized).
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    database: DatabaseArgs,
 }
 
 const CANCEL_EXIT_CODES: &str = "\
@@ -236,6 +275,9 @@ fn main() -> ExitCode {
             Command::Enqueue(args) => enqueue(*args).await,
             Command::Mirror(args) => mirror(*args).await,
             Command::Cancel(args) => cancel(*args).await,
+            Command::Pause(args) => pause_or_resume(*args, true).await,
+            Command::Resume(args) => pause_or_resume(*args, false).await,
+            Command::Paused(args) => paused(args).await,
             Command::Migrate(args) => migrate(args).await,
         }
     })
@@ -325,6 +367,31 @@ async fn cancel(args: CancelArgs) -> Result<u8, Failure> {
             "view_url": view_url(&args.view.monitor_url, &run),
         })
     );
+    Ok(exit::OK)
+}
+
+async fn pause_or_resume(args: QueueActionArgs, pause: bool) -> Result<u8, Failure> {
+    let actor = Initiator {
+        user_id: args.user_id,
+        name: args.actor_name.clone(),
+    };
+    let ledger = args.database.ledger(1).await?;
+    let result = opsrun::service::pause_queue(
+        &ledger,
+        &args.queue,
+        pause,
+        None,
+        &actor,
+        args.reason.as_deref(),
+    )
+    .await?;
+    println!("{}", json!({"queue": args.queue, "result": result}));
+    Ok(exit::OK)
+}
+
+async fn paused(args: DatabaseArgs) -> Result<u8, Failure> {
+    let paused = args.ledger(1).await?.paused_queues().await?;
+    println!("{}", json!({ "paused": paused }));
     Ok(exit::OK)
 }
 

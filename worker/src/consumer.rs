@@ -1,5 +1,5 @@
 //! The consumer-group process: one reader per queue stream (every shard of
-//! every queue), at most
+//! every queue; a paused queue is not read until it is resumed), at most
 //! `concurrency` jobs at once, a batched heartbeat, and a graceful drain on
 //! shutdown (stop reading, let in-flight jobs finish within the grace period,
 //! leave the rest to the reaper).
@@ -10,7 +10,7 @@
 //! wait like that is bounded ([`SETTLE_BACKLOG`]); until written they stay
 //! held and heartbeated, and shutdown waits for them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use opsrun::lifecycle::{Lifecycle, heartbeat_loop};
 use opsrun::transport::{QueueStream, StreamReader};
 use opsrun::{Ledger, Transport};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -126,6 +126,7 @@ pub async fn run(
     let capacity = Capacity::new(config.concurrency.max(1));
     let jobs = TaskTracker::new();
     let stop_heartbeat = CancellationToken::new();
+    let ledger_for_pauses = ledger.clone();
     let heartbeat = tokio::spawn(heartbeat_loop(
         ledger,
         lifecycle.holder().to_string(),
@@ -135,6 +136,12 @@ pub async fn run(
         stop_heartbeat.clone(),
     ));
 
+    let paused = watch_pauses(
+        ledger_for_pauses,
+        config.cancel_check,
+        stop_heartbeat.clone(),
+    )
+    .await;
     let streams = config.streams();
     let readers: Vec<_> = streams
         .iter()
@@ -145,6 +152,7 @@ pub async fn run(
                 Arc::clone(&lifecycle),
                 capacity.clone(),
                 jobs.clone(),
+                paused.clone(),
                 shutdown.clone(),
             ))
         })
@@ -265,15 +273,75 @@ impl Capacity {
 /// free slots, hand them to [`claim_and_run`] and read again. When the
 /// stream has none, the slots go back (to the worker's other streams) and
 /// the reader waits for an entry holding none.
+/// The paused queues, as last read from Postgres.
+type Paused = watch::Receiver<Arc<HashSet<String>>>;
+
+/// Read the paused queues now, then every `every` until `stop`.
+async fn watch_pauses(ledger: Ledger, every: Duration, stop: CancellationToken) -> Paused {
+    async fn read(ledger: &Ledger) -> Option<HashSet<String>> {
+        match ledger.paused_queues().await {
+            Ok(list) => Some(list.into_iter().map(|p| p.queue).collect()),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the paused queues failed; retrying");
+                None
+            }
+        }
+    }
+    let (tx, rx) = watch::channel(Arc::new(read(&ledger).await.unwrap_or_default()));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Some(now) = read(&ledger).await {
+                tx.send_if_modified(|known| {
+                    let changed = **known != now;
+                    if changed {
+                        *known = Arc::new(now);
+                    }
+                    changed
+                });
+            }
+        }
+    });
+    rx
+}
+
+/// Wait while `queue` is paused; false when shutdown came first.
+async fn while_paused(queue: &str, paused: &mut Paused, shutdown: &CancellationToken) -> bool {
+    if !paused.borrow().contains(queue) {
+        return true;
+    }
+    tracing::info!(queue, "queue paused; not reading it until it is resumed");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            changed = paused.changed() => if changed.is_err() { return false },
+        }
+        if !paused.borrow_and_update().contains(queue) {
+            tracing::info!(queue, "queue resumed; reading it again");
+            return true;
+        }
+    }
+}
+
 async fn read_loop(
     mut reader: StreamReader,
     lifecycle: Arc<Lifecycle>,
     capacity: Capacity,
     jobs: TaskTracker,
+    mut paused: Paused,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let queue = reader.stream().queue.clone();
     loop {
+        if !while_paused(&queue, &mut paused, &shutdown).await {
+            return;
+        }
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
             permit = capacity.acquire() => match permit { Some(p) => p, None => return },
@@ -293,9 +361,11 @@ async fn read_loop(
         let read = match reader.read(permits.len()).await {
             Ok(deliveries) if deliveries.is_empty() => {
                 drop(permits);
-                // A wait takes nothing, so it may be cut short.
+                // A wait takes nothing, so it may be cut short (a pause
+                // is then seen at once).
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
+                    _ = paused.changed() => Ok(()),
                     waited = reader.wait() => waited,
                 }
             }

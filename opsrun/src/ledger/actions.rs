@@ -1,6 +1,7 @@
-//! Operator actions on runs (cancel), and their audit trail: every action
-//! is recorded with who, when, why and what it did, in the statement that
-//! acts (the `opsrun_cancel_run` function of migration 000011).
+//! Operator actions on runs (cancel) and queues (pause, resume), and their
+//! audit trail: every action is recorded with who, when, why and what it
+//! did, in the statement that acts (the `opsrun_cancel_run` and
+//! `opsrun_pause_queue` functions of migrations 000011 and 000012).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -48,13 +49,27 @@ impl CancelResult {
     }
 }
 
+/// A paused queue.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct QueuePause {
+    /// The queue.
+    pub queue: String,
+    /// Since when (Postgres clock).
+    pub paused_at: DateTime<Utc>,
+    /// Who paused it.
+    pub paused_by: String,
+    /// Why, as they said it (sanitized).
+    pub reason: Option<String>,
+}
+
 /// One recorded operator action.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct OperatorAction {
     /// Its id (order of recording).
     pub id: i64,
-    /// The tenant acted in.
-    pub tenant_id: i64,
+    /// The tenant acted in; `None` for a queue paused or resumed from the
+    /// command line (a queue serves every tenant).
+    pub tenant_id: Option<i64>,
     /// `cancel`, `retry`, `pause` or `resume`.
     pub action: String,
     /// The run acted on, if any.
@@ -141,5 +156,38 @@ impl Ledger {
         .fetch_all(&self.db)
         .await
         .map_err(db("listing operator actions"))
+    }
+
+    /// Pause (`pause`) or resume `queue` for `actor`, recording the action
+    /// in `tenant_id`'s trail (or in none). Returns `paused`,
+    /// `already_paused`, `resumed` or `not_paused`.
+    pub async fn pause_queue(
+        &self,
+        queue: &str,
+        pause: bool,
+        tenant_id: Option<i64>,
+        actor: &Initiator,
+        reason: Option<&str>,
+    ) -> Result<String> {
+        sqlx::query_scalar("SELECT opsrun_pause_queue($1, $2, $3, $4, $5, $6)")
+            .bind(queue)
+            .bind(pause)
+            .bind(tenant_id)
+            .bind(actor.user_id)
+            .bind(&actor.name)
+            .bind(reason)
+            .fetch_one(&self.db)
+            .await
+            .map_err(db("pausing or resuming a queue"))
+    }
+
+    /// The paused queues, by name.
+    pub async fn paused_queues(&self) -> Result<Vec<QueuePause>> {
+        sqlx::query_as(
+            "SELECT queue, paused_at, paused_by, reason FROM queue_pauses ORDER BY queue",
+        )
+        .fetch_all(&self.db)
+        .await
+        .map_err(db("listing paused queues"))
     }
 }

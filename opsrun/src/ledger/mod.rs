@@ -26,7 +26,7 @@ mod pooler;
 mod session;
 
 pub use access::NewToken;
-pub use actions::{CancelResult, OperatorAction};
+pub use actions::{CancelResult, OperatorAction, QueuePause};
 pub use pooler::{Pooler, behind_transaction_pooler};
 pub use session::Session;
 
