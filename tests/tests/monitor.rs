@@ -1765,3 +1765,93 @@ async fn operators_cancel_runs_and_every_cancel_is_in_the_trail() {
         page.text
     );
 }
+
+#[tokio::test]
+async fn only_a_token_made_for_a_queue_pauses_it_and_the_list_says_so() {
+    let env = TestEnv::new().await;
+    let app = app(&env);
+    let (secret, hash) = generate_token();
+    env.ledger()
+        .create_token(
+            &NewToken {
+                tenant_id: A,
+                role: Role::Operator,
+                user: Some((8, "Grace")),
+                label: Some("ops"),
+                queues: &["imports".to_string()],
+            },
+            &hash,
+        )
+        .await
+        .unwrap();
+    let operator = token(&env, A, Role::Operator, Some((7, "Ada"))).await;
+    let reader = token(&env, A, Role::Readonly, Some((7, "Ada"))).await;
+
+    let refused = call(
+        &app,
+        Method::POST,
+        "/api/v1/queues/imports/pause",
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
+    assert!(
+        refused.text.contains("--allow-queue imports"),
+        "{}",
+        refused.text
+    );
+    let refused = call(
+        &app,
+        Method::POST,
+        "/api/v1/queues/imports/pause",
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let unknown = call(
+        &app,
+        Method::POST,
+        "/api/v1/queues/imports/stop",
+        Some(&secret),
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert!(env.ledger().paused_queues().await.unwrap().is_empty());
+
+    let paused = call(
+        &app,
+        Method::POST,
+        "/api/v1/queues/imports/pause",
+        Some(&secret),
+        Some(json!({"reason": "supplier feed broken"})),
+    )
+    .await;
+    assert_eq!(paused.status, StatusCode::OK, "{}", paused.text);
+    assert_eq!(paused.json()["result"], "paused");
+    let listed = get(&app, "/api/v1/queues", &reader).await.json();
+    assert_eq!(listed["paused"][0]["queue"], "imports");
+    let page = get(&app, &format!("/tenants/{A}/operations"), &reader).await;
+    assert!(
+        page.text.contains("is paused since") && page.text.contains("supplier feed broken"),
+        "{}",
+        page.text
+    );
+    let trail = get(&app, "/api/v1/actions", &reader).await.json();
+    assert_eq!(trail["actions"][0]["action"], "pause");
+    assert_eq!(trail["actions"][0]["queue"], "imports");
+    assert_eq!(trail["actions"][0]["actor_name"], "Grace");
+
+    let resumed = call(
+        &app,
+        Method::POST,
+        "/api/v1/queues/imports/resume",
+        Some(&secret),
+        None,
+    )
+    .await;
+    assert_eq!(resumed.json()["result"], "resumed");
+    assert!(env.ledger().paused_queues().await.unwrap().is_empty());
+}
