@@ -233,7 +233,7 @@ pub async fn pause_queue(
         _ => return Err(ApiError::not_found()),
     };
     caller.operator("pause or resume queues")?;
-    if !caller.0.queues.iter().any(|q| *q == queue) {
+    if !caller.0.queues.contains(&queue) {
         return Err(ApiError::forbidden(format!(
             "queue {queue:?} serves every tenant: only a token created with --allow-queue {queue} may pause or resume it"
         )));
