@@ -75,21 +75,37 @@ Exit codes:
   4  Postgres unreachable; nothing was written
   7  TLS refused by Postgres";
 
+/// Who performs an operator action, and why.
 #[derive(Args)]
-struct QueueActionArgs {
-    /// The queue.
-    #[arg(long)]
-    queue: String,
+struct ActorArgs {
     /// Who acts: a user id…
     #[arg(long,
           value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
     user_id: Option<i64>,
-    /// …and name (as shown in the audit trail).
+    /// …and name (as shown in the audit trail, and in a cancelled run's failure).
     #[arg(long, default_value = opsrun::request::SYSTEM_INITIATOR)]
     actor_name: String,
     /// Why (recorded with the action; sanitized).
     #[arg(long)]
     reason: Option<String>,
+}
+
+impl ActorArgs {
+    fn initiator(&self) -> Initiator {
+        Initiator {
+            user_id: self.user_id,
+            name: self.actor_name.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct QueueActionArgs {
+    /// The queue.
+    #[arg(long)]
+    queue: String,
+    #[command(flatten)]
+    actor: ActorArgs,
     #[command(flatten)]
     database: DatabaseArgs,
 }
@@ -114,16 +130,8 @@ struct CancelArgs {
     #[arg(long = "run",
           value_parser = |s: &str| parse_positive_id("run_id", s).map_err(|e| e.to_string()))]
     run: i64,
-    /// Who cancels: a user id…
-    #[arg(long,
-          value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
-    user_id: Option<i64>,
-    /// …and name (as shown in the audit trail and the run's failure).
-    #[arg(long, default_value = opsrun::request::SYSTEM_INITIATOR)]
-    actor_name: String,
-    /// Why (recorded with the action; sanitized).
-    #[arg(long)]
-    reason: Option<String>,
+    #[command(flatten)]
+    actor: ActorArgs,
     #[command(flatten)]
     view: ViewArgs,
     #[command(flatten)]
@@ -337,17 +345,13 @@ async fn mirror(args: MirrorArgs) -> Result<u8, Failure> {
 }
 
 async fn cancel(args: CancelArgs) -> Result<u8, Failure> {
-    let actor = Initiator {
-        user_id: args.user_id,
-        name: args.actor_name.clone(),
-    };
     let ledger = args.database.ledger(1).await?;
     let found = opsrun::service::cancel(
         &ledger,
         args.tenant,
         opsrun::RunId(args.run),
-        &actor,
-        args.reason.as_deref(),
+        &args.actor.initiator(),
+        args.actor.reason.as_deref(),
     )
     .await?;
     let Some((result, run)) = found else {
@@ -371,18 +375,14 @@ async fn cancel(args: CancelArgs) -> Result<u8, Failure> {
 }
 
 async fn pause_or_resume(args: QueueActionArgs, pause: bool) -> Result<u8, Failure> {
-    let actor = Initiator {
-        user_id: args.user_id,
-        name: args.actor_name.clone(),
-    };
     let ledger = args.database.ledger(1).await?;
     let result = opsrun::service::pause_queue(
         &ledger,
         &args.queue,
         pause,
         None,
-        &actor,
-        args.reason.as_deref(),
+        &args.actor.initiator(),
+        args.actor.reason.as_deref(),
     )
     .await?;
     println!("{}", json!({"queue": args.queue, "result": result}));
