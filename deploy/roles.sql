@@ -67,10 +67,12 @@ BEGIN
     END IF;
     -- Cancelling goes through one function that runs as the schema's
     -- owner and records the action: the roles that cancel (the producer's
-    -- CLI, the monitor's API) need no UPDATE on runs for it.
+    -- CLI, the monitor's API) need no UPDATE on runs for it. A retry is a
+    -- start (INSERT on runs), recorded by its role.
     IF to_regclass('public.operator_actions') IS NOT NULL THEN
         REVOKE ALL ON operator_actions FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
-        GRANT SELECT ON operator_actions TO opsrun_producer, opsrun_monitor;
+        GRANT SELECT, INSERT ON operator_actions TO opsrun_producer, opsrun_monitor;
+        GRANT USAGE ON SEQUENCE operator_actions_id_seq TO opsrun_producer, opsrun_monitor;
         GRANT EXECUTE ON FUNCTION opsrun_cancel_run(bigint, bigint, bigint, text, text, text)
             TO opsrun_producer, opsrun_monitor;
     END IF;

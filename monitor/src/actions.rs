@@ -123,6 +123,41 @@ pub async fn cancel(
     }
 }
 
+/// `POST /tenants/{tenant}/operations/{id}/retry`: retry, then to the new
+/// run's page (or the active run it was folded into).
+pub async fn retry(
+    State(state): State<AppState>,
+    PageCaller(caller): PageCaller,
+    Path((_, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(e) = caller.operator("retry runs") {
+        return PageError(e, Some(caller)).into_response();
+    }
+    let Some(service) = state.service.as_ref() else {
+        let e = ApiError::invalid(
+            "run_id",
+            "this monitor was started without REDIS_URL: it cannot start runs",
+        );
+        return PageError(e, Some(caller)).into_response();
+    };
+    let done = match run_id(&id) {
+        Ok(id) => service
+            .retry(caller.tenant_id(), id, &caller.actor(), None)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(Some(ensured)) => Redirect::to(&format!(
+            "/tenants/{}/operations/{}",
+            ensured.run.tenant_id, ensured.run.id
+        ))
+        .into_response(),
+        Ok(None) => PageError(ApiError::not_found(), Some(caller)).into_response(),
+        Err(e) => PageError(e, Some(caller)).into_response(),
+    }
+}
+
 /// `GET /tenants/{tenant}/actions`: the tenant's audit trail, newest first.
 pub async fn actions(State(state): State<AppState>, PageCaller(caller): PageCaller) -> Response {
     match state

@@ -217,6 +217,47 @@ pub async fn cancel_run(
     })))
 }
 
+/// `POST /api/v1/runs/{id}/retry` (operators): a new run like one that
+/// failed, partly succeeded or was cancelled, linked to it. 201 with the
+/// new run, 200 when folded into the active run with the same identity,
+/// 400 for a run that cannot be retried, 502 when the dispatch failed.
+pub async fn retry_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<CancelRun>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller.operator("retry runs")?;
+    let run_id = run_id(&id)?;
+    let reason = optional_reason(body)?;
+    let service = state.service.as_ref().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "unavailable",
+        message: "this monitor cannot start runs: it was started without REDIS_URL".into(),
+        field: None,
+    })?;
+    let ensured = service
+        .retry(
+            caller.tenant_id(),
+            run_id,
+            &caller.actor(),
+            reason.as_deref(),
+        )
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let status = match &ensured.dispatch {
+        Dispatch::Deduplicated => StatusCode::OK,
+        Dispatch::Failed(_) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::CREATED,
+    };
+    let body = json!({
+        "run": views::detail(&ensured.run, &state.public_url, &state.links, Utc::now()),
+        "retry_of": run_id,
+        "deduplicated": ensured.deduplicated(),
+    });
+    Ok((status, Json(body)).into_response())
+}
+
 /// `POST /api/v1/queues/{queue}/pause` and `…/resume`: for an operator
 /// token created for that queue (`--allow-queue`), since a queue serves
 /// every tenant. 200 with `result` (`paused`, `already_paused`, `resumed`,

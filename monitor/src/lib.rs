@@ -112,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs", get(api::list_runs).post(api::start_run))
         .route("/api/v1/runs/{id}", get(api::show_run))
         .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))
+        .route("/api/v1/runs/{id}/retry", post(api::retry_run))
         .route("/api/v1/actions", get(api::actions))
         .route("/api/v1/queues", get(api::queues))
         .route("/api/v1/queues/{queue}/{verb}", post(api::pause_queue))
@@ -128,6 +129,10 @@ pub fn router(state: AppState) -> Router {
             get(actions::cancel_form).post(actions::cancel),
         )
         .route("/tenants/{tenant}/actions", get(actions::actions))
+        .route(
+            "/tenants/{tenant}/operations/{id}/retry",
+            post(actions::retry),
+        )
         .route("/tenants/{tenant}/notifications", get(pages::notifications))
         .route(
             "/tenants/{tenant}/notifications/read",

@@ -428,6 +428,9 @@ pub async fn operation(
             }
             dt { "Identity" } dd { code { (run.run_identity_hash) } " (" (run.identity_rule) ") · " a href=(d.same_identity_url) { "runs with this identity" } }
             @if let Some(domain) = &run.domain_id { dt { "Domain record" } dd { (domain) } }
+            @if let Some(earlier) = run.retry_of {
+                dt { "Retry of" } dd #retry-of { a href=(format!("/tenants/{}/operations/{}", run.tenant_id, earlier)) { "#" (earlier) } }
+            }
             @if let Some(t) = run.not_before { dt { "Not before" } dd { (time(t)) } }
             @if let (Some(t), None) = (run.cancel_requested_at, run.completed_at) {
                 dt { "Cancel" } dd #cancel-requested { "Asked for at " (time(t)) ": " (run.cancel_request.as_deref().unwrap_or("")) }
@@ -435,6 +438,12 @@ pub async fn operation(
         }
         @if run.completed_at.is_none() && run.cancel_requested_at.is_none() && caller.0.role.may_start_runs() {
             p { a #cancel-run .button href=(format!("/tenants/{}/operations/{}/cancel", run.tenant_id, run.id)) { "Cancel this run…" } }
+        }
+        @if matches!(run.outcome, opsrun::Outcome::Failed | opsrun::Outcome::PartiallySucceeded | opsrun::Outcome::Cancelled)
+            && caller.0.role.may_start_runs() {
+            form #retry-run method="post" action=(format!("/tenants/{}/operations/{}/retry", run.tenant_id, run.id)) {
+                button type="submit" { "Retry as a new run" }
+            }
         }
         h2 { "Timeline" }
         table #timeline { @for e in &d.timeline { tr { td { (time(e.at)) } td { (e.event) } td { (e.detail) } } } }

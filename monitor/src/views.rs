@@ -157,6 +157,11 @@ pub struct RunDetail {
     /// The tenant's runs with this identity (a deduplicated start folded into one of them).
     pub same_identity_url: String,
     pub domain_id: Option<String>,
+    /// The run this one retries.
+    pub retry_of: Option<opsrun::RunId>,
+    /// When someone asked to cancel it, and their request.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub cancel_request: Option<String>,
     pub not_before: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
     pub failure_summary: Vec<Failure>,
@@ -212,6 +217,9 @@ pub fn detail(run: &Run, base: &str, links: &Links, now: DateTime<Utc>) -> RunDe
             run.run_identity_hash
         ),
         domain_id: run.domain_id.clone(),
+        retry_of: run.retry_of,
+        cancel_requested_at: run.cancel_requested_at,
+        cancel_request: run.cancel_request.clone(),
         not_before: run.not_before,
         updated_at: run.updated_at,
         failure_summary: run.failure_summary.0.clone(),

@@ -72,6 +72,8 @@ pub struct RunRequest {
     pub queue: Option<String>,
     /// Do not start before this time (a scheduled run); `None`: now.
     pub not_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// The run this one retries (see [`crate::RunService::retry`]).
+    pub retry_of: Option<crate::run::RunId>,
 }
 
 impl RunRequest {
@@ -85,6 +87,7 @@ impl RunRequest {
             initiator: Initiator::system(),
             queue: None,
             not_before: None,
+            retry_of: None,
         }
     }
 

@@ -347,6 +347,8 @@ pub struct Run {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     /// Who asked to cancel it, and why: its `run.cancelled` failure message.
     pub cancel_request: Option<String>,
+    /// The run an operator retried by starting this one.
+    pub retry_of: Option<RunId>,
 }
 
 #[cfg(test)]

@@ -204,6 +204,17 @@ impl RunService {
                     &nonce,
                 )
             }
+            // A retried occurrence of a strict run is an occurrence of its
+            // own: keyed on the run it retries (so two retries of one run at
+            // once still make one run).
+            IdentityRule::Strict { .. } if request.retry_of.is_some() => {
+                let retried = request.retry_of.map(|id| id.0).unwrap_or_default();
+                identity_hash(
+                    request.tenant_id,
+                    &request.run_type,
+                    &serde_json::json!({ "retry_of": retried }),
+                )
+            }
             IdentityRule::Strict { keys } => {
                 strict_identity_hash(request.tenant_id, &request.run_type, &request.inputs, keys)
                     .map_err(|key| {
@@ -581,6 +592,65 @@ impl RunService {
         )
         .await
     }
+    /// Retry a completed run that did not succeed (failed, partially
+    /// succeeded or cancelled) for `actor`: a new run of the same type,
+    /// tenant, inputs, context and queue, started by `actor` and linked to
+    /// it (`retry_of`); the retried run keeps its history. Deduplicated like
+    /// any start (a deterministic type's active run with the same inputs is
+    /// returned instead). Recorded in the tenant's audit trail with
+    /// `reason`. `None` when the tenant has no such run.
+    pub async fn retry(
+        &self,
+        tenant_id: i64,
+        run_id: RunId,
+        actor: &Initiator,
+        reason: Option<&str>,
+    ) -> Result<Option<EnsuredRun>> {
+        let reason = checked_action(actor, reason)?;
+        let Some(old) = self.ledger.get(tenant_id, run_id).await? else {
+            return Ok(None);
+        };
+        if old.status != Status::Completed
+            || !matches!(
+                old.outcome,
+                Outcome::Failed | Outcome::PartiallySucceeded | Outcome::Cancelled
+            )
+        {
+            return Err(Error::invalid(
+                "run_id",
+                format!(
+                    "run {} is {} ({}): only a failed, partially succeeded or cancelled run can be retried",
+                    old.id,
+                    old.status.as_str(),
+                    old.outcome.as_str()
+                ),
+            ));
+        }
+        let mut request = RunRequest::new(tenant_id, old.run_type.clone())
+            .inputs(old.inputs.0.clone())
+            .context(old.context.0.clone())
+            .queue(old.queue.clone())
+            .initiator(actor.clone());
+        request.retry_of = Some(old.id);
+        let ensured = self.ensure_run(&request).await?;
+        let result = match ensured.dispatch {
+            Dispatch::Deduplicated => format!("deduplicated into #{}", ensured.run.id),
+            Dispatch::Failed(_) => format!("started #{}, dispatch failed", ensured.run.id),
+            _ => format!("started #{}", ensured.run.id),
+        };
+        self.ledger
+            .record_action(
+                tenant_id,
+                "retry",
+                Some(old.id),
+                actor,
+                reason.as_deref(),
+                &result,
+            )
+            .await?;
+        Ok(Some(ensured))
+    }
+
     /// Cancel run `run_id` of `tenant_id` for `actor`: see [`cancel`].
     pub async fn cancel(
         &self,

@@ -50,6 +50,11 @@ enum Command {
     /// in the tenant's audit trail with who and why. Needs no Redis.
     #[command(after_help = CANCEL_EXIT_CODES)]
     Cancel(Box<CancelArgs>),
+    /// Retry a run that failed, partly succeeded or was cancelled: a new run
+    /// with the same type, inputs, context and queue, linked to it (the old
+    /// one keeps its history). Recorded in the tenant's audit trail.
+    #[command(after_help = RETRY_EXIT_CODES)]
+    Retry(Box<RetryArgs>),
     /// Pause a queue: workers stop taking its runs within a second or two,
     /// let those in flight finish, and take the rest once it is resumed.
     /// Recorded (in no tenant's trail: a queue serves them all).
@@ -66,7 +71,18 @@ enum Command {
     Migrate(DatabaseArgs),
 }
 
-const QUEUE_EXIT_CODES: &str = "\
+const RETRY_EXIT_CODES: &str = "\
+Exit codes:
+  0  the retry was started (or folded into the active run with the same identity)
+  1  unexpected error
+  2  invalid input or configuration, or a run that cannot be retried (it
+     succeeded, or has not completed); nothing was written
+  3  the retry's dispatch to Redis failed; it is recorded as failed
+  4  Postgres unreachable; nothing was written
+  6  the tenant has no such run; nothing was written
+  7  TLS refused by Redis or Postgres";
+
+const QUEUE_EXIT_CODES: &str = "\"
 Exit codes:
   0  done, or nothing to do (\"result\" says: paused, already_paused,
      resumed, not_paused)
@@ -74,6 +90,31 @@ Exit codes:
   2  invalid input or configuration; nothing was written
   4  Postgres unreachable; nothing was written
   7  TLS refused by Postgres";
+
+#[derive(Args)]
+struct RetryArgs {
+    /// Tenant of the run.
+    #[arg(long = "tenant",
+          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+    tenant: i64,
+    /// The run to retry.
+    #[arg(long = "run",
+          value_parser = |s: &str| parse_positive_id("run_id", s).map_err(|e| e.to_string()))]
+    run: i64,
+    #[command(flatten)]
+    actor: ActorArgs,
+    /// How long the XADD may take before the dispatch counts as failed.
+    #[arg(long, env = "OPSRUN_DISPATCH_TIMEOUT", default_value = "2s", value_parser = duration)]
+    dispatch_timeout: Duration,
+    #[command(flatten)]
+    view: ViewArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
 
 /// Who performs an operator action, and why.
 #[derive(Args)]
@@ -283,6 +324,7 @@ fn main() -> ExitCode {
             Command::Enqueue(args) => enqueue(*args).await,
             Command::Mirror(args) => mirror(*args).await,
             Command::Cancel(args) => cancel(*args).await,
+            Command::Retry(args) => retry(*args).await,
             Command::Pause(args) => pause_or_resume(*args, true).await,
             Command::Resume(args) => pause_or_resume(*args, false).await,
             Command::Paused(args) => paused(args).await,
@@ -372,6 +414,49 @@ async fn cancel(args: CancelArgs) -> Result<u8, Failure> {
         })
     );
     Ok(exit::OK)
+}
+
+async fn retry(args: RetryArgs) -> Result<u8, Failure> {
+    let registry = std::sync::Arc::new(args.registry.load()?);
+    let service = service(
+        &args.redis,
+        args.dispatch_timeout,
+        &args.database,
+        registry,
+        1,
+    )
+    .await?;
+    let ensured = service
+        .retry(
+            args.tenant,
+            opsrun::RunId(args.run),
+            &args.actor.initiator(),
+            args.actor.reason.as_deref(),
+        )
+        .await?
+        .ok_or_else(|| {
+            Failure::new(
+                NOT_FOUND,
+                format!("tenant {} has no run {}", args.tenant, args.run),
+            )
+        })?;
+    let run = &ensured.run;
+    println!(
+        "{}",
+        json!({
+            "run_id": run.id,
+            "retry_of": args.run,
+            "tenant_id": run.tenant_id,
+            "status": run.status,
+            "deduplicated": ensured.deduplicated(),
+            "view_url": view_url(&args.view.monitor_url, run),
+        })
+    );
+    Ok(if ensured.dispatch_failed() {
+        exit::DISPATCH_FAILED
+    } else {
+        exit::OK
+    })
 }
 
 async fn pause_or_resume(args: QueueActionArgs, pause: bool) -> Result<u8, Failure> {
@@ -517,16 +602,18 @@ const BATCH_CHUNK: usize = 1000;
 /// Connect the service the way `enqueue` does, with `connections` to
 /// Postgres (a batch inserts the two halves of a chunk at once).
 async fn service(
-    args: &EnqueueArgs,
+    redis: &RedisArgs,
+    dispatch_timeout: Duration,
+    database: &DatabaseArgs,
     registry: std::sync::Arc<opsrun::registry::Registry>,
     connections: u32,
 ) -> Result<RunService, Failure> {
-    let mut transport_config = args.redis.transport_config()?;
-    transport_config.command_timeout = args.dispatch_timeout;
+    let mut transport_config = redis.transport_config()?;
+    transport_config.command_timeout = dispatch_timeout;
     transport_config.pool_size = 1;
     // Opens no connection: Redis is contacted only when there is something to send.
     let transport = Transport::new(&transport_config)?;
-    let ledger = args.database.ledger(connections).await?;
+    let ledger = database.ledger(connections).await?;
     Ok(RunService::new(ledger, transport).with_registry(registry))
 }
 
@@ -538,7 +625,14 @@ async fn enqueue(args: EnqueueArgs) -> Result<u8, Failure> {
     let request = build_request(&args)?;
     // Refuse an undeclared type (strict_types) before anything is contacted.
     registry.spec(&request.run_type)?;
-    let service = service(&args, registry, 1).await?;
+    let service = service(
+        &args.redis,
+        args.dispatch_timeout,
+        &args.database,
+        registry,
+        1,
+    )
+    .await?;
     let ensured = service.ensure_run(&request).await?;
     let (output, code) = result_json(&ensured, &args.view.monitor_url);
     println!("{output}");
@@ -598,7 +692,14 @@ async fn enqueue_batch(
             }
         )));
     }
-    let service = service(args, registry, 2).await?;
+    let service = service(
+        &args.redis,
+        args.dispatch_timeout,
+        &args.database,
+        registry,
+        2,
+    )
+    .await?;
     let mut code = exit::OK;
     let mut lines = lines.iter();
     service

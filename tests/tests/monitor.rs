@@ -1608,6 +1608,42 @@ async fn each_service_works_under_its_own_role_and_no_further() {
             .len(),
         2
     );
+    // A retry is a start its role records: a run no worker handles fails,
+    // and is retried through the monitor.
+    let out = env
+        .command("producer")
+        .env("DATABASE_URL", url("opsrun_producer"))
+        .args([
+            "enqueue",
+            "--tenant",
+            &A.to_string(),
+            "--type",
+            "unknown.kind",
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let failed_id = json_stdout(&out)["run_id"].as_i64().unwrap();
+    support::wait_until(std::time::Duration::from_secs(20), || async {
+        let run = env
+            .ledger()
+            .get(A, opsrun::RunId(failed_id))
+            .await
+            .unwrap()?;
+        (run.outcome == opsrun::Outcome::Failed).then_some(())
+    })
+    .await
+    .expect("the unhandled run failed");
+    let retried = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/runs/{failed_id}/retry"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.text);
+    assert_eq!(retried.json()["run"]["retry_of"], failed_id);
 
     // And no further.
     let denied = |result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| match result {

@@ -190,4 +190,32 @@ impl Ledger {
         .await
         .map_err(db("listing paused queues"))
     }
+
+    /// Record an action whose effect another statement made (a retry's new
+    /// run, which links to the run it retries whatever happens here).
+    pub async fn record_action(
+        &self,
+        tenant_id: i64,
+        action: &str,
+        run_id: Option<RunId>,
+        actor: &Initiator,
+        reason: Option<&str>,
+        result: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO operator_actions (tenant_id, action, run_id, actor_user_id, actor_name, reason, result) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(tenant_id)
+        .bind(action)
+        .bind(run_id)
+        .bind(actor.user_id)
+        .bind(&actor.name)
+        .bind(reason)
+        .bind(result)
+        .execute(&self.db)
+        .await
+        .map_err(db("recording an operator action"))?;
+        Ok(())
+    }
 }

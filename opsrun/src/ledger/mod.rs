@@ -47,7 +47,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status, outcome, run_identity_hash, \
      summary_counts, failure_summary, context, inputs, queue, shard, attempt, max_attempts, holder, heartbeat_at, \
      dispatch_entry_id, dispatched_at, reclaims, identity_rule, lease_seconds, not_before, domain_id, \
-     started_at, completed_at, created_at, updated_at, cancel_requested_at, cancel_request";
+     started_at, completed_at, created_at, updated_at, cancel_requested_at, cancel_request, retry_of";
 
 /// A one-row `FROM` item that makes the statement's own transaction commit
 /// without waiting for the WAL flush (`synchronous_commit` is local to that
@@ -281,15 +281,15 @@ impl Ledger {
         // state, hence no conflict target there.
         const INSERT_ACTIVE: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, dispatched_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, retry_of, dispatched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
                  CASE WHEN $12::timestamptz IS NULL AND $13::text IS NULL THEN now() END) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}";
         const INSERT_STRICT: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, dispatched_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, retry_of, dispatched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
                  CASE WHEN $12::timestamptz IS NULL AND $13::text IS NULL THEN now() END) \
              ON CONFLICT DO NOTHING RETURNING {cols}";
         const SELECT_ACTIVE: &str = "SELECT {cols} FROM operation_runs \
@@ -316,6 +316,7 @@ impl Ledger {
                     .bind(request.not_before)
                     .bind(new.domain_id)
                     .bind(new.shard)
+                    .bind(request.retry_of)
                     .fetch_optional(&self.db)
                     .await
                     .map_err(db("inserting run"))?;
@@ -363,13 +364,13 @@ impl Ledger {
             |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
         sqlx::query_as::<_, Run>(sql("INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, shard, dispatched_at) \
+                identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of, dispatched_at) \
              SELECT *, CASE WHEN u.not_before IS NULL THEN now() END \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
                  $6::jsonb[], $7::jsonb[], $8::text[], $9::text[], $10::int[], $11::int[], $12::timestamptz[], \
-                 $13::smallint[]) \
+                 $13::smallint[], $14::bigint[]) \
                  AS u(tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                      identity_rule, max_attempts, lease_seconds, not_before, shard) \
+                      identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}"))
         .bind(runs.iter().map(|r| r.request.tenant_id).collect::<Vec<_>>())
@@ -385,6 +386,7 @@ impl Ledger {
         .bind(runs.iter().map(|r| r.lease_seconds).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.request.not_before).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.shard).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| r.request.retry_of).collect::<Vec<_>>())
         .fetch_all(&self.db)
         .await
         .map_err(db("inserting runs"))

@@ -1,8 +1,16 @@
+//! Operator actions, each recorded in the audit trail.
+//!
 //! Cancel: a queued or waiting run completes `cancelled` at once; a running
 //! one is stopped by its worker (an exec job's process group with it, a Rust
 //! handler through `Job::cancelled`) and completes `cancelled` with the
 //! counts it reported; a cancel racing a completion or a reclaim leaves one
-//! terminal state; every cancel is in the tenant's audit trail.
+//! terminal state.
+//!
+//! Retry: a new run like a failed one, linked to it.
+//!
+//! Pause: a worker stops taking a paused queue's runs within a second or two
+//! while other queues flow, lets in-flight jobs finish, and takes the
+//! waiting runs once the queue is resumed; nothing is lost.
 
 mod support;
 
@@ -414,4 +422,209 @@ async fn a_cancel_racing_a_reclaim_ends_the_run_cancelled_once() {
         assert_eq!(done.outcome, Outcome::Cancelled);
         assert_eq!(done.attempt, 1, "never attempted again");
     }
+}
+
+async fn start_on(env: &TestEnv, queue: &str, run_type: &str, n: usize) -> Vec<opsrun::Run> {
+    let requests: Vec<_> = (0..n)
+        .map(|i| {
+            RunRequest::new(1, run_type)
+                .queue(queue)
+                .inputs(json!({"i": i, "q": queue}))
+        })
+        .collect();
+    env.service
+        .ensure_runs(&requests)
+        .await
+        .into_iter()
+        .map(|e| e.unwrap().run)
+        .collect()
+}
+
+async fn statuses(env: &TestEnv, queue: &str) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT status, count(*) FROM operation_runs WHERE queue = $1 GROUP BY 1 ORDER BY 1",
+    )
+    .bind(queue)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_paused_queue_waits_while_others_flow_and_resuming_drains_it() {
+    let env = TestEnv::new().await;
+    let worker = Worker::spawn(
+        &env,
+        &env.redis_url,
+        &["--queues", "default,held", "--concurrency", "4"],
+    );
+    // A job in flight on the queue when it is paused finishes.
+    let in_flight = start_on(&env, "held", "test.slow", 1).await;
+    wait_until(Duration::from_secs(10), || async {
+        (env.ledger().get(1, in_flight[0].id).await.unwrap()?.status == Status::Running)
+            .then_some(())
+    })
+    .await
+    .expect("the slow run started");
+
+    let out = env.producer(&[
+        "pause",
+        "--queue",
+        "held",
+        "--actor-name",
+        "Ops",
+        "--reason",
+        "provider outage",
+    ]);
+    assert_exit(&out, 0);
+    assert_eq!(json_stdout(&out)["result"], "paused");
+    let again = env.producer(&["pause", "--queue", "held"]);
+    assert_eq!(json_stdout(&again)["result"], "already_paused");
+    let listed = json_stdout(&env.producer(&["paused"]));
+    assert_eq!(listed["paused"][0]["queue"], "held");
+    assert_eq!(listed["paused"][0]["reason"], "provider outage");
+    // The worker polls every second; after two, nothing new is taken.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let held = start_on(&env, "held", "test.succeed", 20).await;
+    let flowing = start_on(&env, "default", "test.succeed", 20).await;
+    for run in &flowing {
+        assert_eq!(
+            support::completed(&env, run).await.outcome,
+            Outcome::Succeeded
+        );
+    }
+    let slow = support::completed(&env, &in_flight[0]).await;
+    assert_eq!(
+        slow.outcome,
+        Outcome::Succeeded,
+        "the in-flight job finished"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        statuses(&env, "held").await,
+        vec![("completed".into(), 1), ("queued".into(), 20)]
+    );
+    assert!(held.iter().all(|r| worker.executions_of(r.id) == 0));
+
+    // The reaper leaves the waiting runs alone: their entries wait in the stream.
+    sqlx::query("UPDATE operation_runs SET dispatched_at = now() - interval '1 hour' WHERE queue = 'held' AND status = 'queued'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let config = opsrun_reaper::ReaperConfig {
+        queues: vec!["default".into(), "held".into()],
+        ..Default::default()
+    };
+    let report = opsrun_reaper::run_once(&env.service, &config).await;
+    assert_eq!(
+        report.lost_dispatch.missing + report.lost_dispatch.stalled,
+        0,
+        "{report:?}"
+    );
+
+    let out = env.producer(&["resume", "--queue", "held", "--actor-name", "Ops"]);
+    assert_eq!(json_stdout(&out)["result"], "resumed");
+    for run in &held {
+        assert_eq!(
+            support::completed(&env, run).await.outcome,
+            Outcome::Succeeded
+        );
+        assert_eq!(worker.executions_of(run.id), 1);
+    }
+    let out = env.producer(&["resume", "--queue", "held"]);
+    assert_eq!(json_stdout(&out)["result"], "not_paused");
+
+    // Recorded, in no tenant's trail (a queue serves them all).
+    let recorded: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+        "SELECT action, result, tenant_id FROM operator_actions WHERE queue = 'held' ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded,
+        vec![
+            ("pause".into(), "paused".into(), None),
+            ("pause".into(), "already_paused".into(), None),
+            ("resume".into(), "resumed".into(), None),
+            ("resume".into(), "not_paused".into(), None),
+        ]
+    );
+    assert!(
+        env.ledger()
+            .operator_actions(1, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Bad input changes nothing.
+    let out = env.producer(&["pause", "--queue", "Not A Queue"]);
+    let stderr = assert_exit(&out, 2);
+    assert!(stderr.contains("queue"), "{stderr}");
+    assert!(env.ledger().paused_queues().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_run_is_retried_as_a_new_linked_run() {
+    let env = TestEnv::new().await;
+    let worker = Worker::spawn(&env, &env.redis_url, &[]);
+    let failed = support::enqueue(&env.service, 1, "test.fail").await;
+    let failed = support::completed(&env, &failed).await;
+    assert_eq!(failed.outcome, Outcome::Failed);
+
+    let out = env.producer(&[
+        "retry",
+        "--tenant",
+        "1",
+        "--run",
+        &failed.id.to_string(),
+        "--user-id",
+        "7",
+        "--actor-name",
+        "Ada",
+        "--reason",
+        "credentials fixed",
+    ]);
+    assert_exit(&out, 0);
+    let printed = json_stdout(&out);
+    let retry_id = RunId(printed["run_id"].as_i64().unwrap());
+    assert_ne!(retry_id, failed.id);
+    assert_eq!(printed["retry_of"], failed.id.0);
+    let retry = env.ledger().get(1, retry_id).await.unwrap().unwrap();
+    assert_eq!(retry.retry_of, Some(failed.id));
+    assert_eq!(
+        (retry.run_type.as_str(), &retry.inputs.0),
+        ("test.fail", &failed.inputs.0)
+    );
+    assert_eq!(retry.initiator_name, "Ada");
+    support::completed(&env, &retry).await;
+    assert_eq!(worker.executions_of(retry_id), 1);
+    // The retried run keeps its history.
+    assert_eq!(
+        env.ledger().get(1, failed.id).await.unwrap().unwrap(),
+        failed
+    );
+    let trail = env
+        .ledger()
+        .operator_actions(1, Some(failed.id), 10)
+        .await
+        .unwrap();
+    assert_eq!(trail[0].action, "retry");
+    assert_eq!(trail[0].result, format!("started #{retry_id}"));
+    assert_eq!(trail[0].reason.as_deref(), Some("credentials fixed"));
+
+    // A run that succeeded, or is still going, is not retried; nor another tenant's.
+    let ok = support::enqueue(&env.service, 1, "test.succeed").await;
+    let ok = support::completed(&env, &ok).await;
+    let out = env.producer(&["retry", "--tenant", "1", "--run", &ok.id.to_string()]);
+    let stderr = assert_exit(&out, 2);
+    assert!(
+        stderr.contains("only a failed, partially succeeded or cancelled run"),
+        "{stderr}"
+    );
+    let out = env.producer(&["retry", "--tenant", "2", "--run", &failed.id.to_string()]);
+    assert_exit(&out, 6);
+    assert_eq!(env.count_runs().await, 3);
 }
