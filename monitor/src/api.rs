@@ -69,7 +69,8 @@ pub fn run_id(text: &str) -> Result<RunId, ApiError> {
         .ok_or_else(ApiError::not_found)
 }
 
-/// `GET /api/v1/runs/{id}`: every field of one run.
+/// `GET /api/v1/runs/{id}`: every field of one run, and what it waits for
+/// (`waiting_for`) when it has not completed.
 pub async fn show_run(
     State(state): State<AppState>,
     caller: Caller,
@@ -80,12 +81,9 @@ pub async fn show_run(
         .get(caller.tenant_id(), run_id(&id)?)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(views::detail(
-        &run,
-        &state.public_url,
-        &state.links,
-        Utc::now(),
-    )))
+    let mut detail = views::detail(&run, &state.public_url, &state.links, Utc::now());
+    detail.waiting_for = state.explain(&run).await;
+    Ok(Json(detail))
 }
 
 /// Body of `POST /api/v1/runs`. The tenant and the initiator come from the token.

@@ -91,6 +91,23 @@ impl AppState {
 }
 
 impl AppState {
+    /// What `run` waits for, unless it completed: read from the primary
+    /// and, when this monitor has Redis, from its stream. `None` when it
+    /// could not be read (the page is shown without it).
+    pub async fn explain(&self, run: &opsrun::Run) -> Option<opsrun::explain::Explanation> {
+        if run.status == opsrun::Status::Completed {
+            return None;
+        }
+        let transport = self.service.as_ref().map(|s| s.transport());
+        match opsrun::explain::explain(&self.ledger, transport, run, chrono::Utc::now()).await {
+            Ok(explanation) => Some(explanation),
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "explaining a run failed");
+                None
+            }
+        }
+    }
+
     /// Read lists, run pages and notification lists from `replica`,
     /// watching its lag.
     pub fn with_replica(mut self, replica: Ledger, warn_after: Duration) -> AppState {

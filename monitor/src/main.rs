@@ -259,6 +259,9 @@ enum RunsCommand {
         format: Format,
         #[arg(long = "link", env = "OPSRUN_MONITOR_LINKS", value_delimiter = ',')]
         links: Vec<String>,
+        /// Redis, to say where a waiting run's entry stands (optional).
+        #[command(flatten)]
+        redis: RedisArgs,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -520,6 +523,7 @@ async fn runs(command: RunsCommand) -> Result<u8, Failure> {
             run_id,
             format,
             links,
+            redis,
             database,
         } => {
             let links =
@@ -531,7 +535,16 @@ async fn runs(command: RunsCommand) -> Result<u8, Failure> {
                     format!("tenant {tenant} has no run {run_id}"),
                 ));
             };
-            let d = views::detail(&run, "", &links, now);
+            let mut d = views::detail(&run, "", &links, now);
+            // Where its stream entry stands, when Redis is given.
+            let transport = match redis.transport_config() {
+                Ok(config) => Some(Transport::new(&config)?),
+                Err(_) => None,
+            };
+            if run.status != opsrun::Status::Completed {
+                d.waiting_for =
+                    Some(opsrun::explain::explain(&ledger, transport.as_ref(), &run, now).await?);
+            }
             match format {
                 Format::Json => println!("{}", json!(d)),
                 Format::Table => print_detail(&d),
@@ -569,6 +582,12 @@ fn print_detail(d: &views::RunDetail) {
     }
     println!("  context    {}", d.context);
     println!("  inputs     {}", d.inputs);
+    if let Some(why) = &d.waiting_for {
+        println!("waiting    {}", why.summary);
+        for fact in &why.facts {
+            println!("           - {fact}");
+        }
+    }
     println!("timeline");
     for e in &d.timeline {
         println!("  {}  {:<10} {}", e.at.to_rfc3339(), e.event, e.detail);

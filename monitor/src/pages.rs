@@ -398,7 +398,8 @@ pub async fn operation(
         Ok(None) => return PageError(ApiError::not_found(), Some(caller)).into_response(),
         Err(e) => return PageError(e, Some(caller)).into_response(),
     };
-    let d = views::detail(&run, "", &state.links, Utc::now());
+    let mut d = views::detail(&run, "", &state.links, Utc::now());
+    d.waiting_for = state.explain(&run).await;
     let actions = match state
         .reads
         .operator_actions(caller.tenant_id(), Some(run.id), 50)
@@ -434,6 +435,12 @@ pub async fn operation(
             @if let Some(t) = run.not_before { dt { "Not before" } dd { (time(t)) } }
             @if let (Some(t), None) = (run.cancel_requested_at, run.completed_at) {
                 dt { "Cancel" } dd #cancel-requested { "Asked for at " (time(t)) ": " (run.cancel_request.as_deref().unwrap_or("")) }
+            }
+        }
+        @if let Some(why) = &d.waiting_for {
+            section #waiting {
+                p #waiting-summary { strong { (why.summary) } }
+                @if !why.facts.is_empty() { ul { @for f in &why.facts { li { (f) } } } }
             }
         }
         @if run.completed_at.is_none() && run.cancel_requested_at.is_none() && caller.0.role.may_start_runs() {

@@ -169,6 +169,10 @@ pub struct RunDetail {
     pub inputs: Value,
     pub timeline: Vec<TimelineEvent>,
     pub links: Vec<RelatedLink>,
+    /// What a queued or running run waits for (see [`opsrun::explain`]);
+    /// set by the callers that read Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<opsrun::explain::Explanation>,
 }
 
 /// The list form of `run`; `base` is the monitor's public URL.
@@ -227,6 +231,7 @@ pub fn detail(run: &Run, base: &str, links: &Links, now: DateTime<Utc>) -> RunDe
         inputs: run.inputs.0.clone(),
         timeline: timeline(run),
         links: links.for_run(run),
+        waiting_for: None,
     }
 }
 

@@ -39,6 +39,7 @@
 pub mod access;
 pub mod config;
 pub mod error;
+pub mod explain;
 pub mod identity;
 pub mod ledger;
 pub mod lifecycle;

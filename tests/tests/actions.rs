@@ -628,3 +628,116 @@ async fn a_failed_run_is_retried_as_a_new_linked_run() {
     assert_exit(&out, 6);
     assert_eq!(env.count_runs().await, 3);
 }
+
+/// The summary of what `run` waits for, as the monitor and the CLI say it.
+async fn why(env: &TestEnv, run: &opsrun::Run) -> opsrun::explain::Explanation {
+    let run = env
+        .ledger()
+        .get(run.tenant_id, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    opsrun::explain::explain(
+        env.ledger(),
+        Some(env.service.transport()),
+        &run,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_run_that_is_not_moving_says_what_it_waits_for() {
+    let env = TestEnv::new().await;
+    // Nobody reads its queue yet.
+    let lonely = support::enqueue(&env.service, 1, "test.succeed").await;
+    let said = why(&env, &lonely).await;
+    assert!(
+        said.summary.contains("no worker has read this queue yet"),
+        "{said:?}"
+    );
+    // Scheduled.
+    let later = chrono::Utc::now() + chrono::TimeDelta::hours(2);
+    let scheduled = env
+        .service
+        .ensure_run(
+            &RunRequest::new(1, "test.succeed")
+                .inputs(json!({"later": 1}))
+                .not_before(later),
+        )
+        .await
+        .unwrap()
+        .run;
+    let said = why(&env, &scheduled).await;
+    assert!(
+        said.summary.starts_with("Scheduled: starts in 1h 59m"),
+        "{said:?}"
+    );
+    // Its queue is paused.
+    let out = env.producer(&["pause", "--queue", "held", "--reason", "maintenance"]);
+    assert_exit(&out, 0);
+    let held = start_on(&env, "held", "test.succeed", 1).await;
+    let said = why(&env, &held[0]).await;
+    assert!(
+        said.summary.contains("Its queue held is paused since")
+            && said.summary.contains("(maintenance)"),
+        "{said:?}"
+    );
+
+    let worker = Worker::spawn(&env, &env.redis_url, &[]);
+    // Backing off after a retryable failure (no reaper: the retry stays due later).
+    let throttled = support::enqueue(&env.service, 1, "test.throttled").await;
+    let waiting = reaches(&env, 1, throttled.id, Status::Queued, 1).await;
+    sqlx::query(
+        "UPDATE operation_runs SET not_before = now() + interval '10 minutes' WHERE id = $1",
+    )
+    .bind(waiting.id.0)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let said = why(&env, &waiting).await;
+    assert!(
+        said.summary
+            .starts_with("Backing off after attempt 1 of 3 (job.retry): retries in 9m"),
+        "{said:?}"
+    );
+    // Running, then silent past its lease.
+    let slow = support::enqueue(&env.service, 1, "test.long").await;
+    reaches(&env, 1, slow.id, Status::Running, 1).await;
+    let said = why(&env, &slow).await;
+    assert!(
+        said.summary.starts_with("Running attempt 1 of 3 on "),
+        "{said:?}"
+    );
+    assert!(
+        said.facts.iter().any(|f| f.starts_with("Last heartbeat")),
+        "{said:?}"
+    );
+    drop(worker);
+    sqlx::query(
+        "UPDATE operation_runs SET heartbeat_at = now() - interval '5 minutes' WHERE id = $1",
+    )
+    .bind(slow.id.0)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let said = why(&env, &slow).await;
+    assert!(
+        said.summary
+            .starts_with("Its worker stopped heartbeating 30"),
+        "{said:?}"
+    );
+
+    // The CLI says the same.
+    let out = env
+        .command("monitor")
+        .args(["runs", "show", "--tenant", "1", &held[0].id.to_string()])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("waiting    Its queue held is paused"),
+        "{printed}"
+    );
+}

@@ -288,6 +288,20 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         .run;
     let run_page = format!("{base}/tenants/4/operations/{}", queued.id);
     client.goto(&run_page).await.unwrap();
+    // The page says what the run waits for.
+    let waiting = client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("waiting-summary"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        waiting.contains("no worker has read this queue yet"),
+        "{waiting}"
+    );
     click(&client, "#cancel-run").await;
     let what = client
         .wait()

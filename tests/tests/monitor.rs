@@ -1720,6 +1720,17 @@ async fn operators_cancel_runs_and_every_cancel_is_in_the_trail() {
         opsrun::Status::Queued
     );
 
+    // It says what it waits for.
+    let shown = get(&app, &format!("/api/v1/runs/{}", run.id), &reader)
+        .await
+        .json();
+    assert!(
+        shown["waiting_for"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("Waiting in queue"),
+        "{shown}"
+    );
     // The run page offers the cancel to operators only, behind a confirmation page.
     let page = get(
         &app,

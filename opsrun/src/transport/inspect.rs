@@ -10,8 +10,8 @@ use redis::streams::StreamId;
 
 use super::connect::Backend;
 use super::{
-    Entry, EntryState, GROUP, PendingEntry, QueueStream, Request, Transport, min_id, parse_id,
-    successor, text,
+    Entry, EntryState, GROUP, GroupState, PendingEntry, QueueStream, Request, Transport, min_id,
+    parse_id, successor, text,
 };
 use crate::error::{Error, Result};
 use crate::run::RunId;
@@ -180,6 +180,68 @@ impl Transport {
             }
         }
         Ok(keys)
+    }
+
+    /// The workers' group on `stream`, or `None` when the stream or the
+    /// group does not exist (no worker ever read it).
+    pub async fn group_state(&self, stream: &QueueStream) -> Result<Option<GroupState>> {
+        let stream = self.keys.queue_stream(stream);
+        let mut info = redis::cmd("XINFO");
+        info.arg("GROUPS").arg(&stream);
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> = match self
+            .run(|| format!("reading groups of {stream}"), &info)
+            .await
+        {
+            Ok(groups) => groups,
+            Err(Error::Redis { source, .. }) if source.code() == Some("ERR") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let number =
+            |g: &std::collections::HashMap<String, redis::Value>, key: &str| match g.get(key) {
+                Some(redis::Value::Int(n)) => u64::try_from(*n).ok(),
+                _ => None,
+            };
+        Ok(groups
+            .iter()
+            .find(|g| g.get("name").and_then(text).as_deref() == Some(GROUP))
+            .map(|g| GroupState {
+                consumers: number(g, "consumers").unwrap_or(0),
+                pending: number(g, "pending").unwrap_or(0),
+                lag: number(g, "lag"),
+            }))
+    }
+
+    /// The delivery of entry `entry_id` of `stream` not yet acknowledged,
+    /// if it is one.
+    pub async fn pending_entry(
+        &self,
+        queue_stream: &QueueStream,
+        entry_id: &str,
+    ) -> Result<Option<PendingEntry>> {
+        let stream = self.keys.queue_stream(queue_stream);
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&stream)
+            .arg(GROUP)
+            .arg(entry_id)
+            .arg(entry_id)
+            .arg(1);
+        let rows: Vec<(String, String, u64, u64)> = match self
+            .run(|| format!("reading a pending entry of {stream}"), &cmd)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|(entry_id, consumer, idle_ms, deliveries)| PendingEntry {
+                entry_id,
+                consumer,
+                idle: Duration::from_millis(idle_ms),
+                deliveries,
+            }))
     }
 
     /// The group's last-delivered id on `stream`, or `None` when the stream

@@ -218,6 +218,17 @@ pub struct PendingEntry {
     pub deliveries: u64,
 }
 
+/// The workers' consumer group on one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupState {
+    /// Consumers that ever read it (live or not).
+    pub consumers: u64,
+    /// Entries delivered and not acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered, when Redis knows (7.0+).
+    pub lag: Option<u64>,
+}
+
 /// Where a dispatched entry stands in its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
