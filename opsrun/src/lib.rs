@@ -50,6 +50,7 @@ pub mod registry;
 pub mod request;
 pub mod run;
 pub mod sanitize;
+pub mod schedule;
 pub mod service;
 pub mod transport;
 
