@@ -76,6 +76,19 @@ BEGIN
         GRANT EXECUTE ON FUNCTION opsrun_cancel_run(bigint, bigint, bigint, text, text, text)
             TO opsrun_producer, opsrun_monitor;
     END IF;
+    -- Schedules: managed by the producer's CLI and the monitor, fired by the reaper.
+    IF to_regclass('public.schedules') IS NOT NULL THEN
+        REVOKE ALL ON schedules, schedule_slots FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON schedules TO opsrun_producer, opsrun_monitor;
+        GRANT SELECT ON schedules TO opsrun_reaper;
+        GRANT UPDATE (last_slot, next_slot) ON schedules TO opsrun_reaper;
+        GRANT SELECT ON schedule_slots TO opsrun_producer, opsrun_monitor;
+        GRANT SELECT, INSERT ON schedule_slots TO opsrun_reaper;
+        GRANT DELETE ON schedule_slots TO opsrun_producer, opsrun_monitor;
+        GRANT USAGE ON SEQUENCE schedules_id_seq TO opsrun_producer, opsrun_monitor;
+        GRANT INSERT ON operation_runs TO opsrun_reaper;
+        GRANT INSERT ON notifications TO opsrun_reaper;
+    END IF;
     -- Pausing and resuming queues likewise; every service may see which are paused.
     IF to_regclass('public.queue_pauses') IS NOT NULL THEN
         REVOKE ALL ON queue_pauses FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;

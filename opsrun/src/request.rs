@@ -74,6 +74,10 @@ pub struct RunRequest {
     pub not_before: Option<chrono::DateTime<chrono::Utc>>,
     /// The run this one retries (see [`crate::RunService::retry`]).
     pub retry_of: Option<crate::run::RunId>,
+    /// The schedule slot this run is: `(schedule_id, slot)`. Its identity is
+    /// then `strict` on the two, whatever its type's rule, so a slot runs
+    /// once (see [`crate::schedule`]).
+    pub schedule_slot: Option<(i64, chrono::DateTime<chrono::Utc>)>,
 }
 
 impl RunRequest {
@@ -88,6 +92,7 @@ impl RunRequest {
             queue: None,
             not_before: None,
             retry_of: None,
+            schedule_slot: None,
         }
     }
 

@@ -133,6 +133,102 @@ impl Timing {
     }
 }
 
+/// A validated schedule: what [`Definition::spec`] stores.
+#[derive(Debug, Clone)]
+pub struct Definition {
+    /// Its tenant.
+    pub tenant_id: i64,
+    /// Its name, unique in the tenant.
+    pub name: String,
+    /// Cron expression, as given.
+    pub cron: String,
+    /// Time zone, as given.
+    pub timezone: String,
+    /// Both, parsed.
+    pub timing: Timing,
+    /// The run type it fires.
+    pub run_type: String,
+    /// The runs' inputs.
+    pub inputs: serde_json::Value,
+    /// Missed-slot policy.
+    pub missed: MissedPolicy,
+}
+
+/// Longest schedule name.
+pub const MAX_NAME_CHARS: usize = 100;
+
+impl Definition {
+    /// Check every field; the first problem is returned, naming its field.
+    pub fn new(
+        tenant_id: i64,
+        name: &str,
+        cron: &str,
+        timezone: &str,
+        run_type: &str,
+        inputs: serde_json::Value,
+        missed: MissedPolicy,
+    ) -> Result<Definition> {
+        if tenant_id <= 0 {
+            return Err(Error::invalid("tenant_id", "must be a positive integer"));
+        }
+        crate::request::check_label("name", name, MAX_NAME_CHARS)?;
+        crate::request::validate_type(run_type)?;
+        if !inputs.is_object() {
+            return Err(Error::invalid("inputs", "must be a JSON object"));
+        }
+        for key in ["schedule_id", "scheduled_for"] {
+            if inputs.get(key).is_some() {
+                return Err(Error::invalid(
+                    "inputs",
+                    format!("{key} is set by the schedule"),
+                ));
+            }
+        }
+        Ok(Definition {
+            tenant_id,
+            name: name.trim().to_string(),
+            cron: cron.trim().to_string(),
+            timezone: timezone.trim().to_string(),
+            timing: Timing::parse(cron, timezone)?,
+            run_type: run_type.to_string(),
+            inputs,
+            missed,
+        })
+    }
+
+    /// What to store, by `by`, its first slot after `now`.
+    pub fn spec<'a>(&'a self, by: &'a str, now: DateTime<Utc>) -> crate::ledger::ScheduleSpec<'a> {
+        crate::ledger::ScheduleSpec {
+            tenant_id: self.tenant_id,
+            name: &self.name,
+            cron: &self.cron,
+            timezone: &self.timezone,
+            run_type: &self.run_type,
+            inputs: &self.inputs,
+            missed: self.missed.parts(),
+            next_slot: self.timing.next_after(now),
+            by,
+        }
+    }
+}
+
+/// The run request of `schedule`'s slot `slot`: its type and inputs (plus
+/// `schedule_id` and `scheduled_for`), started by the system, strict on the
+/// slot.
+pub fn slot_request(schedule: &crate::ledger::Schedule, slot: DateTime<Utc>) -> crate::RunRequest {
+    let mut inputs = match &schedule.inputs.0 {
+        serde_json::Value::Object(map) => map.clone(),
+        _ => serde_json::Map::new(),
+    };
+    inputs.insert("schedule_id".into(), schedule.id.into());
+    inputs.insert("scheduled_for".into(), slot.to_rfc3339().into());
+    let mut request = crate::RunRequest::new(schedule.tenant_id, schedule.run_type.clone())
+        .inputs(serde_json::Value::Object(inputs))
+        .context(serde_json::json!({ "schedule": schedule.name }));
+    request.schedule_slot = Some((schedule.id, slot));
+    request
+}
+
 /// The slots of one round: those to fire (oldest first) and those skipped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Due {

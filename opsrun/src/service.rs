@@ -73,9 +73,17 @@ pub fn view_url(monitor_base: &str, run: &Run) -> String {
     )
 }
 
+/// The identity rule of a schedule slot's run: strict on the schedule and
+/// the slot, whatever its type's rule.
+static SLOT_RULE: std::sync::LazyLock<IdentityRule> =
+    std::sync::LazyLock::new(|| IdentityRule::Strict {
+        keys: vec!["schedule_id".into(), "scheduled_for".into()],
+    });
+
 /// A request resolved against the registry.
 struct Prepared<'r> {
     spec: &'r TypeSpec,
+    rule: &'r IdentityRule,
     identity: String,
     /// The shard of its queue the run goes to.
     shard: i16,
@@ -87,7 +95,7 @@ impl Prepared<'_> {
             request,
             queue: queue_of(request, self.spec),
             identity: &self.identity,
-            rule: &self.spec.identity,
+            rule: self.rule,
             max_attempts: self.spec.max_attempts,
             lease_seconds: self.spec.lease.as_secs().clamp(1, i32::MAX as u64) as i32,
             domain_id: None,
@@ -191,7 +199,20 @@ impl RunService {
     fn prepare<'r>(&'r self, request: &RunRequest) -> Result<Prepared<'r>> {
         request.validate()?;
         let spec = self.registry.spec(&request.run_type)?;
-        let identity = match &spec.identity {
+        let rule = if request.schedule_slot.is_some() {
+            &*SLOT_RULE
+        } else {
+            &spec.identity
+        };
+        let identity = match rule {
+            IdentityRule::Strict { .. } if request.schedule_slot.is_some() => {
+                let (schedule, slot) = request.schedule_slot.unwrap_or_default();
+                identity_hash(
+                    request.tenant_id,
+                    &request.run_type,
+                    &serde_json::json!({ "schedule_id": schedule, "scheduled_for": slot.to_rfc3339() }),
+                )
+            }
             IdentityRule::Deterministic => {
                 identity_hash(request.tenant_id, &request.run_type, &request.inputs)
             }
@@ -230,6 +251,7 @@ impl RunService {
         };
         Ok(Prepared {
             spec,
+            rule,
             identity,
             shard: self.shard_for(request.tenant_id, queue_of(request, spec)),
         })
@@ -285,7 +307,7 @@ impl RunService {
         let mut prepared: Vec<(usize, Prepared<'_>)> = Vec::new();
         for (i, request) in requests.iter().enumerate() {
             match self.prepare(request) {
-                Ok(p) if matches!(p.spec.identity, IdentityRule::Strict { .. }) => {
+                Ok(p) if matches!(p.rule, IdentityRule::Strict { .. }) => {
                     stages[i] = Some(Stage::Done(self.ensure_run(request).await));
                 }
                 Ok(p) => prepared.push((i, p)),

@@ -55,6 +55,10 @@ enum Command {
     /// one keeps its history). Recorded in the tenant's audit trail.
     #[command(after_help = RETRY_EXIT_CODES)]
     Retry(Box<RetryArgs>),
+    /// Create, change, pause, resume, delete and list a tenant's schedules
+    /// (cron in a time zone; the reaper fires each slot once).
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Pause a queue: workers stop taking its runs within a second or two,
     /// let those in flight finish, and take the rest once it is resumed.
     /// Recorded (in no tenant's trail: a queue serves them all).
@@ -112,6 +116,97 @@ struct RetryArgs {
     registry: RegistryArgs,
     #[command(flatten)]
     redis: RedisArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+const SCHEDULE_EXIT_CODES: &str = "\
+Exit codes:
+  0  done; the schedule is printed as JSON (list: all of them)
+  1  unexpected error
+  2  invalid input (a cron expression, zone, type, inputs or policy that is
+     not one, a name already used); nothing was written
+  4  Postgres unreachable; nothing was written
+  6  the tenant has no such schedule
+  7  TLS refused by Postgres";
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Create a schedule; its first slot is the next one after now.
+    #[command(after_help = SCHEDULE_EXIT_CODES)]
+    Create(Box<ScheduleArgs>),
+    /// Change a schedule's timing, type, inputs or policy (slots start again from now).
+    #[command(after_help = SCHEDULE_EXIT_CODES)]
+    Update(Box<ScheduleArgs>),
+    /// Pause a schedule: it fires nothing until resumed (then its missed
+    /// slots are settled under its policy).
+    #[command(after_help = SCHEDULE_EXIT_CODES)]
+    Pause(ScheduleName),
+    /// Resume a paused schedule.
+    #[command(after_help = SCHEDULE_EXIT_CODES)]
+    Resume(ScheduleName),
+    /// Delete a schedule (its runs stay).
+    #[command(after_help = SCHEDULE_EXIT_CODES)]
+    Delete(ScheduleName),
+    /// The tenant's schedules (or one), each with its next slots and its
+    /// last slots with their runs.
+    #[command(after_help = SCHEDULE_EXIT_CODES)]
+    List(ScheduleList),
+}
+
+#[derive(Args)]
+struct ScheduleArgs {
+    /// Tenant the runs belong to.
+    #[arg(long = "tenant",
+          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+    tenant: i64,
+    /// Schedule name, unique in the tenant.
+    #[arg(long)]
+    name: String,
+    /// Five-field cron expression, e.g. "30 2 * * *".
+    #[arg(long)]
+    cron: String,
+    /// IANA time zone the expression is read in.
+    #[arg(long, default_value = "UTC")]
+    timezone: String,
+    /// Run type it fires.
+    #[arg(long = "type")]
+    run_type: String,
+    /// Run inputs as a JSON object (schedule_id and scheduled_for are added).
+    #[arg(long, default_value = "{}")]
+    inputs: String,
+    /// Missed slots after downtime: skip, latest or catch-up:N.
+    #[arg(long, default_value = "skip")]
+    missed: String,
+    /// Who creates or changes it.
+    #[arg(long, default_value = opsrun::request::SYSTEM_INITIATOR)]
+    actor_name: String,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Args)]
+struct ScheduleName {
+    /// Tenant of the schedule.
+    #[arg(long = "tenant",
+          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+    tenant: i64,
+    /// Its name.
+    #[arg(long)]
+    name: String,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Args)]
+struct ScheduleList {
+    /// Tenant of the schedules.
+    #[arg(long = "tenant",
+          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+    tenant: i64,
+    /// Only this one.
+    #[arg(long)]
+    name: Option<String>,
     #[command(flatten)]
     database: DatabaseArgs,
 }
@@ -325,6 +420,7 @@ fn main() -> ExitCode {
             Command::Mirror(args) => mirror(*args).await,
             Command::Cancel(args) => cancel(*args).await,
             Command::Retry(args) => retry(*args).await,
+            Command::Schedule(command) => schedule(command).await,
             Command::Pause(args) => pause_or_resume(*args, true).await,
             Command::Resume(args) => pause_or_resume(*args, false).await,
             Command::Paused(args) => paused(args).await,
@@ -457,6 +553,92 @@ async fn retry(args: RetryArgs) -> Result<u8, Failure> {
     } else {
         exit::OK
     })
+}
+
+async fn schedule(command: ScheduleCommand) -> Result<u8, Failure> {
+    let missing = |tenant: i64, name: &str| {
+        Failure::new(
+            NOT_FOUND,
+            format!("tenant {tenant} has no schedule named {name:?}"),
+        )
+    };
+    let changed = match command {
+        ScheduleCommand::Create(args) => {
+            let definition = schedule_definition(&args)?;
+            let ledger = args.database.ledger(1).await?;
+            ledger
+                .create_schedule(&definition.spec(&args.actor_name, chrono::Utc::now()))
+                .await?
+        }
+        ScheduleCommand::Update(args) => {
+            let definition = schedule_definition(&args)?;
+            let ledger = args.database.ledger(1).await?;
+            ledger
+                .update_schedule(&definition.spec(&args.actor_name, chrono::Utc::now()))
+                .await?
+                .ok_or_else(|| missing(args.tenant, &args.name))?
+        }
+        ScheduleCommand::Pause(args) => args
+            .database
+            .ledger(1)
+            .await?
+            .set_schedule_paused(args.tenant, &args.name, true)
+            .await?
+            .ok_or_else(|| missing(args.tenant, &args.name))?,
+        ScheduleCommand::Resume(args) => args
+            .database
+            .ledger(1)
+            .await?
+            .set_schedule_paused(args.tenant, &args.name, false)
+            .await?
+            .ok_or_else(|| missing(args.tenant, &args.name))?,
+        ScheduleCommand::Delete(args) => {
+            let ledger = args.database.ledger(1).await?;
+            if !ledger.delete_schedule(args.tenant, &args.name).await? {
+                return Err(missing(args.tenant, &args.name));
+            }
+            println!(
+                "{}",
+                json!({"tenant_id": args.tenant, "name": args.name, "deleted": true})
+            );
+            return Ok(exit::OK);
+        }
+        ScheduleCommand::List(args) => {
+            let ledger = args.database.ledger(1).await?;
+            let found = ledger.schedules(args.tenant, args.name.as_deref()).await?;
+            if let Some(name) = &args.name
+                && found.is_empty()
+            {
+                return Err(missing(args.tenant, name));
+            }
+            let mut listed = Vec::with_capacity(found.len());
+            for schedule in found {
+                let next = opsrun::schedule::Timing::parse(&schedule.cron, &schedule.timezone)
+                    .map(|t| t.upcoming(schedule.last_slot.max(chrono::Utc::now()), 5))
+                    .unwrap_or_default();
+                let last = ledger.schedule_slots(schedule.id, 10).await?;
+                listed.push(json!({"schedule": schedule, "next_slots": next, "last_slots": last}));
+            }
+            println!("{}", json!({ "schedules": listed }));
+            return Ok(exit::OK);
+        }
+    };
+    println!("{}", json!(changed));
+    Ok(exit::OK)
+}
+
+fn schedule_definition(args: &ScheduleArgs) -> Result<opsrun::schedule::Definition, Failure> {
+    let inputs = parse_json_object("inputs", &args.inputs)?;
+    let missed: opsrun::schedule::MissedPolicy = args.missed.parse()?;
+    Ok(opsrun::schedule::Definition::new(
+        args.tenant,
+        &args.name,
+        &args.cron,
+        &args.timezone,
+        &args.run_type,
+        inputs,
+        missed,
+    )?)
 }
 
 async fn pause_or_resume(args: QueueActionArgs, pause: bool) -> Result<u8, Failure> {

@@ -16,6 +16,7 @@ pub mod due;
 pub mod lost_dispatch;
 pub mod pending;
 pub mod retention;
+pub mod schedules;
 pub mod stuck;
 pub mod trim;
 
@@ -48,6 +49,8 @@ pub struct ReaperConfig {
 /// What one round of every pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RoundReport {
+    /// Schedules pass.
+    pub schedules: schedules::SchedulesReport,
     /// Due pass.
     pub due: due::DueReport,
     /// Stuck-running pass.
@@ -64,7 +67,7 @@ pub struct RoundReport {
     pub failed_passes: Vec<&'static str>,
 }
 
-/// Run every pass once, in order: due runs, then reclaim (so requeued runs get a fresh
+/// Run every pass once, in order: schedules, due runs, then reclaim (so requeued runs get a fresh
 /// dispatch), then dispatch repair, pending-list hygiene, trimming, retention.
 pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundReport {
     let mut failed_passes = Vec::new();
@@ -93,6 +96,10 @@ pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundRepor
         .collect();
     streams.sort();
     streams.dedup();
+    let schedules = schedules::run_once(service).await.unwrap_or_else(|e| {
+        failed("schedules", e);
+        Default::default()
+    });
     let due = due::run_once(service, &config.due)
         .await
         .unwrap_or_else(|e| {
@@ -130,6 +137,7 @@ pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundRepor
             Default::default()
         });
     RoundReport {
+        schedules,
         due,
         stuck,
         lost_dispatch,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use opsrun::{RunService, Transport};
 use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
-use opsrun_reaper::{ReaperConfig, due, lost_dispatch, pending, retention, stuck, trim};
+use opsrun_reaper::{ReaperConfig, due, lost_dispatch, pending, retention, schedules, stuck, trim};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_CODES: &str = "\
@@ -144,6 +144,19 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 tracing::info!(report = %json, "reaper round");
             }
         } else {
+            match schedules::run_once(&service).await {
+                Ok(report) if report.fired + report.skipped > 0 => {
+                    tracing::info!(
+                        fired = report.fired,
+                        skipped = report.skipped,
+                        "schedule slots settled"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %opsrun::sanitize::redact(&e.to_string()), "schedules pass failed")
+                }
+            }
             match due::run_once(&service, &config.due).await {
                 Ok(report) if report.dispatched + report.dispatch_failed > 0 => {
                     tracing::info!(

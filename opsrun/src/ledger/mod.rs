@@ -23,11 +23,13 @@ mod actions;
 mod listing;
 mod notifications;
 mod pooler;
+mod schedules;
 mod session;
 
 pub use access::NewToken;
 pub use actions::{CancelResult, OperatorAction, QueuePause};
 pub use pooler::{Pooler, behind_transaction_pooler};
+pub use schedules::{Schedule, ScheduleSlot, ScheduleSpec};
 pub use session::Session;
 
 use pooler::Db;
