@@ -146,12 +146,7 @@ pub async fn start_run(
         request = request.initiator(Initiator::user(id, name.clone()));
     }
     request.validate()?;
-    let service = state.service.as_ref().ok_or_else(|| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "unavailable",
-        message: "this monitor cannot start runs: it was started without REDIS_URL".into(),
-        field: None,
-    })?;
+    let service = starter(&state)?;
     let ensured = service.ensure_run(&request).await?;
     let run = &ensured.run;
     let (status, dispatch, failure) = match &ensured.dispatch {
@@ -228,12 +223,7 @@ pub async fn retry_run(
     caller.operator("retry runs")?;
     let run_id = run_id(&id)?;
     let reason = optional_reason(body)?;
-    let service = state.service.as_ref().ok_or_else(|| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "unavailable",
-        message: "this monitor cannot start runs: it was started without REDIS_URL".into(),
-        field: None,
-    })?;
+    let service = starter(&state)?;
     let ensured = service
         .retry(
             caller.tenant_id(),
@@ -345,6 +335,16 @@ fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
         Some(n) if n >= 1 => Ok(n.min(MAX_NOTIFICATIONS)),
         Some(_) => Err(ApiError::invalid("limit", "must be at least 1")),
     }
+}
+
+/// The service that starts runs, or 503 when this monitor has no Redis.
+fn starter(state: &AppState) -> Result<&opsrun::RunService, ApiError> {
+    state.service.as_ref().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "unavailable",
+        message: "this monitor cannot start runs: it was started without REDIS_URL".into(),
+        field: None,
+    })
 }
 
 /// Query of `GET /api/v1/notifications`.

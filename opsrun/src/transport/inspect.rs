@@ -278,25 +278,10 @@ impl Transport {
         if self.entry(queue_stream, entry_id).await?.is_none() {
             return Ok(EntryState::Missing);
         }
-        let stream = self.keys.queue_stream(queue_stream);
-        let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&stream)
-            .arg(GROUP)
-            .arg(entry_id)
-            .arg(entry_id)
-            .arg(1);
-        let rows: Vec<(String, String, u64, u64)> = match self
-            .run(|| format!("reading a pending entry of {stream}"), &cmd)
-            .await
-        {
-            Ok(rows) => rows,
-            Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        if let Some((_, _, idle_ms, deliveries)) = rows.first() {
+        if let Some(pending) = self.pending_entry(queue_stream, entry_id).await? {
             return Ok(EntryState::Pending {
-                idle: Duration::from_millis(*idle_ms),
-                deliveries: *deliveries,
+                idle: pending.idle,
+                deliveries: pending.deliveries,
             });
         }
         match self.last_delivered(queue_stream).await? {
