@@ -337,6 +337,152 @@ fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
+/// Body of `POST /api/v1/schedules` and `PUT /api/v1/schedules/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    #[serde(default)]
+    name: Option<String>,
+    cron: String,
+    #[serde(default = "utc")]
+    timezone: String,
+    #[serde(rename = "type")]
+    run_type: String,
+    #[serde(default)]
+    inputs: Option<Value>,
+    /// `skip` (default), `latest` or `catch-up:N`.
+    #[serde(default)]
+    missed: Option<String>,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+impl ScheduleBody {
+    fn definition(
+        self,
+        tenant_id: i64,
+        name: &str,
+    ) -> Result<opsrun::schedule::Definition, ApiError> {
+        let missed = self.missed.as_deref().unwrap_or("skip").parse()?;
+        Ok(opsrun::schedule::Definition::new(
+            tenant_id,
+            name,
+            &self.cron,
+            &self.timezone,
+            &self.run_type,
+            self.inputs.unwrap_or_else(|| json!({})),
+            missed,
+        )?)
+    }
+}
+
+/// A schedule with its next slots and its last ones with their runs.
+async fn schedule_view(
+    state: &AppState,
+    schedule: opsrun::ledger::Schedule,
+) -> Result<Value, ApiError> {
+    let next = opsrun::schedule::Timing::parse(&schedule.cron, &schedule.timezone)
+        .map(|t| t.upcoming(schedule.last_slot.max(Utc::now()), 5))
+        .unwrap_or_default();
+    let last = state.ledger.schedule_slots(schedule.id, 10).await?;
+    Ok(json!({ "schedule": schedule, "next_slots": next, "last_slots": last }))
+}
+
+/// `GET /api/v1/schedules`: the tenant's schedules, each with its next
+/// slots and its last ones with their runs.
+pub async fn schedules(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let mut listed = Vec::new();
+    for schedule in state.ledger.schedules(caller.tenant_id(), None).await? {
+        listed.push(schedule_view(&state, schedule).await?);
+    }
+    Ok(Json(json!({ "schedules": listed })))
+}
+
+/// `POST /api/v1/schedules` (operators): create one; 201 with it, 400
+/// naming a bad field or a name already used.
+pub async fn create_schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<ScheduleBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller.operator("manage schedules")?;
+    let Json(body) = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
+    let name = body.name.clone().unwrap_or_default();
+    let definition = body.definition(caller.tenant_id(), &name)?;
+    let by = caller.actor().name;
+    let created = state
+        .ledger
+        .create_schedule(&definition.spec(&by, Utc::now()))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(schedule_view(&state, created).await?),
+    )
+        .into_response())
+}
+
+/// `PUT /api/v1/schedules/{name}` (operators): change one (slots start
+/// again from now).
+pub async fn update_schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<ScheduleBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.operator("manage schedules")?;
+    let Json(body) = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
+    let definition = body.definition(caller.tenant_id(), &name)?;
+    let by = caller.actor().name;
+    let changed = state
+        .ledger
+        .update_schedule(&definition.spec(&by, Utc::now()))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(schedule_view(&state, changed).await?))
+}
+
+/// `POST /api/v1/schedules/{name}/pause` and `…/resume` (operators).
+pub async fn pause_schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, verb)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let paused = match verb.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return Err(ApiError::not_found()),
+    };
+    caller.operator("manage schedules")?;
+    let changed = state
+        .ledger
+        .set_schedule_paused(caller.tenant_id(), &name, paused)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(schedule_view(&state, changed).await?))
+}
+
+/// `DELETE /api/v1/schedules/{name}` (operators); its runs stay.
+pub async fn delete_schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.operator("manage schedules")?;
+    if !state
+        .ledger
+        .delete_schedule(caller.tenant_id(), &name)
+        .await?
+    {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(json!({ "name": name, "deleted": true })))
+}
+
 /// The service that starts runs, or 503 when this monitor has no Redis.
 fn starter(state: &AppState) -> Result<&opsrun::RunService, ApiError> {
     state.service.as_ref().ok_or_else(|| ApiError {

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod error;
 pub mod pages;
 pub mod replica;
+pub mod schedules;
 pub mod security;
 pub mod server;
 pub mod views;
@@ -132,6 +133,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/retry", post(api::retry_run))
         .route("/api/v1/actions", get(api::actions))
         .route("/api/v1/queues", get(api::queues))
+        .route(
+            "/api/v1/schedules",
+            get(api::schedules).post(api::create_schedule),
+        )
+        .route(
+            "/api/v1/schedules/{name}",
+            axum::routing::put(api::update_schedule).delete(api::delete_schedule),
+        )
+        .route("/api/v1/schedules/{name}/{verb}", post(api::pause_schedule))
         .route("/api/v1/queues/{queue}/{verb}", post(api::pause_queue))
         .route("/api/v1/notifications", get(api::notifications))
         .route("/api/v1/notifications/read", post(api::mark_read))
@@ -146,6 +156,7 @@ pub fn router(state: AppState) -> Router {
             get(actions::cancel_form).post(actions::cancel),
         )
         .route("/tenants/{tenant}/actions", get(actions::actions))
+        .route("/tenants/{tenant}/schedules", get(schedules::page))
         .route(
             "/tenants/{tenant}/operations/{id}/retry",
             post(actions::retry),

@@ -62,6 +62,7 @@ pub(crate) fn layout(title: &str, caller: Option<&Caller>, body: Markup) -> Mark
                     strong { "opsrun" }
                     @if let Some(caller) = caller {
                         a href=(format!("/tenants/{}/operations", caller.tenant_id())) { "Monitoring → Operations" }
+                        a href=(format!("/tenants/{}/schedules", caller.tenant_id())) { "Schedules" }
                         a href=(format!("/tenants/{}/actions", caller.tenant_id())) { "Audit trail" }
                         @if caller.0.user_id.is_some() {
                             a href=(format!("/tenants/{}/notifications", caller.tenant_id())) { "Notifications" }

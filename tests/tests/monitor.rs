@@ -1902,3 +1902,150 @@ async fn only_a_token_made_for_a_queue_pauses_it_and_the_list_says_so() {
     assert_eq!(resumed.json()["result"], "resumed");
     assert!(env.ledger().paused_queues().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_schedule_created_through_the_api_fires_and_is_managed_there() {
+    let env = TestEnv::new().await;
+    let app = app(&env);
+    let operator = token(&env, A, Role::Operator, Some((7, "Ada"))).await;
+    let reader = token(&env, A, Role::Readonly, Some((7, "Ada"))).await;
+    let stranger = token(&env, B, Role::Operator, Some((9, "Eve"))).await;
+    let body = json!({"name": "hourly-sync", "cron": "0 * * * *", "timezone": "Europe/Paris",
+                      "type": "inventory.sync", "inputs": {"site": "paris"}, "missed": "latest"});
+
+    let refused = call(
+        &app,
+        Method::POST,
+        "/api/v1/schedules",
+        Some(&reader),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    for (bad, field) in [
+        (
+            json!({"name": "x", "cron": "0 25 * * *", "type": "inventory.sync"}),
+            "cron",
+        ),
+        (
+            json!({"name": "x", "cron": "0 * * * *", "type": "inventory.sync", "missed": "often"}),
+            "missed",
+        ),
+        (
+            json!({"cron": "0 * * * *", "type": "inventory.sync"}),
+            "name",
+        ),
+    ] {
+        let answer = call(
+            &app,
+            Method::POST,
+            "/api/v1/schedules",
+            Some(&operator),
+            Some(bad),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text);
+        assert!(answer.text.contains(field), "{}", answer.text);
+    }
+    let created = call(
+        &app,
+        Method::POST,
+        "/api/v1/schedules",
+        Some(&operator),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let created = created.json();
+    let id = created["schedule"]["id"].as_i64().unwrap();
+    assert_eq!(created["schedule"]["created_by"], "Ada");
+    assert_eq!(created["next_slots"].as_array().unwrap().len(), 5);
+    let again = call(
+        &app,
+        Method::POST,
+        "/api/v1/schedules",
+        Some(&operator),
+        Some(body),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+
+    // Its slot comes (made due here): the reaper fires it.
+    sqlx::query(
+        "UPDATE schedules SET last_slot = date_trunc('hour', now()) - interval '59 minutes', \
+             next_slot = date_trunc('hour', now()) WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let config = opsrun_reaper::ReaperConfig {
+        queues: vec!["default".into()],
+        ..Default::default()
+    };
+    let report = opsrun_reaper::run_once(&env.service, &config).await;
+    assert_eq!(report.schedules.fired, 1, "{report:?}");
+    let listed = get(&app, "/api/v1/schedules", &reader).await.json();
+    let run_id = listed["schedules"][0]["last_slots"][0]["run_id"]
+        .as_i64()
+        .expect("the slot's run");
+    let run = get(&app, &format!("/api/v1/runs/{run_id}"), &reader)
+        .await
+        .json();
+    assert_eq!(run["inputs"]["site"], "paris");
+    assert_eq!(run["inputs"]["schedule_id"], id);
+    assert_eq!(run["identity_rule"], "strict");
+    assert_eq!(
+        get(&app, "/api/v1/schedules", &stranger).await.json()["schedules"],
+        json!([])
+    );
+    let page = get(&app, &format!("/tenants/{A}/schedules"), &reader).await;
+    assert!(
+        page.text.contains("hourly-sync") && page.text.contains(&format!("#{run_id}")),
+        "{}",
+        page.text
+    );
+
+    // Managed there: another tenant cannot touch it; pause, change, delete.
+    let hidden = call(
+        &app,
+        Method::POST,
+        "/api/v1/schedules/hourly-sync/pause",
+        Some(&stranger),
+        None,
+    )
+    .await;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND);
+    let paused = call(
+        &app,
+        Method::POST,
+        "/api/v1/schedules/hourly-sync/pause",
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(paused.json()["schedule"]["paused"], true);
+    let changed = call(
+        &app,
+        Method::PUT,
+        "/api/v1/schedules/hourly-sync",
+        Some(&operator),
+        Some(json!({"cron": "15 3 * * *", "timezone": "UTC", "type": "inventory.sync"})),
+    )
+    .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    assert_eq!(changed.json()["schedule"]["cron"], "15 3 * * *");
+    let deleted = call(
+        &app,
+        Method::DELETE,
+        "/api/v1/schedules/hourly-sync",
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(
+        get(&app, "/api/v1/schedules", &reader).await.json()["schedules"],
+        json!([])
+    );
+}
