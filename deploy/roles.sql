@@ -80,8 +80,9 @@ BEGIN
     IF to_regclass('public.schedules') IS NOT NULL THEN
         REVOKE ALL ON schedules, schedule_slots FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
         GRANT SELECT, INSERT, UPDATE, DELETE ON schedules TO opsrun_producer, opsrun_monitor;
-        GRANT SELECT ON schedules TO opsrun_reaper;
-        GRANT UPDATE (last_slot, next_slot) ON schedules TO opsrun_reaper;
+        -- The reaper fires them, and keeps the registry's declared ones.
+        GRANT SELECT, INSERT, UPDATE ON schedules TO opsrun_reaper;
+        GRANT USAGE ON SEQUENCE schedules_id_seq TO opsrun_reaper;
         GRANT SELECT ON schedule_slots TO opsrun_producer, opsrun_monitor;
         GRANT SELECT, INSERT ON schedule_slots TO opsrun_reaper;
         GRANT DELETE ON schedule_slots TO opsrun_producer, opsrun_monitor;

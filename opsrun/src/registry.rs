@@ -178,6 +178,43 @@ pub struct Registry {
     pub types: BTreeMap<String, TypeSpec>,
     /// Streams per queue declared under `[queues]` (others have 1).
     pub shards: BTreeMap<String, i16>,
+    /// Schedules declared under `[schedules.<name>]`, kept in Postgres by
+    /// the reaper (see [`crate::schedule`]).
+    pub schedules: Vec<DeclaredSchedule>,
+}
+
+/// A schedule declared in the registry (validated when it is read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredSchedule {
+    /// Its name (unique per tenant).
+    pub name: String,
+    /// The tenant its runs belong to.
+    pub tenant_id: i64,
+    /// Five-field cron expression.
+    pub cron: String,
+    /// IANA time zone.
+    pub timezone: String,
+    /// Run type.
+    pub run_type: String,
+    /// Run inputs.
+    pub inputs: serde_json::Value,
+    /// Missed-slot policy.
+    pub missed: crate::schedule::MissedPolicy,
+}
+
+impl DeclaredSchedule {
+    /// The validated definition.
+    pub fn definition(&self) -> Result<crate::schedule::Definition> {
+        crate::schedule::Definition::new(
+            self.tenant_id,
+            &self.name,
+            &self.cron,
+            &self.timezone,
+            &self.run_type,
+            self.inputs.clone(),
+            self.missed,
+        )
+    }
 }
 
 impl Default for Registry {
@@ -200,7 +237,11 @@ impl Registry {
     /// Parse and validate registry TOML; the error names the type and field.
     pub fn parse(text: &str) -> std::result::Result<Registry, String> {
         let root: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
-        check_keys("", &root, &["strict_types", "defaults", "queues", "types"])?;
+        check_keys(
+            "",
+            &root,
+            &["strict_types", "defaults", "queues", "types", "schedules"],
+        )?;
         let strict_types = match root.get("strict_types") {
             None => false,
             Some(v) => v.as_bool().ok_or("strict_types: must be true or false")?,
@@ -263,12 +304,52 @@ impl Registry {
                 shards.insert(name.clone(), n as i16);
             }
         }
+        let mut schedules = Vec::new();
+        if let Some(declared) = table(&root, "schedules", "schedules")? {
+            for (name, value) in declared {
+                let at = format!("schedules.\"{name}\"");
+                let t = value
+                    .as_table()
+                    .ok_or_else(|| format!("{at}: must be a table"))?;
+                check_keys(&at, t, SCHEDULE_KEYS)?;
+                let text = |key: &str, default: Option<&str>| match (t.get(key), default) {
+                    (Some(v), _) => v
+                        .as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("{at}.{key}: must be a string")),
+                    (None, Some(d)) => Ok(d.to_string()),
+                    (None, None) => Err(format!("{at}.{key}: is required")),
+                };
+                let tenant_id = t
+                    .get("tenant")
+                    .and_then(toml::Value::as_integer)
+                    .ok_or_else(|| format!("{at}.tenant: must be a tenant id"))?;
+                let inputs = match t.get("inputs") {
+                    None => serde_json::json!({}),
+                    Some(v) => serde_json::to_value(v).map_err(|e| format!("{at}.inputs: {e}"))?,
+                };
+                let declared = DeclaredSchedule {
+                    name: name.clone(),
+                    tenant_id,
+                    cron: text("cron", None)?,
+                    timezone: text("timezone", Some("UTC"))?,
+                    run_type: text("type", None)?,
+                    inputs,
+                    missed: text("missed", Some("skip"))?
+                        .parse()
+                        .map_err(|e: Error| format!("{at}: {e}"))?,
+                };
+                declared.definition().map_err(|e| format!("{at}: {e}"))?;
+                schedules.push(declared);
+            }
+        }
         Ok(Registry {
             strict_types,
             defaults,
             exec_defaults,
             types,
             shards,
+            schedules,
         })
     }
 
@@ -306,6 +387,7 @@ impl Registry {
 }
 
 const QUEUE_KEYS: &[&str] = &["shards"];
+const SCHEDULE_KEYS: &[&str] = &["tenant", "cron", "timezone", "type", "inputs", "missed"];
 const DEFAULT_KEYS: &[&str] = &[
     "queue",
     "time_limit",

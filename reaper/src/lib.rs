@@ -96,6 +96,9 @@ pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundRepor
         .collect();
     streams.sort();
     streams.dedup();
+    if let Err(e) = schedules::sync_declared(service).await {
+        failed("schedules", e);
+    }
     let schedules = schedules::run_once(service).await.unwrap_or_else(|e| {
         failed("schedules", e);
         Default::default()

@@ -6,6 +6,11 @@
 //! compare-and-set on its last slot. Runs with the due pass, every
 //! `--due-interval`.
 //!
+//! Schedules declared in the registry are kept in Postgres as declared by
+//! every full round ([`sync_declared`]): created, or changed when their
+//! declaration changed; a schedule of the same name made through the CLI or
+//! the API is left alone (with a warning).
+//!
 //! Touches: `schedules` whose `next_slot` has come; their slot history;
 //! the runs they fire. Reports: [`SchedulesReport`].
 
@@ -25,6 +30,30 @@ pub struct SchedulesReport {
     pub skipped: u64,
     /// Schedules another reaper moved first.
     pub raced: u64,
+}
+
+/// Who declared-schedules are created by.
+pub const REGISTRY: &str = "registry";
+
+/// Keep the registry's schedules in Postgres as declared; returns how many
+/// were created or changed.
+pub async fn sync_declared(service: &RunService) -> Result<u64> {
+    let mut changed = 0;
+    let now = chrono::Utc::now();
+    for declared in &service.registry().schedules {
+        let definition = declared.definition()?;
+        match service
+            .ledger()
+            .sync_schedule(&definition.spec(REGISTRY, now))
+            .await?
+        {
+            "created" | "changed" => changed += 1,
+            "not_ours" => tracing::warn!(tenant_id = declared.tenant_id, name = %declared.name,
+                "a schedule declared in the registry has the name of one made through the CLI or API; that one is kept"),
+            _ => {}
+        }
+    }
+    Ok(changed)
 }
 
 /// Run one round.

@@ -220,3 +220,75 @@ async fn missed_slots_after_downtime_follow_each_policy() {
     ]);
     assert!(assert_exit(&out, 2).contains("already has a schedule"));
 }
+
+#[tokio::test]
+async fn schedules_declared_in_the_registry_are_kept_as_declared() {
+    let env = TestEnv::new().await;
+    let declare = |cron: &str| {
+        env.write_registry(&format!(
+            "[schedules.nightly]\ntenant = 5\ncron = \"{cron}\"\ntimezone = \"Europe/Paris\"\ntype = \"backup.run\"\n\
+             inputs = {{ target = \"vault\" }}\nmissed = \"catch-up:3\"\n"
+        ))
+    };
+    let reap = |registry: &std::path::Path| {
+        let out = env
+            .command("reaper")
+            .args([
+                "--once",
+                "--queues",
+                "default",
+                "--registry",
+                registry.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert_exit(&out, 0);
+    };
+    reap(&declare("30 2 * * *"));
+    let listed = json_stdout(&env.producer(&["schedule", "list", "--tenant", "5"]));
+    let nightly = &listed["schedules"][0]["schedule"];
+    assert_eq!(nightly["created_by"], "registry");
+    assert_eq!(nightly["cron"], "30 2 * * *");
+    assert_eq!(nightly["missed"], "catch_up");
+    assert_eq!(nightly["catch_up_max"], 3);
+    assert_eq!(nightly["inputs"], json!({"target": "vault"}));
+    // A changed declaration changes it; the same one again changes nothing.
+    reap(&declare("45 3 * * *"));
+    reap(&declare("45 3 * * *"));
+    let listed = json_stdout(&env.producer(&["schedule", "list", "--tenant", "5"]));
+    assert_eq!(listed["schedules"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["schedules"][0]["schedule"]["cron"], "45 3 * * *");
+    // One made through the CLI under that name in another tenant is its own.
+    let out = env.producer(&[
+        "schedule",
+        "create",
+        "--tenant",
+        "6",
+        "--name",
+        "nightly",
+        "--cron",
+        "0 1 * * *",
+        "--type",
+        "backup.run",
+    ]);
+    assert_exit(&out, 0);
+    reap(&declare("45 3 * * *"));
+    let other = json_stdout(&env.producer(&["schedule", "list", "--tenant", "6"]));
+    assert_eq!(other["schedules"][0]["schedule"]["cron"], "0 1 * * *");
+
+    // A bad declaration is refused at start, naming it.
+    let out = env
+        .command("reaper")
+        .args([
+            "--once",
+            "--registry",
+            declare("99 * * * *").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = assert_exit(&out, 2);
+    assert!(
+        stderr.contains("schedules.\"nightly\"") && stderr.contains("cron"),
+        "{stderr}"
+    );
+}

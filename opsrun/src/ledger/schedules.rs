@@ -136,6 +136,50 @@ impl Ledger {
         .map_err(db("changing a schedule"))
     }
 
+    /// Keep a schedule declared in the registry (`by` = `registry`) as
+    /// declared: created when missing, changed when its declaration changed
+    /// (its slots then start again from now). A schedule of the same name
+    /// made through the CLI or the API is left alone. Returns `created`,
+    /// `changed`, `unchanged` or `not_ours`.
+    pub async fn sync_schedule(&self, spec: &ScheduleSpec<'_>) -> Result<&'static str> {
+        let done: Option<(bool,)> = sqlx::query_as(
+            "INSERT INTO schedules (tenant_id, name, cron, timezone, type, inputs, missed, catch_up_max, next_slot, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (tenant_id, name) DO UPDATE SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, \
+                 type = EXCLUDED.type, inputs = EXCLUDED.inputs, missed = EXCLUDED.missed, \
+                 catch_up_max = EXCLUDED.catch_up_max, next_slot = EXCLUDED.next_slot, \
+                 last_slot = greatest(schedules.last_slot, now()), updated_at = now() \
+             WHERE schedules.created_by = EXCLUDED.created_by \
+               AND (schedules.cron, schedules.timezone, schedules.type, schedules.inputs, schedules.missed, schedules.catch_up_max) \
+                   IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.timezone, EXCLUDED.type, EXCLUDED.inputs, EXCLUDED.missed, EXCLUDED.catch_up_max) \
+             RETURNING (xmax = 0)",
+        )
+        .bind(spec.tenant_id)
+        .bind(spec.name)
+        .bind(spec.cron)
+        .bind(spec.timezone)
+        .bind(spec.run_type)
+        .bind(Json(spec.inputs))
+        .bind(spec.missed.0)
+        .bind(spec.missed.1)
+        .bind(spec.next_slot)
+        .bind(spec.by)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(db("keeping a declared schedule"))?;
+        Ok(match done {
+            Some((true,)) => "created",
+            Some((false,)) => "changed",
+            None => {
+                let mine = self.schedules(spec.tenant_id, Some(spec.name)).await?;
+                match mine.first() {
+                    Some(s) if s.created_by == spec.by => "unchanged",
+                    _ => "not_ours",
+                }
+            }
+        })
+    }
+
     /// Pause or resume a schedule. `None` when the tenant has no such schedule.
     pub async fn set_schedule_paused(
         &self,
