@@ -322,7 +322,7 @@ pub async fn actions(
     let params = query(params)?;
     let limit = page_limit(params.limit)?;
     let list = state
-        .ledger
+        .reads
         .operator_actions(caller.tenant_id(), params.run_id.map(RunId), limit)
         .await?;
     Ok(Json(json!({ "actions": list })))

@@ -14,12 +14,10 @@
 
 use std::str::FromStr;
 
+use crate::error::{Error, Result};
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
-use serde::Serialize;
-
-use crate::error::{Error, Result};
 
 /// How long after its time a slot still counts as on time under `skip`.
 pub const ON_TIME: TimeDelta = TimeDelta::minutes(1);
@@ -27,8 +25,7 @@ pub const ON_TIME: TimeDelta = TimeDelta::minutes(1);
 pub const MAX_CATCH_UP: u32 = 1000;
 
 /// What happens to slots missed while nothing fired them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "policy", content = "max")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MissedPolicy {
     /// Fire only a slot within [`ON_TIME`] of now; record older ones as skipped.
     Skip,

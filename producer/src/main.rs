@@ -99,11 +99,11 @@ Exit codes:
 struct RetryArgs {
     /// Tenant of the run.
     #[arg(long = "tenant",
-          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+          value_parser = positive_id("tenant_id"))]
     tenant: i64,
     /// The run to retry.
     #[arg(long = "run",
-          value_parser = |s: &str| parse_positive_id("run_id", s).map_err(|e| e.to_string()))]
+          value_parser = positive_id("run_id"))]
     run: i64,
     #[command(flatten)]
     actor: ActorArgs,
@@ -158,7 +158,7 @@ enum ScheduleCommand {
 struct ScheduleArgs {
     /// Tenant the runs belong to.
     #[arg(long = "tenant",
-          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+          value_parser = positive_id("tenant_id"))]
     tenant: i64,
     /// Schedule name, unique in the tenant.
     #[arg(long)]
@@ -189,7 +189,7 @@ struct ScheduleArgs {
 struct ScheduleName {
     /// Tenant of the schedule.
     #[arg(long = "tenant",
-          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+          value_parser = positive_id("tenant_id"))]
     tenant: i64,
     /// Its name.
     #[arg(long)]
@@ -202,7 +202,7 @@ struct ScheduleName {
 struct ScheduleList {
     /// Tenant of the schedules.
     #[arg(long = "tenant",
-          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+          value_parser = positive_id("tenant_id"))]
     tenant: i64,
     /// Only this one.
     #[arg(long)]
@@ -216,7 +216,7 @@ struct ScheduleList {
 struct ActorArgs {
     /// Who acts: a user id…
     #[arg(long,
-          value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
+          value_parser = positive_id("user_id"))]
     user_id: Option<i64>,
     /// …and name (as shown in the audit trail, and in a cancelled run's failure).
     #[arg(long, default_value = opsrun::request::SYSTEM_INITIATOR)]
@@ -260,11 +260,11 @@ Exit codes:
 struct CancelArgs {
     /// Tenant of the run.
     #[arg(long = "tenant",
-          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+          value_parser = positive_id("tenant_id"))]
     tenant: i64,
     /// The run to cancel.
     #[arg(long = "run",
-          value_parser = |s: &str| parse_positive_id("run_id", s).map_err(|e| e.to_string()))]
+          value_parser = positive_id("run_id"))]
     run: i64,
     #[command(flatten)]
     actor: ActorArgs,
@@ -278,7 +278,7 @@ struct CancelArgs {
 struct EnqueueArgs {
     /// Tenant id (positive integer).
     #[arg(long, required_unless_present = "batch", allow_hyphen_values = true,
-          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+          value_parser = positive_id("tenant_id"))]
     tenant: Option<i64>,
     /// Run type: lowercase dotted segments such as inventory.sync.
     #[arg(long = "type", required_unless_present = "batch",
@@ -341,7 +341,7 @@ struct ViewArgs {
 struct InitiatorArgs {
     /// Initiating user id; omit for system runs.
     #[arg(long, requires = "initiator_name", allow_hyphen_values = true,
-          value_parser = |s: &str| parse_positive_id("user_id", s).map_err(|e| e.to_string()))]
+          value_parser = positive_id("user_id"))]
     user_id: Option<i64>,
     /// Snapshot of the initiating user's name (required with --user-id).
     #[arg(long)]
@@ -366,7 +366,7 @@ impl InitiatorArgs {
 struct MirrorArgs {
     /// Tenant id (positive integer).
     #[arg(long, allow_hyphen_values = true,
-          value_parser = |s: &str| parse_positive_id("tenant_id", s).map_err(|e| e.to_string()))]
+          value_parser = positive_id("tenant_id"))]
     tenant: i64,
     /// Run type of the shadow run, e.g. restore.execute.
     #[arg(long = "type",
@@ -396,6 +396,13 @@ struct MirrorArgs {
     registry: RegistryArgs,
     #[command(flatten)]
     database: DatabaseArgs,
+}
+
+/// A clap parser of a positive id flag, errors naming `field`.
+fn positive_id(
+    field: &'static str,
+) -> impl Fn(&str) -> Result<i64, String> + Clone + Send + Sync + 'static {
+    move |s: &str| parse_positive_id(field, s).map_err(|e| e.to_string())
 }
 
 fn parse_failure(text: &str) -> Result<opsrun::Failure, String> {

@@ -87,6 +87,29 @@ pub struct ScheduleSlot {
     pub settled_at: DateTime<Utc>,
 }
 
+/// Binds a [`ScheduleSpec`] as `$1` to `$9` (tenant, name, cron, zone,
+/// type, inputs, policy, bound, next slot), in the order every schedule
+/// statement takes them.
+trait BindSpec<'q> {
+    fn bind_spec(self, spec: &ScheduleSpec<'q>) -> Self;
+}
+
+impl<'q, O> BindSpec<'q>
+    for sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+{
+    fn bind_spec(self, spec: &ScheduleSpec<'q>) -> Self {
+        self.bind(spec.tenant_id)
+            .bind(spec.name)
+            .bind(spec.cron)
+            .bind(spec.timezone)
+            .bind(spec.run_type)
+            .bind(Json(spec.inputs))
+            .bind(spec.missed.0)
+            .bind(spec.missed.1)
+            .bind(spec.next_slot)
+    }
+}
+
 impl Ledger {
     /// Create a schedule; its slots start after now. A name already used
     /// in the tenant is refused.
@@ -96,15 +119,7 @@ impl Ledger {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (tenant_id, name) DO NOTHING RETURNING {COLUMNS}"
         )))
-        .bind(spec.tenant_id)
-        .bind(spec.name)
-        .bind(spec.cron)
-        .bind(spec.timezone)
-        .bind(spec.run_type)
-        .bind(Json(spec.inputs))
-        .bind(spec.missed.0)
-        .bind(spec.missed.1)
-        .bind(spec.next_slot)
+        .bind_spec(spec)
         .bind(spec.by)
         .fetch_optional(&self.db)
         .await
@@ -122,15 +137,7 @@ impl Ledger {
                  catch_up_max = $8, next_slot = $9, last_slot = greatest(last_slot, now()), updated_at = now() \
              WHERE tenant_id = $1 AND name = $2 RETURNING {COLUMNS}"
         )))
-        .bind(spec.tenant_id)
-        .bind(spec.name)
-        .bind(spec.cron)
-        .bind(spec.timezone)
-        .bind(spec.run_type)
-        .bind(Json(spec.inputs))
-        .bind(spec.missed.0)
-        .bind(spec.missed.1)
-        .bind(spec.next_slot)
+        .bind_spec(spec)
         .fetch_optional(&self.db)
         .await
         .map_err(db("changing a schedule"))
@@ -154,15 +161,7 @@ impl Ledger {
                    IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.timezone, EXCLUDED.type, EXCLUDED.inputs, EXCLUDED.missed, EXCLUDED.catch_up_max) \
              RETURNING (xmax = 0)",
         )
-        .bind(spec.tenant_id)
-        .bind(spec.name)
-        .bind(spec.cron)
-        .bind(spec.timezone)
-        .bind(spec.run_type)
-        .bind(Json(spec.inputs))
-        .bind(spec.missed.0)
-        .bind(spec.missed.1)
-        .bind(spec.next_slot)
+        .bind_spec(spec)
         .bind(spec.by)
         .fetch_optional(&self.db)
         .await
