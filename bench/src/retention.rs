@@ -184,6 +184,7 @@ async fn write_loop(
             lease_seconds: 60,
             domain_id: None,
             shard: 0,
+            concurrency_key: None,
         };
         let (run, _) = ledger.insert_or_get(&new).await?;
         let t = Instant::now();

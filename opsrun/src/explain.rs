@@ -1,6 +1,7 @@
 //! "Why is this run not moving?": what a queued or running run waits for,
 //! in plain words, from the facts the ledger and Redis hold (its start time
-//! and backoff, a paused queue, where its stream entry stands, its worker's
+//! and backoff, a paused queue, a concurrency slot it waits for and who
+//! holds them, where its stream entry stands, its worker's
 //! heartbeat against its lease, a cancel asked for). Redis facts are left
 //! out when there is no transport or Redis does not answer; each
 //! explanation says only what it read.
@@ -118,6 +119,30 @@ async fn queued(
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default()
         ));
+    }
+    if let (Some(since), Some(key)) = (run.slot_wait_since, &run.concurrency_key) {
+        let slots = ledger.slot_holders(key, run.id.0).await?;
+        let held_by = match slots.held_by.as_slice() {
+            [] => "none held now: it is sent again within a second".to_string(),
+            ids => format!(
+                "held by {}",
+                ids.iter()
+                    .map(|id| format!("run #{id}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let ahead = match slots.waiting_ahead {
+            0 => String::new(),
+            n => format!("; {n} older run(s) of the key wait ahead of it"),
+        };
+        facts.push(format!(
+            "Waiting for a concurrency slot for {}: at most {} run(s) of {key} at once, {held_by}{ahead}. \
+             It starts as soon as a slot frees, without using an attempt.",
+            ago(now, since),
+            slots.limit.map_or("its limit".to_string(), |l| l.to_string()),
+        ));
+        return Ok(facts);
     }
     let due_unsent = run
         .not_before

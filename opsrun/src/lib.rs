@@ -37,6 +37,7 @@
 //! ```
 
 pub mod access;
+pub mod concurrency;
 pub mod config;
 pub mod error;
 pub mod explain;

@@ -196,8 +196,9 @@ pub async fn apply(
         max_attempts: 1,
         lease_seconds: spec.lease.as_secs().clamp(1, i32::MAX as u64) as i32,
         domain_id: Some(domain_id),
-        // Never dispatched: no stream.
+        // Never dispatched: no stream, no claim, no slot.
         shard: 0,
+        concurrency_key: None,
     };
     let (mut run, mut changed) = ledger.insert_or_get(&new).await?;
     if run.domain_id.as_deref() != Some(domain_id) {

@@ -22,6 +22,7 @@
 //! env = { REGION = "eu" }       # variables the job gets
 //! inherit_env = ["PATH", "LANG", "AWS_PROFILE"]      # the worker's variables it may see
 //! run_as = "opsrun-job"         # the user it runs as (the worker needs root or CAP_SETUID)
+//! concurrency = { limit = 2, per = "tenant" }   # or per = "inputs.<name>"
 //!
 //! [queues.inventory]           # queue settings (optional)
 //! shards = 4                    # streams; a tenant's runs go to one of them
@@ -163,6 +164,9 @@ pub struct TypeSpec {
     pub retry: RetryBackoff,
     /// Its handler, if this file declares one.
     pub handler: Option<HandlerSpec>,
+    /// Its per-key concurrency limit, if it has one (types only, not
+    /// `[defaults]`).
+    pub concurrency: Option<crate::concurrency::ConcurrencyLimit>,
 }
 
 /// A validated registry.
@@ -260,6 +264,7 @@ impl Registry {
                 max: DEFAULT_RETRY_BACKOFF_MAX,
             },
             handler: None,
+            concurrency: None,
         };
         let defaults = type_spec("defaults", defaults_table, &builtin, None)?;
         let exec_defaults = ExecDefaults {
@@ -413,6 +418,7 @@ const TYPE_KEYS: &[&str] = &[
     "inherit_env",
     "run_as",
     "handler",
+    "concurrency",
 ];
 
 /// Reject keys outside `allowed`, suggesting the closest allowed one.
@@ -539,6 +545,28 @@ fn run_as(at: &str, t: &toml::Table) -> std::result::Result<Option<String>, Stri
     }
 }
 
+/// `concurrency = { limit = 2, per = "tenant" | "inputs.<name>" }`.
+fn concurrency(
+    at: &str,
+    t: &toml::Table,
+) -> std::result::Result<Option<crate::concurrency::ConcurrencyLimit>, String> {
+    let Some(limit) = table(t, "concurrency", &format!("{at}.concurrency"))? else {
+        return Ok(None);
+    };
+    let at = format!("{at}.concurrency");
+    check_keys(&at, limit, &["limit", "per"])?;
+    let max = crate::concurrency::MAX_LIMIT;
+    let n = limit
+        .get("limit")
+        .and_then(toml::Value::as_integer)
+        .filter(|n| (1..=max as i64).contains(n))
+        .ok_or_else(|| format!("{at}.limit: must be a whole number from 1 to {max}"))?;
+    let per = string(limit, "per", &at)?.unwrap_or("tenant");
+    crate::concurrency::ConcurrencyLimit::new(n as u32, per)
+        .map(Some)
+        .map_err(|e| format!("{at}.{e}"))
+}
+
 /// A type's spec from its table, `base` filling what it leaves out;
 /// `exec` fills an exec handler's isolation (`None` for `[defaults]`,
 /// which declares no handler).
@@ -652,6 +680,7 @@ fn type_spec(
         max_attempts,
         retry,
         handler,
+        concurrency: concurrency(at, t)?,
     })
 }
 

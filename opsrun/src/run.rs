@@ -349,6 +349,12 @@ pub struct Run {
     pub cancel_request: Option<String>,
     /// The run an operator retried by starting this one.
     pub retry_of: Option<RunId>,
+    /// The concurrency key it counts against, if its type is limited (see
+    /// [`crate::concurrency`]).
+    pub concurrency_key: Option<String>,
+    /// Since when it has been waiting for a slot of that key (`None` unless
+    /// it is waiting now).
+    pub slot_wait_since: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

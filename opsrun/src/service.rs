@@ -87,6 +87,8 @@ struct Prepared<'r> {
     identity: String,
     /// The shard of its queue the run goes to.
     shard: i16,
+    /// The concurrency key it counts against, if its type is limited.
+    concurrency_key: Option<String>,
 }
 
 impl Prepared<'_> {
@@ -100,6 +102,7 @@ impl Prepared<'_> {
             lease_seconds: self.spec.lease.as_secs().clamp(1, i32::MAX as u64) as i32,
             domain_id: None,
             shard: self.shard,
+            concurrency_key: self.concurrency_key.as_deref(),
         }
     }
 }
@@ -249,11 +252,17 @@ impl RunService {
                     })?
             }
         };
+        let concurrency_key = spec
+            .concurrency
+            .as_ref()
+            .map(|limit| limit.key_for(&request.run_type, request.tenant_id, &request.inputs))
+            .transpose()?;
         Ok(Prepared {
             spec,
             rule,
             identity,
             shard: self.shard_for(request.tenant_id, queue_of(request, spec)),
+            concurrency_key,
         })
     }
 

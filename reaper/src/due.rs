@@ -5,7 +5,13 @@
 //! it again later. Runs every `--due-interval` (1 s), apart from the other
 //! passes, so delays are honoured to about a second.
 //!
-//! Touches: `queued` rows with `not_before <= now()` and no dispatch.
+//! The same round wakes runs waiting for a concurrency slot whose key has a
+//! free one (see [`opsrun::concurrency`]): a worker wakes them when its own
+//! run frees a slot; this catches slots freed elsewhere (the stuck pass's
+//! reclaims and failures) and wakes a worker could not send.
+//!
+//! Touches: `queued` rows with `not_before <= now()` and no dispatch, and
+//! `queued` rows waiting for a slot.
 //! Options: [`DueConfig`]. Reports: [`DueReport`].
 
 use opsrun::{Result, RunService};
@@ -36,6 +42,8 @@ pub struct DueReport {
     pub dispatched: u64,
     /// Sends that failed (the lost-dispatch pass retries them).
     pub dispatch_failed: u64,
+    /// Runs woken for a free concurrency slot and sent.
+    pub woken: u64,
 }
 
 /// Run one round.
@@ -52,5 +60,6 @@ pub async fn run_once(service: &RunService, config: &DueConfig) -> Result<DueRep
             }
         }
     }
+    report.woken = opsrun::concurrency::wake(service.ledger(), service.transport(), None).await?;
     Ok(report)
 }

@@ -556,6 +556,7 @@ async fn a_session_lets_a_dead_connection_go_and_takes_a_fresh_one() {
         lease: std::time::Duration::from_secs(60),
         entry_id: run.dispatch_entry_id.clone().expect("dispatched"),
         shard: 0,
+        limit: None,
     };
     let mut session = ledger.session();
     let claimed = session

@@ -472,6 +472,7 @@ async fn a_grouped_completion_postgres_refuses_is_written_run_by_run() {
             lease: Duration::from_secs(60),
             entry_id: "1-0".into(),
             shard: 0,
+            limit: None,
         })
         .collect();
     assert_eq!(
@@ -543,6 +544,7 @@ async fn a_grouped_claim_postgres_refuses_is_claimed_run_by_run() {
             lease: Duration::from_secs(60),
             entry_id: format!("{n}-0"),
             shard: 0,
+            limit: None,
         });
     }
     // An attempt the claim cannot compute with (`attempt - 1` overflows).

@@ -20,6 +20,7 @@
 
 mod access;
 mod actions;
+mod concurrency;
 mod listing;
 mod notifications;
 mod pooler;
@@ -49,7 +50,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status, outcome, run_identity_hash, \
      summary_counts, failure_summary, context, inputs, queue, shard, attempt, max_attempts, holder, heartbeat_at, \
      dispatch_entry_id, dispatched_at, reclaims, identity_rule, lease_seconds, not_before, domain_id, \
-     started_at, completed_at, created_at, updated_at, cancel_requested_at, cancel_request, retry_of";
+     started_at, completed_at, created_at, updated_at, cancel_requested_at, cancel_request, retry_of, \
+     concurrency_key, slot_wait_since";
 
 /// A one-row `FROM` item that makes the statement's own transaction commit
 /// without waiting for the WAL flush (`synchronous_commit` is local to that
@@ -85,6 +87,8 @@ pub struct NewRun<'a> {
     pub domain_id: Option<&'a str>,
     /// The shard of the queue it is sent to (see [`crate::transport::shard_for`]).
     pub shard: i16,
+    /// The concurrency key it counts against (see [`crate::concurrency`]).
+    pub concurrency_key: Option<&'a str>,
 }
 
 /// A delivered entry whose run a worker claims (see [`Ledger::mark_running_many`]).
@@ -103,6 +107,9 @@ pub struct ClaimRequest {
     pub entry_id: String,
     /// The shard of the run's queue that entry is in.
     pub shard: i16,
+    /// The claimant's concurrency limit for the run's type, if it has one
+    /// (see [`crate::concurrency`]).
+    pub limit: Option<u32>,
 }
 
 /// A sent stream entry to record on its run (see [`Ledger::record_dispatches`]).
@@ -283,15 +290,17 @@ impl Ledger {
         // state, hence no conflict target there.
         const INSERT_ACTIVE: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, retry_of, dispatched_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, retry_of, concurrency_key, \
+                dispatched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
                  CASE WHEN $12::timestamptz IS NULL AND $13::text IS NULL THEN now() END) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}";
         const INSERT_STRICT: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, retry_of, dispatched_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, retry_of, concurrency_key, \
+                dispatched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
                  CASE WHEN $12::timestamptz IS NULL AND $13::text IS NULL THEN now() END) \
              ON CONFLICT DO NOTHING RETURNING {cols}";
         const SELECT_ACTIVE: &str = "SELECT {cols} FROM operation_runs \
@@ -319,6 +328,7 @@ impl Ledger {
                     .bind(new.domain_id)
                     .bind(new.shard)
                     .bind(request.retry_of)
+                    .bind(new.concurrency_key)
                     .fetch_optional(&self.db)
                     .await
                     .map_err(db("inserting run"))?;
@@ -366,13 +376,13 @@ impl Ledger {
             |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
         sqlx::query_as::<_, Run>(sql("INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of, dispatched_at) \
+                identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of, concurrency_key, dispatched_at) \
              SELECT *, CASE WHEN u.not_before IS NULL THEN now() END \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
                  $6::jsonb[], $7::jsonb[], $8::text[], $9::text[], $10::int[], $11::int[], $12::timestamptz[], \
-                 $13::smallint[], $14::bigint[]) \
+                 $13::smallint[], $14::bigint[], $15::text[]) \
                  AS u(tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                      identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of) \
+                      identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of, concurrency_key) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}"))
         .bind(runs.iter().map(|r| r.request.tenant_id).collect::<Vec<_>>())
@@ -389,6 +399,7 @@ impl Ledger {
         .bind(runs.iter().map(|r| r.request.not_before).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.shard).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.request.retry_of).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| r.concurrency_key).collect::<Vec<_>>())
         .fetch_all(&self.db)
         .await
         .map_err(db("inserting runs"))
@@ -614,7 +625,7 @@ impl Ledger {
         sqlx::query_as::<_, Run>(sql("UPDATE operation_runs SET dispatched_at = now() \
              WHERE id IN (SELECT id FROM operation_runs \
                  WHERE completed_at IS NULL AND status = 'queued' AND dispatch_entry_id IS NULL AND dispatched_at IS NULL \
-                   AND not_before <= now() \
+                   AND not_before <= now() AND slot_wait_since IS NULL \
                  ORDER BY not_before, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
                AND status = 'queued' AND dispatched_at IS NULL \
              RETURNING {cols}"))
@@ -685,7 +696,7 @@ impl Ledger {
         limit: i64,
     ) -> Result<Vec<Run>> {
         sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM operation_runs \
-             WHERE completed_at IS NULL AND status = 'queued' AND domain_id IS NULL \
+             WHERE completed_at IS NULL AND status = 'queued' AND domain_id IS NULL AND slot_wait_since IS NULL \
                AND COALESCE(dispatched_at, created_at) < now() - make_interval(secs => $1) \
              ORDER BY COALESCE(dispatched_at, created_at) LIMIT $2"))
         .bind(age.as_secs_f64())

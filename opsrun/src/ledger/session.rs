@@ -98,7 +98,37 @@ impl Session {
         }
     }
 
+    /// Claims of limited types go through `opsrun_claim_limited` (migration
+    /// 000015: a slot each, or left waiting for one); the others through
+    /// one plain statement, so a worker without limits pays nothing for them.
     async fn claim_statement(&mut self, claims: &[ClaimRequest], holder: &str) -> Result<Vec<Run>> {
+        let (limited, plain): (Vec<&ClaimRequest>, Vec<&ClaimRequest>) =
+            claims.iter().partition(|c| c.limit.is_some());
+        let mut claimed = self.claim_plain(&plain, holder).await?;
+        claimed.extend(self.claim_limited(&limited, holder).await?);
+        Ok(claimed)
+    }
+
+    async fn claim_limited(&mut self, claims: &[&ClaimRequest], holder: &str) -> Result<Vec<Run>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let statement = sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM opsrun_claim_limited( \
+                 $1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::text[], $6::smallint[], $7::int[], $8), \
+                 {async_commit}"))
+        .bind(claims.iter().map(|c| c.tenant_id).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.run_id.0).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.attempt).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| lease_seconds(c.lease)).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.entry_id.as_str()).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.shard).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.limit.map(|l| l as i32)).collect::<Vec<_>>())
+        .bind(holder);
+        let claimed = statement.fetch_all(self.connection().await?).await;
+        self.kept(claimed).map_err(db("claiming runs of limited types"))
+    }
+
+    async fn claim_plain(&mut self, claims: &[&ClaimRequest], holder: &str) -> Result<Vec<Run>> {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
@@ -116,7 +146,7 @@ impl Session {
         .bind(claims.iter().map(|c| c.tenant_id).collect::<Vec<_>>())
         .bind(claims.iter().map(|c| c.run_id.0).collect::<Vec<_>>())
         .bind(claims.iter().map(|c| c.attempt).collect::<Vec<_>>())
-        .bind(claims.iter().map(|c| c.lease.as_secs().clamp(1, i32::MAX as u64) as i32).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| lease_seconds(c.lease)).collect::<Vec<_>>())
         .bind(holder)
         .bind(claims.iter().map(|c| c.entry_id.as_str()).collect::<Vec<_>>())
         .bind(claims.iter().map(|c| c.shard).collect::<Vec<_>>());
@@ -155,4 +185,9 @@ impl Session {
         let written = statement.fetch_all(self.connection().await?).await;
         self.kept(written).map_err(db("completing runs"))
     }
+}
+
+/// A lease as the whole seconds stored on the run.
+fn lease_seconds(lease: std::time::Duration) -> i32 {
+    lease.as_secs().clamp(1, i32::MAX as u64) as i32
 }

@@ -132,6 +132,9 @@ pub struct Route {
     pub retry: crate::registry::RetryBackoff,
     /// Time without a heartbeat before the reaper reclaims a run of this type.
     pub lease: Duration,
+    /// Runs of one concurrency key running at once (see
+    /// [`crate::concurrency`]); `None`: unlimited.
+    pub concurrency_limit: Option<u32>,
 }
 
 impl Route {
@@ -142,6 +145,7 @@ impl Route {
             time_limit: spec.time_limit,
             retry: spec.retry,
             lease: spec.lease,
+            concurrency_limit: spec.concurrency.as_ref().map(|c| c.limit),
         }
     }
 }

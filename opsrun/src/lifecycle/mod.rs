@@ -11,6 +11,7 @@ mod completer;
 mod handler;
 mod heartbeat;
 mod middleware;
+mod waker;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -105,6 +106,7 @@ pub struct Lifecycle {
     claimer: Option<claimer::Claimer>,
     completer: Option<Completer>,
     acker: Option<Acker>,
+    waker: Option<waker::Waker>,
     cancel_grace: Duration,
 }
 
@@ -127,6 +129,7 @@ impl Lifecycle {
             claimer: None,
             completer: None,
             acker: None,
+            waker: None,
             cancel_grace: DEFAULT_CANCEL_GRACE,
         }
     }
@@ -153,7 +156,8 @@ impl Lifecycle {
     /// Write claims and terminal states in groups: reads claimed while a
     /// claim is committing share the next statement, completions that happen
     /// together share one statement (same fencing), and their entries one
-    /// XACK. Starts three tasks, so call it inside a Tokio runtime.
+    /// XACK, and slots freed together one wake of their waiters. Starts four
+    /// tasks, so call it inside a Tokio runtime.
     pub fn group_commit(mut self) -> Self {
         self.claimer = Some(claimer::Claimer::start(
             self.ledger.clone(),
@@ -161,6 +165,10 @@ impl Lifecycle {
         ));
         self.completer = Some(Completer::start(self.ledger.clone()));
         self.acker = Some(Acker::start(self.transport.clone()));
+        self.waker = Some(waker::Waker::start(
+            self.ledger.clone(),
+            self.transport.clone(),
+        ));
         self
     }
 
@@ -207,17 +215,17 @@ impl Lifecycle {
         let requests: Vec<ClaimRequest> = deliveries
             .iter()
             .filter_map(|d| d.entry.as_ref().map(|e| (d, e)))
-            .map(|(d, e)| ClaimRequest {
-                tenant_id: e.tenant_id,
-                run_id: e.run_id,
-                attempt: e.attempt,
-                lease: self
-                    .routes
-                    .get(&e.run_type)
-                    .or(self.fallback.as_ref())
-                    .map_or(crate::registry::DEFAULT_LEASE, |r| r.lease),
-                entry_id: d.entry_id.clone(),
-                shard: d.stream.shard,
+            .map(|(d, e)| {
+                let route = self.routes.get(&e.run_type).or(self.fallback.as_ref());
+                ClaimRequest {
+                    tenant_id: e.tenant_id,
+                    run_id: e.run_id,
+                    attempt: e.attempt,
+                    lease: route.map_or(crate::registry::DEFAULT_LEASE, |r| r.lease),
+                    entry_id: d.entry_id.clone(),
+                    shard: d.stream.shard,
+                    limit: route.and_then(|r| r.concurrency_limit),
+                }
             })
             .collect();
         let claimed = match retry_while_unavailable(CLAIM_RETRY_BUDGET, || async {
@@ -361,6 +369,9 @@ impl Lifecycle {
             }))
             .await;
             self.in_flight.remove(run.id);
+            if matches!(retried, Ok(Some(_))) {
+                self.slot_freed(&run).await;
+            }
             return Box::pin(self.after_retry(retried, &delivery, &span, delay)).await;
         }
         let (mut outcome, counts, mut failures) = terminal_state(result, prior);
@@ -393,6 +404,7 @@ impl Lifecycle {
         match completion {
             Ok(Some(outcome)) => {
                 tracing::info!(parent: &span, outcome = outcome.as_str(), "run completed");
+                self.slot_freed(&run).await;
                 self.ack(&delivery.stream, &delivery.entry_id).await;
                 self.stats.completed.fetch_add(1, Ordering::Relaxed);
                 Processed::Completed(outcome)
@@ -500,6 +512,26 @@ impl Lifecycle {
                 tracing::error!(parent: span, error = %e, "could not schedule the retry; the reaper will reclaim the run");
                 self.stats.deferred.fetch_add(1, Ordering::Relaxed);
                 Processed::Deferred
+            }
+        }
+    }
+
+    /// `run` stopped running: if it held a concurrency slot, wake the runs
+    /// waiting for one of its key.
+    async fn slot_freed(&self, run: &Run) {
+        let Some(key) = &run.concurrency_key else {
+            return;
+        };
+        match &self.waker {
+            Some(waker) => waker.freed(key).await,
+            None => {
+                let keys = std::slice::from_ref(key);
+                if let Err(e) =
+                    Box::pin(crate::concurrency::wake(&self.ledger, &self.transport, Some(keys)))
+                        .await
+                {
+                    tracing::warn!(error = %e, "waking runs waiting for a slot failed; the reaper's due pass will");
+                }
             }
         }
     }

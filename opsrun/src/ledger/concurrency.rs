@@ -1,0 +1,45 @@
+//! Concurrency slots (see [`crate::concurrency`] and migration 000015): the
+//! claims themselves are in the session's claim statement; here, waking the
+//! runs that wait for a slot, and who holds a key's slots.
+
+use super::{Ledger, sql};
+use crate::concurrency::SlotHolders;
+use crate::error::{Result, db};
+use crate::run::Run;
+
+impl Ledger {
+    /// Take the oldest runs waiting for a slot of `keys` (of every key with
+    /// waiters when `None`), as many per key as it has free slots, stamping
+    /// them as dispatched; the caller sends them.
+    pub async fn wake_slot_waiters(&self, keys: Option<&[String]>) -> Result<Vec<Run>> {
+        sqlx::query_as::<_, Run>(sql(
+            "SELECT {cols} FROM opsrun_wake_slot_waiters($1::text[])",
+        ))
+        .bind(keys)
+        .fetch_all(&self.db)
+        .await
+        .map_err(db("waking runs waiting for a slot"))
+    }
+
+    /// The slots of `key`: the limit that made `run_id` wait, the runs
+    /// holding them, and how many runs of the key wait ahead of it.
+    pub async fn slot_holders(&self, key: &str, run_id: i64) -> Result<SlotHolders> {
+        let (limit, held_by, waiting_ahead) = sqlx::query_as::<_, (Option<i32>, Vec<i64>, i64)>(
+            "SELECT (SELECT slot_wait_limit FROM operation_runs WHERE id = $2), \
+                    ARRAY(SELECT run_id FROM concurrency_holds WHERE concurrency_key = $1 ORDER BY since, run_id), \
+                    (SELECT count(*) FROM operation_runs WHERE concurrency_key = $1 AND id < $2 \
+                        AND slot_wait_since IS NOT NULL AND completed_at IS NULL)",
+        )
+        .bind(key)
+        .bind(run_id)
+        .fetch_one(&self.db)
+        .await
+        .map_err(db("reading a key's concurrency slots"))?;
+        Ok(SlotHolders {
+            key: key.to_string(),
+            limit,
+            held_by,
+            waiting_ahead,
+        })
+    }
+}
