@@ -1,0 +1,236 @@
+//! Per-key concurrency limits, decided in Postgres at claim: exact across
+//! worker processes, runs over the limit wait without an attempt or a
+//! worker slot and start as a slot frees, another tenant (or another input
+//! value) is never held back, and a waiting run says what it waits for.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use opsrun::registry::Registry;
+use opsrun::{Outcome, RunRequest, Status};
+use serde_json::json;
+use support::{TestEnv, Worker, assert_exit, wait_until};
+
+const REGISTRY: &str = r#"
+[types."sync.tenant"]
+command = ["sh", "-c", "sleep 0.05"]
+concurrency = { limit = 2, per = "tenant" }
+
+[types."sync.connection"]
+command = ["sh", "-c", "sleep 0.1"]
+concurrency = { limit = 1, per = "inputs.connection" }
+"#;
+
+/// Most runs seen running at once, per key, while `sampling` holds.
+async fn sample_running(pool: sqlx::PgPool, sampling: Arc<AtomicBool>) -> HashMap<String, i64> {
+    let mut most: HashMap<String, i64> = HashMap::new();
+    while sampling.load(Ordering::Relaxed) {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT concurrency_key, count(*) FROM operation_runs \
+             WHERE status = 'running' AND concurrency_key IS NOT NULL GROUP BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for (key, n) in rows {
+            let seen = most.entry(key).or_default();
+            *seen = (*seen).max(n);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    most
+}
+
+#[tokio::test]
+async fn four_workers_keep_each_key_to_its_limit_and_other_keys_flow() {
+    let env = TestEnv::new().await;
+    let registry = Arc::new(Registry::parse(REGISTRY).unwrap());
+    let service = env.service.clone().with_registry(registry);
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn(sample_running(env.pool.clone(), Arc::clone(&sampling)));
+
+    // 200 runs of tenant 1 (limit 2 per tenant) and 45 of three
+    // connections of tenant 1 (limit 1 per connection), all sent at once.
+    let mut requests: Vec<RunRequest> = (0..200)
+        .map(|n| RunRequest::new(1, "sync.tenant").inputs(json!({"n": n})))
+        .collect();
+    for n in 0..45 {
+        let connection = ["a", "b", "c"][n % 3];
+        requests.push(
+            RunRequest::new(1, "sync.connection").inputs(json!({"n": n, "connection": connection})),
+        );
+    }
+    let accepted: Vec<opsrun::Run> = service
+        .ensure_runs(&requests)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().run)
+        .collect();
+    assert_eq!(
+        accepted[0].concurrency_key.as_deref(),
+        Some("sync.tenant/1")
+    );
+    assert_eq!(
+        accepted[200].concurrency_key.as_deref(),
+        Some("sync.connection/1/connection=a")
+    );
+
+    let _workers: Vec<Worker> = (0..4)
+        .map(|_| {
+            let mut command = env.command("worker");
+            command.args(["--concurrency", "10"]);
+            Worker::spawn_with_registry(&env, REGISTRY, command)
+        })
+        .collect();
+    let _reaper = support::fast_reaper_with_registry(&env, REGISTRY);
+
+    // A run held back says so, and names the runs holding the slots.
+    let waiting = wait_until(Duration::from_secs(20), || async {
+        let runs: Vec<opsrun::Run> = futures::future::join_all(
+            accepted[100..200].iter().map(|r| env.ledger().get(1, r.id)),
+        )
+        .await
+        .into_iter()
+        .filter_map(|r| r.unwrap())
+        .filter(|r| r.slot_wait_since.is_some() && r.status == Status::Queued)
+        .collect();
+        runs.into_iter().next()
+    })
+    .await
+    .expect("a run waits for a slot");
+    let why = opsrun::explain::explain(
+        env.ledger(),
+        Some(env.service.transport()),
+        &waiting,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        why.summary.contains("Waiting for a concurrency slot")
+            && why.summary.contains("at most 2 run(s) of sync.tenant/1"),
+        "{why:?}"
+    );
+    assert_eq!(waiting.attempt, 0, "waiting uses no attempt");
+
+    // Another tenant's runs of the same type are not held back by that backlog.
+    let started = Instant::now();
+    let others: Vec<opsrun::Run> = service
+        .ensure_runs(
+            &(0..10)
+                .map(|n| RunRequest::new(2, "sync.tenant").inputs(json!({"n": n})))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().run)
+        .collect();
+    for run in &others {
+        let done = support::completed_within(&env, run, Duration::from_secs(20)).await;
+        assert_eq!(done.outcome, Outcome::Succeeded);
+    }
+    let behind: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM operation_runs WHERE tenant_id = 1 AND type = 'sync.tenant' AND completed_at IS NULL",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        behind > 20,
+        "tenant 2's 10 runs (done in {:?}) should finish well before tenant 1's backlog; {behind} left",
+        started.elapsed()
+    );
+
+    for run in &accepted {
+        let done = support::completed_within(&env, run, Duration::from_secs(120)).await;
+        assert_eq!(done.outcome, Outcome::Succeeded, "run {}", run.id);
+        assert_eq!(done.attempt, 1, "run {}: waiting never used an attempt", run.id);
+    }
+    sampling.store(false, Ordering::Relaxed);
+    let most = sampler.await.unwrap();
+    assert_eq!(most.get("sync.tenant/1"), Some(&2), "{most:?}");
+    assert!(most.get("sync.tenant/2").is_some_and(|n| *n <= 2), "{most:?}");
+    for connection in ["a", "b", "c"] {
+        assert_eq!(
+            most.get(&format!("sync.connection/1/connection={connection}")),
+            Some(&1),
+            "{most:?}"
+        );
+    }
+    // Every slot was given back.
+    let holds: i64 = sqlx::query_scalar("SELECT count(*) FROM concurrency_holds")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(holds, 0);
+}
+
+#[tokio::test]
+async fn a_waiting_run_can_be_cancelled_and_a_missing_key_input_is_refused() {
+    let env = TestEnv::new().await;
+    let registry = Arc::new(Registry::parse(REGISTRY).unwrap());
+    let service = env.service.clone().with_registry(registry);
+    let path = env.write_registry(REGISTRY);
+
+    // The input a limit is kept per is required: exit 2, nothing created.
+    let out = env.producer(&[
+        "enqueue",
+        "--registry",
+        path.to_str().unwrap(),
+        "--tenant",
+        "3",
+        "--type",
+        "sync.connection",
+        "--inputs",
+        r#"{"n": 1}"#,
+    ]);
+    let stderr = assert_exit(&out, 2);
+    assert!(stderr.contains("\"connection\""), "{stderr}");
+    assert_eq!(env.count_runs().await, 0);
+
+    // One connection, limit 1: the second run waits, and a cancel ends it
+    // at once; the first finishes, and a third takes the slot.
+    let start = |n: i64| {
+        RunRequest::new(3, "sync.connection").inputs(json!({"n": n, "connection": "x"}))
+    };
+    let mut command = env.command("worker");
+    command.args(["--concurrency", "4"]);
+    let registry_slow = REGISTRY.replace("sleep 0.1", "sleep 2");
+    let _worker = Worker::spawn_with_registry(&env, &registry_slow, command);
+    let first = service.ensure_run(&start(1)).await.unwrap().run;
+    support::wait_until(Duration::from_secs(10), || async {
+        let run = env.ledger().get(3, first.id).await.unwrap()?;
+        (run.status == Status::Running).then_some(())
+    })
+    .await
+    .expect("the first run starts");
+    let second = service.ensure_run(&start(2)).await.unwrap().run;
+    let second = wait_until(Duration::from_secs(10), || async {
+        env.ledger()
+            .get(3, second.id)
+            .await
+            .unwrap()
+            .filter(|r| r.slot_wait_since.is_some())
+    })
+    .await
+    .expect("the second run waits for the slot");
+    assert_eq!(second.status, Status::Queued);
+    let (result, _) = service
+        .cancel(3, second.id, &opsrun::Initiator::user(7, "Ada"), None)
+        .await
+        .unwrap()
+        .expect("tenant 3 has the run");
+    assert_eq!(result, opsrun::CancelResult::Cancelled);
+    let third = service.ensure_run(&start(3)).await.unwrap().run;
+    let first = support::completed_within(&env, &first, Duration::from_secs(10)).await;
+    assert_eq!(first.outcome, Outcome::Succeeded);
+    let third = support::completed_within(&env, &third, Duration::from_secs(10)).await;
+    assert_eq!(third.outcome, Outcome::Succeeded);
+    let second = env.ledger().get(3, second.id).await.unwrap().unwrap();
+    assert_eq!(second.outcome, Outcome::Cancelled);
+    assert_eq!(second.attempt, 0);
+}
