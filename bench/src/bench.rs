@@ -4,6 +4,7 @@
 //! REDIS_URL when set, otherwise ephemeral servers with fsync on, so figures
 //! include durable commits.
 
+mod control;
 mod pooler;
 
 use std::process::{Command, Stdio};
@@ -143,7 +144,7 @@ async fn main() -> Result<()> {
         &prefix,
         "bulk",
         cli.concurrency,
-        None,
+        &[],
     )?;
     wait_completed(&pool, "bulk", cli.runs).await?;
     let finished: f64 = opsrun::sqlx::query_scalar(
@@ -165,6 +166,7 @@ async fn main() -> Result<()> {
         1,
         cli.concurrency,
         cli.runs,
+        &[],
     )
     .await?;
     let e2e_two = end_to_end(
@@ -178,6 +180,7 @@ async fn main() -> Result<()> {
         2,
         cli.concurrency,
         cli.runs,
+        &[],
     )
     .await?;
     let wide = end_to_end(
@@ -191,6 +194,7 @@ async fn main() -> Result<()> {
         1,
         100,
         cli.runs,
+        &[],
     )
     .await?;
 
@@ -263,6 +267,7 @@ async fn main() -> Result<()> {
         }
     }
     pooler::side_by_side(&bin, &stack, DATABASE, &prefix, &cli).await?;
+    control::side_by_side(&bin, &direct, &stack.redis_url, &prefix, &service, &cli).await?;
     if cli.cluster {
         cluster_side_by_side(
             &bin,
@@ -305,6 +310,7 @@ async fn cluster_side_by_side(
             workers,
             cli.concurrency,
             cli.runs,
+            &[],
         )
         .await?;
         figures.push(e2e.per_second);
@@ -391,7 +397,10 @@ async fn fairness(
                 prefix,
                 &queue,
                 FAIRNESS_CONCURRENCY,
-                Some(&registry_path),
+                &[
+                    "--registry".to_string(),
+                    registry_path.display().to_string(),
+                ],
             )
         })
         .collect::<Result<_>>()?;
@@ -603,8 +612,9 @@ struct EndToEnd {
 }
 
 /// `workers` worker processes at `concurrency` drain `runs` no-op runs
-/// enqueued in bulk while they run. Timed on the Postgres clock, from the
-/// first run's creation to the last one's completion.
+/// enqueued in bulk while they run, each worker started with the flags
+/// `extra`. Timed on the Postgres clock, from the first run's creation to
+/// the last one's completion.
 #[allow(clippy::too_many_arguments)]
 async fn end_to_end(
     bin: &std::path::Path,
@@ -617,9 +627,10 @@ async fn end_to_end(
     workers: usize,
     concurrency: usize,
     runs: usize,
+    extra: &[String],
 ) -> Result<EndToEnd> {
     let started: Vec<Worker> = (0..workers)
-        .map(|_| Worker::start(bin, db, redis_url, prefix, queue, concurrency, None))
+        .map(|_| Worker::start(bin, db, redis_url, prefix, queue, concurrency, extra))
         .collect::<Result<_>>()?;
     // Let the workers connect and block on their reads.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -719,13 +730,10 @@ impl Worker {
         prefix: &str,
         queue: &str,
         concurrency: usize,
-        registry: Option<&std::path::Path>,
+        extra: &[String],
     ) -> Result<Worker> {
-        let mut command = Command::new(bin.join("worker"));
-        if let Some(registry) = registry {
-            command.arg("--registry").arg(registry);
-        }
-        let child = command
+        let child = Command::new(bin.join("worker"))
+            .args(extra)
             .args([
                 "--queues",
                 queue,

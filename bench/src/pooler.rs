@@ -103,6 +103,7 @@ pub async fn side_by_side(
             1,
             cli.concurrency,
             cli.runs,
+            &[],
         )
         .await?;
         rows.push((label, p50, p99, e2e.per_second));

@@ -179,6 +179,10 @@ mod tests {
     fn bad_declarations_are_named() {
         assert!(ConcurrencyLimit::new(0, "tenant").is_err());
         assert!(ConcurrencyLimit::new(2, "inputs.").is_err());
-        assert!(ConcurrencyLimit::new(2, "user").unwrap_err().contains("user"));
+        assert!(
+            ConcurrencyLimit::new(2, "user")
+                .unwrap_err()
+                .contains("user")
+        );
     }
 }

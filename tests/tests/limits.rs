@@ -90,14 +90,13 @@ async fn four_workers_keep_each_key_to_its_limit_and_other_keys_flow() {
 
     // A run held back says so, and names the runs holding the slots.
     let waiting = wait_until(Duration::from_secs(20), || async {
-        let runs: Vec<opsrun::Run> = futures::future::join_all(
-            accepted[100..200].iter().map(|r| env.ledger().get(1, r.id)),
-        )
-        .await
-        .into_iter()
-        .filter_map(|r| r.unwrap())
-        .filter(|r| r.slot_wait_since.is_some() && r.status == Status::Queued)
-        .collect();
+        let runs: Vec<opsrun::Run> =
+            futures::future::join_all(accepted[100..200].iter().map(|r| env.ledger().get(1, r.id)))
+                .await
+                .into_iter()
+                .filter_map(|r| r.unwrap())
+                .filter(|r| r.slot_wait_since.is_some() && r.status == Status::Queued)
+                .collect();
         runs.into_iter().next()
     })
     .await
@@ -148,12 +147,19 @@ async fn four_workers_keep_each_key_to_its_limit_and_other_keys_flow() {
     for run in &accepted {
         let done = support::completed_within(&env, run, Duration::from_secs(120)).await;
         assert_eq!(done.outcome, Outcome::Succeeded, "run {}", run.id);
-        assert_eq!(done.attempt, 1, "run {}: waiting never used an attempt", run.id);
+        assert_eq!(
+            done.attempt, 1,
+            "run {}: waiting never used an attempt",
+            run.id
+        );
     }
     sampling.store(false, Ordering::Relaxed);
     let most = sampler.await.unwrap();
     assert_eq!(most.get("sync.tenant/1"), Some(&2), "{most:?}");
-    assert!(most.get("sync.tenant/2").is_some_and(|n| *n <= 2), "{most:?}");
+    assert!(
+        most.get("sync.tenant/2").is_some_and(|n| *n <= 2),
+        "{most:?}"
+    );
     for connection in ["a", "b", "c"] {
         assert_eq!(
             most.get(&format!("sync.connection/1/connection={connection}")),
@@ -194,9 +200,8 @@ async fn a_waiting_run_can_be_cancelled_and_a_missing_key_input_is_refused() {
 
     // One connection, limit 1: the second run waits, and a cancel ends it
     // at once; the first finishes, and a third takes the slot.
-    let start = |n: i64| {
-        RunRequest::new(3, "sync.connection").inputs(json!({"n": n, "connection": "x"}))
-    };
+    let start =
+        |n: i64| RunRequest::new(3, "sync.connection").inputs(json!({"n": n, "connection": "x"}));
     let mut command = env.command("worker");
     command.args(["--concurrency", "4"]);
     let registry_slow = REGISTRY.replace("sleep 0.1", "sleep 2");

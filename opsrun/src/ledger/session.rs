@@ -125,7 +125,8 @@ impl Session {
         .bind(claims.iter().map(|c| c.limit.map(|l| l as i32)).collect::<Vec<_>>())
         .bind(holder);
         let claimed = statement.fetch_all(self.connection().await?).await;
-        self.kept(claimed).map_err(db("claiming runs of limited types"))
+        self.kept(claimed)
+            .map_err(db("claiming runs of limited types"))
     }
 
     async fn claim_plain(&mut self, claims: &[&ClaimRequest], holder: &str) -> Result<Vec<Run>> {

@@ -526,9 +526,12 @@ impl Lifecycle {
             Some(waker) => waker.freed(key).await,
             None => {
                 let keys = std::slice::from_ref(key);
-                if let Err(e) =
-                    Box::pin(crate::concurrency::wake(&self.ledger, &self.transport, Some(keys)))
-                        .await
+                if let Err(e) = Box::pin(crate::concurrency::wake(
+                    &self.ledger,
+                    &self.transport,
+                    Some(keys),
+                ))
+                .await
                 {
                     tracing::warn!(error = %e, "waking runs waiting for a slot failed; the reaper's due pass will");
                 }

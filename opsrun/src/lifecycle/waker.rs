@@ -38,7 +38,11 @@ impl Waker {
 
 async fn wake_loop(ledger: Ledger, transport: Transport, mut rx: mpsc::Receiver<String>) {
     while let Some(batch) = next_batch(&mut rx, MAX_KEYS).await {
-        let keys: Vec<String> = batch.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let keys: Vec<String> = batch
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         if let Err(e) = crate::concurrency::wake(&ledger, &transport, Some(&keys)).await {
             tracing::warn!(keys = keys.len(), error = %e, "waking runs waiting for a slot failed; the reaper's due pass will");
         }

@@ -1,0 +1,183 @@
+//! `make bench`'s control rows: what per-key concurrency limits and the
+//! running runs' cancel check cost end to end. The same end to end (one
+//! worker at the benchmark's concurrency, no-op runs of one tenant) with
+//! limits off, with a limit per tenant that is never reached (every claim
+//! takes a slot and every completion frees one), and with the cancel check
+//! off (`--cancel-check 1h`) against its default of a second; the
+//! configurations alternate over three rounds and the medians are compared.
+//! A last row shows a limit that binds (25 at concurrency 50): the waiting
+//! and waking at work.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use opsrun::RunService;
+use opsrun::registry::Registry;
+
+use crate::{Cli, WorkerDb, end_to_end};
+
+/// Rounds of each configuration; the median is reported.
+const ROUNDS: usize = 3;
+
+/// A limit no tenant reaches at the benchmark's concurrency.
+const HIGH_LIMIT: &str = r#"
+[types."demo.noop"]
+concurrency = { limit = 100000, per = "tenant" }
+"#;
+
+/// A limit that binds at concurrency 50.
+const BINDING_LIMIT: &str = r#"
+[types."demo.noop"]
+concurrency = { limit = 25, per = "tenant" }
+"#;
+
+struct Configuration {
+    label: &'static str,
+    registry: Option<&'static str>,
+    cancel_check: &'static str,
+}
+
+/// Measure and print the rows.
+pub async fn side_by_side(
+    bin: &std::path::Path,
+    db: &WorkerDb,
+    redis_url: &str,
+    prefix: &str,
+    service: &RunService,
+    cli: &Cli,
+) -> Result<()> {
+    let configurations = [
+        Configuration {
+            label: "limits off, cancel check every 1s (default)",
+            registry: None,
+            cancel_check: "1s",
+        },
+        Configuration {
+            label: "limit per tenant 100000 (never reached)",
+            registry: Some(HIGH_LIMIT),
+            cancel_check: "1s",
+        },
+        Configuration {
+            label: "limits off, cancel check off (1h)",
+            registry: None,
+            cancel_check: "1h",
+        },
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
+    let queues = ["ctl0", "ctl1", "ctl2"];
+    for _ in 0..ROUNDS {
+        for (i, configuration) in configurations.iter().enumerate() {
+            let e2e = run(
+                bin,
+                db,
+                redis_url,
+                prefix,
+                service,
+                cli,
+                configuration,
+                queues[i],
+                cli.runs,
+            )
+            .await?;
+            rates[i].push(e2e);
+        }
+    }
+    let binding = Configuration {
+        label: "limit per tenant 25 (binding at x50)",
+        registry: Some(BINDING_LIMIT),
+        cancel_check: "1s",
+    };
+    let binding_runs = cli.runs / 5;
+    let bound = run(
+        bin,
+        db,
+        redis_url,
+        prefix,
+        service,
+        cli,
+        &binding,
+        "ctl3",
+        binding_runs,
+    )
+    .await?;
+
+    println!(
+        "\n{:<46} {:>10} {:>22} {:>9}",
+        format!(
+            "control costs, end to end 1 worker x{} (n={})",
+            cli.concurrency, cli.runs
+        ),
+        "median",
+        format!("{ROUNDS} rounds"),
+        "vs first"
+    );
+    let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
+    for (i, configuration) in configurations.iter().enumerate() {
+        let rounds = rates[i]
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "{:<46} {:>10.0} {:>22} {:>9.2}",
+            configuration.label,
+            medians[i],
+            rounds,
+            medians[i] / medians[0]
+        );
+    }
+    println!(
+        "{:<46} {:>10.0} {:>22}",
+        format!("{} (n={binding_runs})", binding.label),
+        bound,
+        "1 round"
+    );
+    Ok(())
+}
+
+/// One end to end under `configuration`, in runs per second.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    bin: &std::path::Path,
+    db: &WorkerDb,
+    redis_url: &str,
+    prefix: &str,
+    service: &RunService,
+    cli: &Cli,
+    configuration: &Configuration,
+    queue: &'static str,
+    runs: usize,
+) -> Result<f64> {
+    let mut flags = vec![format!("--cancel-check={}", configuration.cancel_check)];
+    let service = match configuration.registry {
+        None => service.clone(),
+        Some(text) => {
+            let path = std::env::temp_dir()
+                .join(format!("opsrun-bench-{}-{queue}.toml", std::process::id()));
+            std::fs::write(&path, text)?;
+            flags.push(format!("--registry={}", path.display()));
+            let registry = Registry::parse(text).map_err(anyhow::Error::msg)?;
+            service.clone().with_registry(Arc::new(registry))
+        }
+    };
+    let e2e = end_to_end(
+        bin,
+        db,
+        redis_url,
+        prefix,
+        &service,
+        service.ledger().pool(),
+        queue,
+        1,
+        cli.concurrency,
+        runs,
+        &flags,
+    )
+    .await?;
+    Ok(e2e.per_second)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
