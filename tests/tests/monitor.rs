@@ -1792,10 +1792,32 @@ async fn operators_cancel_runs_and_every_cancel_is_in_the_trail() {
     assert_eq!(again["result"], "already_completed");
     assert_eq!(again["changed"], false);
 
+    // A retry of the cancelled run: operators only, within the tenant.
+    let retry = format!("/api/v1/runs/{}/retry", run.id);
+    let refused = call(&app, Method::POST, &retry, Some(&reader), None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
+    let hidden = call(&app, Method::POST, &retry, Some(&stranger), None).await;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND, "{}", hidden.text);
+    assert_eq!(env.count_runs().await, 1, "a refused retry starts nothing");
+    let retried = call(
+        &app,
+        Method::POST,
+        &retry,
+        Some(&operator),
+        Some(json!({"reason": "wanted after all"})),
+    )
+    .await;
+    assert!(retried.status.is_success(), "{}", retried.text);
+    assert_eq!(env.count_runs().await, 2);
+
     // The trail: readable by any role of the tenant, newest first; none elsewhere.
     let trail = get(&app, "/api/v1/actions", &reader).await.json();
     let actions = trail["actions"].as_array().unwrap();
-    assert_eq!(actions.len(), 2, "{trail}");
+    assert_eq!(actions.len(), 3, "{trail}");
+    assert_eq!(actions[0]["action"], "retry");
+    assert_eq!(actions[0]["actor_name"], "Grace");
+    assert_eq!(actions[0]["reason"], "wanted after all");
+    let actions = &actions[1..];
     assert_eq!(actions[0]["result"], "already_completed");
     assert_eq!(actions[1]["result"], "cancelled");
     assert_eq!(actions[1]["actor_name"], "Grace");
