@@ -1,7 +1,8 @@
 //! Schedules: each slot fires once however many reapers run, a paused
 //! schedule fires nothing, and after downtime the missed slots follow the
-//! schedule's policy. (Slot arithmetic across DST is unit-tested in
-//! `opsrun::schedule`.)
+//! schedule's policy; across a DST change the reaper fires a zone's local
+//! time once (slot arithmetic across both changes is unit-tested in
+//! `opsrun::schedule`).
 
 mod support;
 
@@ -291,4 +292,58 @@ async fn schedules_declared_in_the_registry_are_kept_as_declared() {
         stderr.contains("schedules.\"nightly\"") && stderr.contains("cron"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn across_a_dst_change_the_reaper_fires_the_local_time_once() {
+    let env = TestEnv::new().await;
+    let out = env.producer(&[
+        "schedule",
+        "create",
+        "--tenant",
+        "3",
+        "--name",
+        "nightly-paris",
+        "--cron",
+        "30 2 * * *",
+        "--timezone",
+        "Europe/Paris",
+        "--type",
+        "backup.run",
+        "--missed",
+        "catch-up:1000",
+    ]);
+    assert_exit(&out, 0);
+    let id = json_stdout(&out)["id"].as_i64().unwrap();
+    // Down since before the fall-back of 25 October 2026 (02:30 happened
+    // twice that night in Paris): every slot since fires on catch-up.
+    sqlx::query(
+        "UPDATE schedules SET last_slot = '2026-10-23 12:00Z', next_slot = '2026-10-24 00:30Z' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let out = reaper_once(&env).wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    let (fired, skipped) = settled(&env, id).await;
+    assert_eq!(skipped, 0);
+    let around: Vec<&str> = fired
+        .iter()
+        .map(String::as_str)
+        .filter(|slot| slot.starts_with("2026-10-2"))
+        .take(3)
+        .collect();
+    assert_eq!(
+        around,
+        [
+            "2026-10-24T00:30:00+00:00", // 02:30 CEST
+            "2026-10-25T00:30:00+00:00", // 02:30 CEST, the first of the two
+            "2026-10-26T01:30:00+00:00", // 02:30 CET
+        ],
+        "{fired:?}"
+    );
+    // One slot a day, every day since.
+    let days: std::collections::BTreeSet<&str> = fired.iter().map(|s| &s[..10]).collect();
+    assert_eq!(days.len(), fired.len(), "{fired:?}");
 }
