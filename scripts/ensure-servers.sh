@@ -2,8 +2,9 @@
 # Make sure the server binaries the demo and the tests start are installed:
 # PostgreSQL when DATABASE_URL is not set, redis-server (with redis-cli) when
 # REDIS_URL is not, and with --browser (the test suite), Chromium and
-# ChromeDriver for the browser test, PgBouncer for the pooler tests and
-# redis-server in any case.
+# ChromeDriver for the browser test, PgBouncer for the pooler tests,
+# Prometheus (with promtool) for the metrics test, and redis-server in any
+# case.
 # Installs them with apt-get when missing (as root, or through sudo), unless
 # OPSRUN_NO_INSTALL=1. The servers themselves are started, ephemeral, by the
 # program that needs them; nothing is left running.
@@ -24,6 +25,9 @@ if [ "${1:-}" = --browser ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chr
 fi
 if [ "${1:-}" = --browser ] && ! { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; }; then
   missing+=(pgbouncer)
+fi
+if [ "${1:-}" = --browser ] && ! { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; }; then
+  missing+=(prometheus)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -14,6 +14,9 @@ use opsrun::sqlx::PgPool;
 use opsrun::sqlx::postgres::PgConnectOptions;
 use opsrun::{Error, Ledger, Pooler, TransportConfig};
 
+mod metrics;
+pub use metrics::MetricsArgs;
+
 /// Exit codes shared by every binary (each documents the ones it uses).
 pub mod exit {
     /// Success.
@@ -278,13 +281,48 @@ where
     }
 }
 
-/// Log to stderr, filtered by `RUST_LOG` or `default_filter`.
-pub fn init_logging(default_filter: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// How the binaries log (to stderr).
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log format: text, for people, or json, one object per line with the
+    /// event's fields at the top and its span's (run_id, tenant_id, type,
+    /// attempt, queue while a run is handled) under "span".
+    #[arg(
+        long,
+        env = "OPSRUN_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// See [`LogArgs`].
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+impl LogArgs {
+    /// Log to stderr in the chosen format, filtered by `RUST_LOG` or
+    /// `default_filter`.
+    pub fn init(&self, default_filter: &str) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| default_filter.into());
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => logs.init(),
+            LogFormat::Json => logs
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .init(),
+        }
+    }
 }

@@ -6,6 +6,7 @@
 mod keeper;
 mod pgbouncer;
 mod postgres;
+mod prometheus;
 mod redis;
 mod redis_cluster;
 mod redis_sentinel;
@@ -13,6 +14,7 @@ mod tls;
 
 pub use pgbouncer::PgBouncer;
 pub use postgres::{Postgres, PostgresOptions};
+pub use prometheus::Prometheus;
 pub use redis::Redis;
 pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::RedisSentinel;

@@ -16,6 +16,7 @@ pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod http_metrics;
 pub mod pages;
 pub mod replica;
 pub mod schedules;
@@ -168,6 +169,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/static/opsrun.css", get(pages::stylesheet))
         .route("/healthz", get(healthz))
+        .layer(axum::middleware::from_fn(http_metrics::record))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             security::same_origin_only,

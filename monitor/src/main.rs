@@ -15,7 +15,9 @@ use opsrun::ledger::NewToken;
 use opsrun::listing::FilterParams;
 use opsrun::request::parse_positive_id;
 use opsrun::{RunId, RunService, Transport};
-use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
+use opsrun_cli::{
+    DatabaseArgs, Failure, LogArgs, MetricsArgs, RedisArgs, RegistryArgs, duration, exit,
+};
 use opsrun_monitor::{AppState, router, security, server, views};
 use serde_json::json;
 
@@ -37,6 +39,8 @@ const NOT_FOUND: u8 = 6;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -133,6 +137,8 @@ struct ServeArgs {
     redis: RedisArgs,
     #[command(flatten)]
     database: DatabaseArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 #[derive(Subcommand)]
@@ -302,7 +308,7 @@ enum NotificationsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    opsrun_cli::init_logging("info");
+    cli.log.init("info");
     let serving = matches!(cli.command, Command::Serve(_));
     opsrun_cli::run_main(!serving, async {
         match cli.command {
@@ -324,6 +330,7 @@ async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         Err(_) if args.redis.redis_url.is_none() && args.redis.redis_url_file.is_none() => None,
         Err(e) => return Err(e),
     };
+    args.metrics.install("monitor")?;
     args.database.refuse_unconfigured_pooler().await?;
     let ledger = args.database.ledger(args.pool).await?;
     if !args.no_migrate {

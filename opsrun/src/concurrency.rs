@@ -11,14 +11,16 @@
 //! A run's key is fixed when it is created (its type, tenant and, for
 //! `inputs.<name>`, that input's value); the limit is the claiming worker's,
 //! like its lease. Postgres decides at claim, one claimer per key at a time
-//! (a transaction-scoped advisory lock, so it works behind a transaction
-//! pooler): a run that fits takes a slot (a `concurrency_holds` row, freed
-//! by a trigger whenever the run stops running, by any path); a run that
-//! does not fit is left queued *waiting for a slot* (no attempt counted, its
-//! entry acknowledged, no worker slot held), behind any older waiter of its
-//! key. A worker whose limited run stops running wakes that key's oldest
-//! waiters, as many as there are free slots, and sends them again; the
-//! reaper's due pass does the same every second for slots freed elsewhere.
+//! (the key's row in `concurrency_slots` is locked, inside the claim's own
+//! transaction, so it works behind a transaction pooler): a run fits while
+//! the key's count of running runs (kept by a trigger on every move into or
+//! out of `running`, by any path) is under the limit; a run that does not
+//! fit is left queued *waiting for a slot* (no attempt counted, its entry
+//! acknowledged, no worker slot held), behind any older waiter of its key.
+//! When a worker completes a limited run whose key has waiters, it wakes
+//! that key's oldest waiters, as many as there are free slots, and sends
+//! them again; the reaper's due pass does the same every second for slots
+//! freed elsewhere.
 
 use crate::error::{Error, Result};
 use crate::ledger::{DispatchRecord, Ledger};

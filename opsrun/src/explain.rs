@@ -121,7 +121,7 @@ async fn queued(
         ));
     }
     if let (Some(since), Some(key)) = (run.slot_wait_since, &run.concurrency_key) {
-        let slots = ledger.slot_holders(key, run.id.0).await?;
+        let slots = ledger.slot_holders(key, run).await?;
         let held_by = match slots.held_by.as_slice() {
             [] => "none held now: it is sent again within a second".to_string(),
             ids => format!(

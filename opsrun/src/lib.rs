@@ -53,6 +53,7 @@ pub mod run;
 pub mod sanitize;
 pub mod schedule;
 pub mod service;
+pub mod telemetry;
 pub mod transport;
 
 pub use error::{Error, Result};

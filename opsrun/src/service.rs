@@ -501,6 +501,7 @@ impl RunService {
     async fn dispatch_failed(&self, run: &Run, error: &crate::Error) -> EnsuredRun {
         let failure = sanitize::failure(DISPATCH_FAILED, &error.to_string());
         tracing::warn!(run_id = %run.id, error = %failure.message, "dispatch failed");
+        crate::telemetry::dispatch_failed(&run.queue);
         match self
             .ledger
             .fail_queued(run.tenant_id, run.id, &failure)

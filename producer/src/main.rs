@@ -12,7 +12,7 @@ use opsrun::mirror::{DomainStatus, MirrorRequest};
 use opsrun::request::{parse_json_object, parse_positive_id, validate_queue, validate_type};
 use opsrun::service::view_url;
 use opsrun::{Dispatch, Initiator, RunRequest, RunService, Transport};
-use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
+use opsrun_cli::{DatabaseArgs, Failure, LogArgs, RedisArgs, RegistryArgs, duration, exit};
 use serde_json::json;
 
 const EXIT_CODES: &str = "\
@@ -33,6 +33,8 @@ Exit codes:
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -419,7 +421,7 @@ fn parse_failure(text: &str) -> Result<opsrun::Failure, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    opsrun_cli::init_logging("warn");
+    cli.log.init("warn");
     // One thread: a producer does one thing, and starts fast.
     opsrun_cli::run_main(true, async {
         match cli.command {

@@ -9,10 +9,13 @@
 //! - [`trim`]: streams trimmed below the oldest entry that still matters;
 //! - [`retention`]: completed runs past retention deleted in batches.
 //!
+//! And, with `--metrics-listen`, [`gauges`]: the queues' Prometheus gauges.
+//!
 //! Staleness is judged on the Postgres clock (and Redis idle times on the
 //! Redis clock), never on this host's.
 
 pub mod due;
+pub mod gauges;
 pub mod lost_dispatch;
 pub mod pending;
 pub mod retention;

@@ -129,6 +129,7 @@ pub async fn run_once(
             continue;
         };
         tracing::warn!(run_id = %run.id, tenant_id = run.tenant_id, reason = reason.as_str(), "dispatching queued run again");
+        opsrun::telemetry::reclaimed(reason.as_str());
         match service.dispatch(&claimed).await {
             Ok(_) => match reason {
                 ReclaimReason::DeliveryStalled => report.stalled += 1,

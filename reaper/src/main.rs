@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use opsrun::{RunService, Transport};
-use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
+use opsrun_cli::{
+    DatabaseArgs, Failure, LogArgs, MetricsArgs, RedisArgs, RegistryArgs, duration, exit,
+};
 use opsrun_reaper::{ReaperConfig, due, lost_dispatch, pending, retention, schedules, stuck, trim};
 use tokio_util::sync::CancellationToken;
 
@@ -65,11 +67,18 @@ struct Cli {
     redis: RedisArgs,
     #[command(flatten)]
     database: DatabaseArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    /// Time between settings of the queue gauges (with --metrics-listen).
+    #[arg(long, env = "OPSRUN_METRICS_INTERVAL", default_value = "5s", value_parser = duration)]
+    metrics_interval: Duration,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    opsrun_cli::init_logging("info");
+    cli.log.init("info");
     opsrun_cli::run_main(false, run(cli))
 }
 
@@ -129,6 +138,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         token.cancel();
     });
+    if cli.metrics.metrics_listen.is_some() {
+        cli.metrics.install("reaper")?;
+        tokio::spawn(set_gauges(
+            service.clone(),
+            config.queues.clone(),
+            cli.metrics_interval,
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(interval_s = cli.interval.as_secs(), "reaper started");
     // The due pass runs often so delays are honoured to about a second; the
     // full round (which includes it) every --interval.
@@ -179,4 +197,27 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     }
     tracing::info!("reaper stopped");
     Ok(exit::OK)
+}
+
+/// Set the queue gauges every `every` until `shutdown`.
+async fn set_gauges(
+    service: RunService,
+    queues: Vec<String>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let queues = if queues.is_empty() {
+        service.registry().queues()
+    } else {
+        queues
+    };
+    loop {
+        if let Err(e) = opsrun_reaper::gauges::set_once(&service, &queues).await {
+            tracing::warn!(error = %opsrun::sanitize::redact(&e.to_string()), "setting the queue gauges failed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }

@@ -106,6 +106,8 @@ pub async fn run_once(
                             .await?;
                         transport.ack(stream, &[&pending.entry_id]).await?;
                         tracing::error!(run_id = %r.id, tenant_id = r.tenant_id, deliveries = pending.deliveries, "poison entry dead-lettered; run failed");
+                        opsrun::telemetry::run_completed(r, opsrun::Outcome::Failed, None);
+                        opsrun::telemetry::dead_lettered(&stream.queue, 1);
                         report.dead_lettered += 1;
                         continue;
                     }

@@ -80,9 +80,11 @@ pub async fn run_once(service: &RunService, config: &StuckConfig) -> Result<Stuc
             report.skipped += 1;
             continue;
         };
+        opsrun::telemetry::reclaimed(ReclaimReason::LeaseExpired.as_str());
         if requeued.status == Status::Completed {
             tracing::info!(run_id = %run.id, tenant_id = run.tenant_id, holder = %holder,
                 "run stopped heartbeating after a cancel was asked for; cancelled");
+            opsrun::telemetry::run_completed(&run, Outcome::Cancelled, None);
             report.cancelled += 1;
             ack_old_entry(service, &run).await;
             continue;
@@ -133,6 +135,9 @@ async fn fail_exhausted(
     }
     tracing::error!(run_id = %run.id, tenant_id = run.tenant_id, attempt = run.attempt,
         "run failed: attempts exhausted (job.attempts_exhausted); dead-lettered");
+    opsrun::telemetry::reclaimed(ReclaimReason::LeaseExpired.as_str());
+    opsrun::telemetry::run_completed(run, Outcome::Failed, None);
+    opsrun::telemetry::dead_lettered(&run.queue, 1);
     let entry_id = run.dispatch_entry_id.as_deref().unwrap_or("");
     let entry = opsrun::transport::Entry {
         run_id: run.id,

@@ -515,8 +515,12 @@ async fn a_grouped_completion_postgres_refuses_is_written_run_by_run() {
         }
     }))
     .await;
-    assert_eq!(written[0], Some(Outcome::Failed));
-    assert!(written[1..].iter().all(|w| *w == Some(Outcome::Succeeded)));
+    assert_eq!(written[0], Some((Outcome::Failed, false)));
+    assert!(
+        written[1..]
+            .iter()
+            .all(|w| *w == Some((Outcome::Succeeded, false)))
+    );
     let bad = env.ledger().get(1, runs[0].id).await.unwrap().unwrap();
     assert_eq!(bad.status, Status::Completed);
     assert_eq!(bad.failure_summary.0[0].code, "ledger.write_rejected");

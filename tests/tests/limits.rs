@@ -168,11 +168,11 @@ async fn four_workers_keep_each_key_to_its_limit_and_other_keys_flow() {
         );
     }
     // Every slot was given back.
-    let holds: i64 = sqlx::query_scalar("SELECT count(*) FROM concurrency_holds")
+    let held: i64 = sqlx::query_scalar("SELECT coalesce(sum(running), 0) FROM concurrency_slots")
         .fetch_one(&env.pool)
         .await
         .unwrap();
-    assert_eq!(holds, 0);
+    assert_eq!(held, 0);
 }
 
 #[tokio::test]

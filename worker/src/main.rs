@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::Parser;
 use opsrun::Transport;
 use opsrun::config::connect_postgres;
-use opsrun_cli::{DatabaseArgs, Failure, RedisArgs, RegistryArgs, duration, exit};
+use opsrun_cli::{
+    DatabaseArgs, Failure, LogArgs, MetricsArgs, RedisArgs, RegistryArgs, duration, exit,
+};
 use opsrun_worker::consumer::{self, WorkerConfig};
 use opsrun_worker::isolation;
 use tokio_util::sync::CancellationToken;
@@ -66,11 +68,15 @@ struct Cli {
     redis: RedisArgs,
     #[command(flatten)]
     database: DatabaseArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    opsrun_cli::init_logging("info");
+    cli.log.init("info");
     // A job's panic message is job data: log it sanitized, like every failure.
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %opsrun::sanitize::redact(&info.to_string()), "a task panicked");
@@ -105,6 +111,8 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
     }
     let pg_options = cli.database.options()?;
     let transport = Transport::new(&cli.redis.transport_config()?)?;
+    cli.metrics.install("worker")?;
+    metrics::gauge!(opsrun::telemetry::CONCURRENCY).set(f64::from(cli.concurrency));
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));

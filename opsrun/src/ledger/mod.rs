@@ -24,12 +24,14 @@ mod concurrency;
 mod listing;
 mod notifications;
 mod pooler;
+mod queues;
 mod schedules;
 mod session;
 
 pub use access::NewToken;
 pub use actions::{CancelResult, OperatorAction, QueuePause};
 pub use pooler::{Pooler, behind_transaction_pooler};
+pub use queues::QueueActivity;
 pub use schedules::{Schedule, ScheduleSlot, ScheduleSpec};
 pub use session::Session;
 
@@ -110,6 +112,16 @@ pub struct ClaimRequest {
     /// The claimant's concurrency limit for the run's type, if it has one
     /// (see [`crate::concurrency`]).
     pub limit: Option<u32>,
+}
+
+/// A run written completed by [`Ledger::complete_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Completed {
+    /// The run.
+    pub run_id: RunId,
+    /// Whether runs wait for a concurrency slot of its key (see
+    /// [`crate::concurrency`]): its slot is free now, so wake them.
+    pub slot_waiters: bool,
 }
 
 /// A sent stream entry to record on its run (see [`Ledger::record_dispatches`]).
@@ -637,14 +649,14 @@ impl Ledger {
 
     /// Write the terminal states of many runs in one statement, each fenced
     /// on its claim exactly as [`Ledger::complete`] with [`Fence::Claim`]
-    /// does. Returns the ids of the runs completed; a run missing from the
-    /// result was no longer held by that claim. (The rows are not read back:
-    /// the caller knows what it wrote, and reading five JSON columns back per
-    /// run cost both sides for nothing.)
+    /// does. Returns the runs completed; a run missing from the result was
+    /// no longer held by that claim. (The rows are not read back: the caller
+    /// knows what it wrote, and reading five JSON columns back per run cost
+    /// both sides for nothing.)
     pub async fn complete_many(
         &self,
         completions: &[(Claim<'_>, Terminal<'_>)],
-    ) -> Result<Vec<RunId>> {
+    ) -> Result<Vec<Completed>> {
         self.session().complete_many(completions).await
     }
 

@@ -21,9 +21,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
 
 use super::pooler::{Db, Held};
-use super::{Claim, ClaimRequest, Terminal, sql};
+use super::{Claim, ClaimRequest, Completed, Terminal, sql};
 use crate::error::{Result, db};
-use crate::run::{Run, RunId};
+use crate::run::Run;
 
 /// Statements on one connection held across calls (see the module docs).
 pub struct Session {
@@ -159,11 +159,11 @@ impl Session {
     pub async fn complete_many(
         &mut self,
         completions: &[(Claim<'_>, Terminal<'_>)],
-    ) -> Result<Vec<RunId>> {
+    ) -> Result<Vec<Completed>> {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let statement = sqlx::query_scalar::<_, RunId>(sql("WITH c AS ( \
+        let statement = sqlx::query_as::<_, Completed>(sql("WITH c AS ( \
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[]) \
                  AS c(c_tenant, c_id, c_holder, c_attempt, c_outcome, c_counts, c_failures)), \
              locked AS (SELECT r.id AS locked_id, c.* FROM c JOIN operation_runs r ON r.id = c.c_id \
@@ -175,7 +175,9 @@ impl Session {
                  failure_summary = l.c_failures, completed_at = now() \
              FROM locked l WHERE r.id = l.locked_id AND r.status = 'running' \
                AND r.holder = l.c_holder AND r.attempt = l.c_attempt \
-             RETURNING r.id"))
+             RETURNING r.id AS run_id, r.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM operation_runs w \
+                 WHERE w.concurrency_key = r.concurrency_key AND w.slot_wait_since IS NOT NULL \
+                   AND w.completed_at IS NULL) AS slot_waiters"))
         .bind(completions.iter().map(|(c, _)| c.tenant_id).collect::<Vec<_>>())
         .bind(completions.iter().map(|(c, _)| c.run_id.0).collect::<Vec<_>>())
         .bind(completions.iter().map(|(c, _)| c.holder.to_string()).collect::<Vec<_>>())

@@ -57,6 +57,7 @@ async fn flush_loop(ledger: Ledger, holder: String, mut rx: mpsc::Receiver<Pendi
             .collect();
         match session.mark_running_many(&all, &holder).await {
             Ok(runs) => {
+                crate::telemetry::claim_statement(runs.len());
                 // A run listed by two reads (a duplicate entry) goes to the first.
                 let mut runs: HashMap<RunId, Run> = runs.into_iter().map(|r| (r.id, r)).collect();
                 for p in batch {

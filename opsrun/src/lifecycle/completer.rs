@@ -24,8 +24,13 @@ struct Pending {
     outcome: Outcome,
     counts: SummaryCounts,
     failures: Vec<Failure>,
-    reply: oneshot::Sender<Result<Option<Outcome>>>,
+    reply: oneshot::Sender<Result<Option<Written>>>,
 }
+
+/// A completion written: the outcome (the job's, or `failed` when
+/// Postgres refused the job's result), and whether runs wait for a
+/// concurrency slot of the run's key.
+pub type Written = (Outcome, bool);
 
 /// Hands completions to the batching task.
 #[derive(Clone)]
@@ -42,15 +47,15 @@ impl Completer {
     }
 
     /// Write `terminal` fenced on `claim`, together with whatever else is
-    /// completing now. Returns the outcome written (the job's, or `failed`
-    /// with `ledger.write_rejected` when Postgres refused the job's result),
-    /// or `None` when the claim was lost. An error means nothing was written
+    /// completing now. Returns what was written (see [`Written`]; the
+    /// outcome is `failed` with `ledger.write_rejected` when Postgres refused
+    /// the job's result), or `None` when the claim was lost. An error means nothing was written
     /// (Postgres unreachable, say) and the call may be retried.
     pub async fn complete(
         &self,
         claim: &Claim<'_>,
         terminal: Terminal<'_>,
-    ) -> Result<Option<Outcome>> {
+    ) -> Result<Option<Written>> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             tenant_id: claim.tenant_id,
@@ -94,10 +99,14 @@ async fn flush_loop(ledger: Ledger, mut rx: mpsc::Receiver<Pending>) {
         let written = session.complete_many(&rows).await;
         drop(rows);
         match written {
-            Ok(ids) => {
-                let written: std::collections::HashSet<RunId> = ids.into_iter().collect();
+            Ok(completed) => {
+                crate::telemetry::completion_statement(completed.len());
+                let written: std::collections::HashMap<RunId, bool> = completed
+                    .into_iter()
+                    .map(|c| (c.run_id, c.slot_waiters))
+                    .collect();
                 for p in batch {
-                    let outcome = written.contains(&p.run_id).then_some(p.outcome);
+                    let outcome = written.get(&p.run_id).map(|waiters| (p.outcome, *waiters));
                     let _ = p.reply.send(Ok(outcome));
                 }
             }
@@ -122,9 +131,15 @@ async fn flush_loop(ledger: Ledger, mut rx: mpsc::Receiver<Pending>) {
 /// Write one completion on its own. When Postgres refuses this run's result,
 /// the run still ends: `failed`, with a failure saying its result could not
 /// be stored and why.
-async fn complete_alone(session: &mut Session, p: &Pending) -> Result<Option<Outcome>> {
+async fn complete_alone(session: &mut Session, p: &Pending) -> Result<Option<Written>> {
+    let written = |completed: Vec<crate::ledger::Completed>, outcome: Outcome| {
+        completed
+            .iter()
+            .find(|c| c.run_id == p.run_id)
+            .map(|c| (outcome, c.slot_waiters))
+    };
     let refused = match session.complete_many(&[p.row()]).await {
-        Ok(ids) => return Ok(ids.contains(&p.run_id).then_some(p.outcome)),
+        Ok(completed) => return Ok(written(completed, p.outcome)),
         Err(e) if e.is_retryable() => return Err(e),
         Err(e) => e,
     };
@@ -140,6 +155,6 @@ async fn complete_alone(session: &mut Session, p: &Pending) -> Result<Option<Out
         failures: &failures,
         reclaim: None,
     };
-    let ids = session.complete_many(&[(claim, substitute)]).await?;
-    Ok(ids.contains(&p.run_id).then_some(Outcome::Failed))
+    let completed = session.complete_many(&[(claim, substitute)]).await?;
+    Ok(written(completed, Outcome::Failed))
 }

@@ -76,6 +76,8 @@ pub struct Finished {
     span: tracing::Span,
     /// Who asked to cancel the run while its job ran, and why.
     cancelled: Option<String>,
+    /// How long the job ran.
+    took: Duration,
 }
 
 /// Counters of processed deliveries.
@@ -248,6 +250,7 @@ impl Lifecycle {
                     .collect();
             }
         };
+        claimed.iter().for_each(crate::telemetry::run_started);
         let mut claimed: HashMap<RunId, Run> = claimed.into_iter().map(|r| (r.id, r)).collect();
         let mut skipped: Vec<(QueueStream, String)> = Vec::new();
         let results: Vec<(Delivery, Result<Run, Processed>)> = deliveries
@@ -256,6 +259,7 @@ impl Lifecycle {
                 let outcome = match &delivery.entry {
                     None => {
                         tracing::warn!(stream = %delivery.stream, entry_id = %delivery.entry_id, "malformed entry acknowledged and skipped");
+                        crate::telemetry::entries_skipped("malformed", 1);
                         Err(Processed::Skipped(SkipReason::Malformed))
                     }
                     // The run is handed to the first of its deliveries that carries
@@ -264,7 +268,8 @@ impl Lifecycle {
                         Some(run) => Ok(run),
                         None => {
                             tracing::info!(run_id = %entry.run_id, tenant_id = entry.tenant_id, attempt = entry.attempt,
-                                entry_id = %delivery.entry_id, "entry matches no queued run (duplicate, late or forged); skipped");
+                                entry_id = %delivery.entry_id, "entry matches no queued run (duplicate, late, forged, or waiting for a slot); skipped");
+                            crate::telemetry::entries_skipped("not_claimable", 1);
                             Err(Processed::Skipped(SkipReason::NotClaimable))
                         }
                     },
@@ -301,6 +306,8 @@ impl Lifecycle {
     /// heartbeated) until [`Lifecycle::settle`] has written its result.
     pub async fn run_job(&self, delivery: Delivery, run: Run) -> Finished {
         let stops = self.in_flight.insert(run.id);
+        let started = std::time::Instant::now();
+        metrics::gauge!(crate::telemetry::JOBS_IN_FLIGHT).increment(1.0);
         let span = tracing::info_span!("run", run_id = %run.id, tenant_id = run.tenant_id, r#type = %run.run_type, attempt = run.attempt, queue = %run.queue);
         tracing::info!(parent: &span, "run started");
         // The span follows the job into its task, so handler logs carry the run's fields.
@@ -319,6 +326,7 @@ impl Lifecycle {
         // the job returned (its counts are kept).
         let cancelled = self.in_flight.cancel_request(run.id);
         self.in_flight.job_finished(run.id);
+        metrics::gauge!(crate::telemetry::JOBS_IN_FLIGHT).decrement(1.0);
         Finished {
             delivery,
             run,
@@ -326,6 +334,7 @@ impl Lifecycle {
             retry_backoff,
             span,
             cancelled,
+            took: started.elapsed(),
         }
     }
 
@@ -339,6 +348,7 @@ impl Lifecycle {
             retry_backoff,
             span,
             cancelled,
+            took,
         } = finished;
         let claim = Claim {
             tenant_id: run.tenant_id,
@@ -369,8 +379,13 @@ impl Lifecycle {
             }))
             .await;
             self.in_flight.remove(run.id);
-            if matches!(retried, Ok(Some(_))) {
-                self.slot_freed(&run).await;
+            match &retried {
+                Ok(Some(_)) => {
+                    crate::telemetry::run_retried(&run);
+                    self.slot_freed(&run).await;
+                }
+                Ok(None) => crate::telemetry::claim_lost(&run),
+                Err(_) => {}
             }
             return Box::pin(self.after_retry(retried, &delivery, &span, delay)).await;
         }
@@ -393,18 +408,23 @@ impl Lifecycle {
         let completion = retry_while_unavailable(COMPLETE_RETRY_BUDGET, || async {
             match &self.completer {
                 Some(completer) => completer.complete(&claim, terminal).await,
+                // Alone, the row is read back, not whether its key has
+                // waiters: wake them in case.
                 None => Box::pin(self.ledger.complete(Fence::Claim(claim), terminal))
                     .await
-                    .map(|done| done.map(|run| run.outcome)),
+                    .map(|done| done.map(|run| (run.outcome, run.concurrency_key.is_some()))),
             }
         })
         .await;
         self.in_flight.remove(run.id);
 
         match completion {
-            Ok(Some(outcome)) => {
+            Ok(Some((outcome, slot_waiters))) => {
                 tracing::info!(parent: &span, outcome = outcome.as_str(), "run completed");
-                self.slot_freed(&run).await;
+                crate::telemetry::run_completed(&run, outcome, Some(took));
+                if slot_waiters {
+                    self.slot_freed(&run).await;
+                }
                 self.ack(&delivery.stream, &delivery.entry_id).await;
                 self.stats.completed.fetch_add(1, Ordering::Relaxed);
                 Processed::Completed(outcome)
@@ -412,6 +432,7 @@ impl Lifecycle {
             Ok(None) => {
                 // Another holder took the run over; it owns the result now.
                 tracing::warn!(parent: &span, "claim was lost before completion; result dropped");
+                crate::telemetry::claim_lost(&run);
                 self.ack(&delivery.stream, &delivery.entry_id).await;
                 self.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
                 Processed::LeaseLost
@@ -516,7 +537,7 @@ impl Lifecycle {
         }
     }
 
-    /// `run` stopped running: if it held a concurrency slot, wake the runs
+    /// `run` stopped running and freed a concurrency slot: wake the runs
     /// waiting for one of its key.
     async fn slot_freed(&self, run: &Run) {
         let Some(key) = &run.concurrency_key else {

@@ -402,6 +402,14 @@ impl Transport {
             .await
     }
 
+    /// Entries in `stream` (XLEN; 0 when it does not exist).
+    pub async fn length(&self, stream: &QueueStream) -> Result<u64> {
+        let stream = self.keys.queue_stream(stream);
+        let mut xlen = redis::cmd("XLEN");
+        xlen.arg(&stream);
+        self.run(|| format!("measuring {stream}"), &xlen).await
+    }
+
     /// Check that Redis answers.
     pub async fn ping(&self) -> Result<()> {
         let reply: String = self

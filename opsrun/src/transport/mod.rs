@@ -219,7 +219,7 @@ pub struct PendingEntry {
 }
 
 /// The workers' consumer group on one stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupState {
     /// Consumers that ever read it (live or not).
     pub consumers: u64,
