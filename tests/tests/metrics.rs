@@ -185,10 +185,12 @@ async fn prometheus_scrapes_the_binaries_and_their_counts_match_the_ledger() {
     );
 
     // Every target is up, each series says which service it came from.
-    let up = by_label(&prometheus, "up", "job").await;
-    for job in ["worker", "reaper", "monitor"] {
-        assert_eq!(up.get(job), Some(&1.0), "{up:?}");
-    }
+    let up = wait_until(Duration::from_secs(20), || async {
+        let up = by_label(&prometheus, "up == 1", "job").await;
+        (up.len() == 3).then_some(up)
+    })
+    .await;
+    assert!(up.is_some(), "{:?}", query(&prometheus, "up").await);
     let durations = by_label(
         &prometheus,
         "sum by (service) (opsrun_run_duration_seconds_count)",
@@ -200,15 +202,20 @@ async fn prometheus_scrapes_the_binaries_and_their_counts_match_the_ledger() {
     assert_eq!(started[0].1, 50.0);
     let waits = query(&prometheus, "sum(opsrun_run_queue_wait_seconds_count)").await;
     assert_eq!(waits[0].1, 50.0);
-    let health = by_label(
-        &prometheus,
-        "opsrun_http_requests_total{route=\"/healthz\",status=\"200\"}",
-        "route",
-    )
+    let health = wait_until(Duration::from_secs(10), || async {
+        by_label(
+            &prometheus,
+            "opsrun_http_requests_total{route=\"/healthz\",status=\"200\"} >= 3",
+            "route",
+        )
+        .await
+        .remove("/healthz")
+    })
     .await;
     assert!(
-        health.get("/healthz").is_some_and(|n| *n >= 3.0),
-        "{health:?}"
+        health.is_some(),
+        "{:?}",
+        query(&prometheus, "opsrun_http_requests_total").await
     );
     // No run or tenant id is a label.
     let labels = query(&prometheus, "{__name__=~\"opsrun_.*\"}").await;

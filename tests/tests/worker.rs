@@ -382,3 +382,37 @@ fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_runs_fields() {
+    let env = TestEnv::new().await;
+    let _worker = Worker::spawn(&env, &env.redis_url, &["--log-format", "json"]);
+    let run = enqueue(&env.service, 6, "test.succeed").await;
+    completed(&env, &run).await;
+    let line = wait_until(Duration::from_secs(10), || async {
+        std::fs::read_dir(env.job_dir())
+            .unwrap()
+            .flatten()
+            .filter(|f| f.file_name().to_string_lossy().starts_with("worker-"))
+            .flat_map(|f| {
+                std::fs::read_to_string(f.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .find(|l| l.contains("run completed"))
+    })
+    .await
+    .expect("the worker logged the completion");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(event["message"], "run completed", "{event}");
+    assert_eq!(event["outcome"], "succeeded", "{event}");
+    assert_eq!(event["level"], "INFO");
+    let span = &event["span"];
+    assert_eq!(span["run_id"], run.id.to_string(), "{event}");
+    assert_eq!(span["tenant_id"], 6, "{event}");
+    assert_eq!(span["type"], "test.succeed", "{event}");
+    assert_eq!(span["attempt"], 1, "{event}");
+    assert_eq!(span["queue"], "default", "{event}");
+}
