@@ -38,12 +38,15 @@ CREATE INDEX operation_runs_slot_waiting ON operation_runs (concurrency_key, id)
 
 CREATE FUNCTION operation_runs_count_slot() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    change int := CASE WHEN NEW.status = 'running' THEN 1 ELSE -1 END;
 BEGIN
-    IF NEW.status = 'running' THEN
+    -- The claim created the row (opsrun_lock_concurrency_keys); a run that
+    -- started running through a worker without the limit may find none.
+    UPDATE concurrency_slots SET running = running + change WHERE concurrency_key = NEW.concurrency_key;
+    IF NOT FOUND AND change > 0 THEN
         INSERT INTO concurrency_slots AS s (concurrency_key, running) VALUES (NEW.concurrency_key, 1)
         ON CONFLICT (concurrency_key) DO UPDATE SET running = s.running + 1;
-    ELSE
-        UPDATE concurrency_slots SET running = running - 1 WHERE concurrency_key = NEW.concurrency_key;
     END IF;
     RETURN NULL;
 END
