@@ -38,6 +38,10 @@ struct Cli {
     /// started here, beside the single server.
     #[arg(long)]
     cluster: bool,
+    /// Measure only the control rows (concurrency limits and the cancel
+    /// check), for a quick look at their cost.
+    #[arg(long)]
+    control_only: bool,
 }
 
 #[tokio::main]
@@ -73,6 +77,12 @@ async fn main() -> Result<()> {
         fsync_note(&stack),
         redis_version(&stack.redis_url).await
     );
+
+    if cli.control_only {
+        let direct = WorkerDb::direct(&stack);
+        return control::side_by_side(&bin, &direct, &stack.redis_url, &prefix, &service, &cli)
+            .await;
+    }
 
     // 1. ensure + dispatch in process, one at a time.
     let mut latencies = Vec::with_capacity(cli.samples);
