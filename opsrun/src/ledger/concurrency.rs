@@ -22,19 +22,17 @@ impl Ledger {
     }
 
     /// The slots of `run`'s key: the limit that made it wait, the runs
-    /// holding them (the key's running runs: a key is within one tenant),
-    /// and how many runs of the key wait ahead of it.
+    /// holding them, and how many runs of the key wait ahead of it.
     pub async fn slot_holders(&self, key: &str, run: &Run) -> Result<SlotHolders> {
         let (limit, held_by, waiting_ahead) = sqlx::query_as::<_, (Option<i32>, Vec<i64>, i64)>(
             "SELECT (SELECT slot_wait_limit FROM operation_runs WHERE id = $2), \
-                    ARRAY(SELECT id FROM operation_runs WHERE tenant_id = $3 AND concurrency_key = $1 \
-                        AND completed_at IS NULL AND status = 'running' ORDER BY started_at, id), \
+                    ARRAY(SELECT run_id FROM concurrency_slots WHERE concurrency_key = $1 \
+                        AND run_id IS NOT NULL ORDER BY slot), \
                     (SELECT count(*) FROM operation_runs WHERE concurrency_key = $1 AND id < $2 \
                         AND slot_wait_since IS NOT NULL AND completed_at IS NULL)",
         )
         .bind(key)
         .bind(run.id.0)
-        .bind(run.tenant_id)
         .fetch_one(&self.db)
         .await
         .map_err(db("reading a key's concurrency slots"))?;
