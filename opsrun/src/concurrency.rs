@@ -10,17 +10,18 @@
 //!
 //! A run's key is fixed when it is created (its type, tenant and, for
 //! `inputs.<name>`, that input's value); the limit is the claiming worker's,
-//! like its lease. Postgres decides at claim, one claimer per key at a time
-//! (the key's row in `concurrency_slots` is locked, inside the claim's own
-//! transaction, so it works behind a transaction pooler): a run fits while
-//! the key's count of running runs (kept by a trigger on every move into or
-//! out of `running`, by any path) is under the limit; a run that does not
-//! fit is left queued *waiting for a slot* (no attempt counted, its entry
-//! acknowledged, no worker slot held), behind any older waiter of its key.
-//! When a worker completes a limited run whose key has waiters, it wakes
-//! that key's oldest waiters, as many as there are free slots, and sends
-//! them again; the reaper's due pass does the same every second for slots
-//! freed elsewhere.
+//! like its lease. Postgres decides at claim, inside the claim's own
+//! transaction (so it works behind a transaction pooler): a key has slot
+//! rows numbered from 0, made as first needed and never beyond the limit; a
+//! run fits when it takes a free one (`FOR UPDATE SKIP LOCKED`, so two
+//! claimers never take the same slot) and no older run of its key waits.
+//! A trigger frees the slot whenever the run leaves `running`, by any path.
+//! A run that does not fit is left queued *waiting for a slot* (no attempt
+//! counted, its entry acknowledged, no worker slot held). When a worker
+//! completes a limited run whose key has waiters, it wakes that key's
+//! oldest waiters, as many as there are free slots, and sends them again;
+//! the reaper's due pass does the same every second for slots freed
+//! elsewhere.
 
 use crate::error::{Error, Result};
 use crate::ledger::{DispatchRecord, Ledger};
