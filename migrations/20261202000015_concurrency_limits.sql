@@ -50,11 +50,14 @@ BEGIN
 END
 $$;
 
--- Only runs that held a slot and leave `running` pay for this.
+-- Only runs that held a slot and leave `running` pay for this; a
+-- statement that frees the slot itself (the workers' grouped completion)
+-- says so by setting `concurrency_slot` to NULL.
 CREATE TRIGGER operation_runs_free_slot
     AFTER UPDATE ON operation_runs
     FOR EACH ROW
-    WHEN (OLD.concurrency_slot IS NOT NULL AND OLD.status = 'running' AND NEW.status <> 'running')
+    WHEN (OLD.concurrency_slot IS NOT NULL AND NEW.concurrency_slot IS NOT NULL
+          AND OLD.status = 'running' AND NEW.status <> 'running')
     EXECUTE FUNCTION operation_runs_free_slot();
 
 -- Take up to `p_wanted` free slots of `p_key` numbered below `p_limit`,
@@ -104,15 +107,11 @@ DECLARE
     slots int[];
     run_ids bigint[] := '{}';
     run_slots int[] := '{}';
+    run_keys text[] := '{}';
 BEGIN
-    -- The requested runs stay as they are until this claim commits: a
-    -- duplicate delivery claimed elsewhere, a cancel, wait for it. (`id =
-    -- ANY(p_id)` keeps the lookups on the primary key whatever plan the
-    -- function's cached statements get.)
-    PERFORM 1 FROM operation_runs WHERE id = ANY(p_id) AND status = 'queued'
-      ORDER BY id FOR NO KEY UPDATE;
     -- The claimable runs of each key, oldest first, behind no older waiter
-    -- of their key.
+    -- of their key. (`id = ANY(p_id)` keeps the lookups on the primary key
+    -- whatever plan the function's cached statements get.)
     FOR group_key, group_limit, group_runs IN
         SELECT r.concurrency_key, max(c.c_limit), array_agg(DISTINCT r.id ORDER BY r.id)
           FROM operation_runs r
@@ -129,28 +128,39 @@ BEGIN
         slots := opsrun_take_slots(group_key, group_limit, group_runs);
         run_ids := run_ids || group_runs[1:cardinality(slots)];
         run_slots := run_slots || slots;
+        run_keys := run_keys || array_fill(group_key, ARRAY[cardinality(slots)]);
     END LOOP;
-    -- Claimable runs without a slot wait for one; those without a key run.
-    UPDATE operation_runs r
-       SET slot_wait_since = coalesce(r.slot_wait_since, now()), slot_wait_limit = c.c_limit,
-           dispatch_entry_id = NULL, dispatched_at = NULL
-      FROM unnest(p_tenant, p_id, p_attempt, p_limit) AS c(c_tenant, c_id, c_attempt, c_limit)
-     WHERE r.id = c.c_id AND r.tenant_id = c.c_tenant AND r.id = ANY(p_id) AND r.id <> ALL(run_ids)
-       AND r.status = 'queued' AND r.attempt = c.c_attempt - 1 AND r.concurrency_key IS NOT NULL
-       AND (r.not_before IS NULL OR r.not_before <= now());
+    -- Runs with a slot (or no key) are claimed; claimable runs without one
+    -- wait for one. A slot whose run was claimed elsewhere meanwhile (a
+    -- duplicate delivery) or cancelled is given back.
     RETURN QUERY
-    UPDATE operation_runs r
-       SET status = 'running', attempt = r.attempt + 1, holder = p_holder, lease_seconds = c.c_lease,
-           heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry, shard = c.c_shard,
-           concurrency_slot = s.slot, slot_wait_since = NULL, slot_wait_limit = NULL
-      FROM unnest(p_tenant, p_id, p_attempt, p_lease, p_entry, p_shard)
-               AS c(c_tenant, c_id, c_attempt, c_lease, c_entry, c_shard)
-      LEFT JOIN unnest(run_ids, run_slots) AS s(run_id, slot) ON s.run_id = c.c_id
-     WHERE r.id = c.c_id AND r.tenant_id = c.c_tenant AND r.id = ANY(p_id)
-       AND r.status = 'queued' AND r.attempt = c.c_attempt - 1
-       AND (r.not_before IS NULL OR r.not_before <= now())
-       AND (r.concurrency_key IS NULL OR s.slot IS NOT NULL)
-    RETURNING r.*;
+    WITH claimed AS (
+        UPDATE operation_runs r
+           SET status = 'running', attempt = r.attempt + 1, holder = p_holder, lease_seconds = c.c_lease,
+               heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry, shard = c.c_shard,
+               concurrency_slot = s.slot, slot_wait_since = NULL, slot_wait_limit = NULL
+          FROM unnest(p_tenant, p_id, p_attempt, p_lease, p_entry, p_shard)
+                   AS c(c_tenant, c_id, c_attempt, c_lease, c_entry, c_shard)
+          LEFT JOIN unnest(run_ids, run_slots) AS s(run_id, slot) ON s.run_id = c.c_id
+         WHERE r.id = c.c_id AND r.tenant_id = c.c_tenant AND r.id = ANY(p_id)
+           AND r.status = 'queued' AND r.attempt = c.c_attempt - 1
+           AND (r.not_before IS NULL OR r.not_before <= now())
+           AND (r.concurrency_key IS NULL OR s.slot IS NOT NULL)
+        RETURNING r.*),
+    waiting AS (
+        UPDATE operation_runs r
+           SET slot_wait_since = coalesce(r.slot_wait_since, now()), slot_wait_limit = c.c_limit,
+               dispatch_entry_id = NULL, dispatched_at = NULL
+          FROM unnest(p_tenant, p_id, p_attempt, p_limit) AS c(c_tenant, c_id, c_attempt, c_limit)
+         WHERE r.id = c.c_id AND r.tenant_id = c.c_tenant AND r.id = ANY(p_id) AND r.id <> ALL(run_ids)
+           AND r.status = 'queued' AND r.attempt = c.c_attempt - 1 AND r.concurrency_key IS NOT NULL
+           AND (r.not_before IS NULL OR r.not_before <= now())),
+    unused AS (
+        UPDATE concurrency_slots s SET run_id = NULL
+          FROM unnest(run_keys, run_slots, run_ids) AS t(key, slot, run_id)
+         WHERE s.concurrency_key = t.key AND s.slot = t.slot AND s.run_id = t.run_id
+           AND t.run_id NOT IN (SELECT id FROM claimed))
+    SELECT * FROM claimed;
 END
 $$;
 

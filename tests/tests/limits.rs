@@ -168,10 +168,11 @@ async fn four_workers_keep_each_key_to_its_limit_and_other_keys_flow() {
         );
     }
     // Every slot was given back.
-    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM concurrency_slots WHERE run_id IS NOT NULL")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM concurrency_slots WHERE run_id IS NOT NULL")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(held, 0);
 }
 
