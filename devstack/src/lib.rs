@@ -112,6 +112,16 @@ fn work_dir(kind: &str) -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// A program on PATH or in the system's binary directories.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"])
+        .map(|dir| std::path::PathBuf::from(dir).join(program))
+        .find(|path| path.is_file())
+}
+
 /// Wait until `ready` returns true, for at most `timeout`.
 pub fn wait_until(timeout: std::time::Duration, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;

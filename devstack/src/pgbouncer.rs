@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::postgres::{SUPERUSER, as_user, run_as_user};
-use crate::{Postgres, free_port, keeper, wait_until, work_dir};
+use crate::{Postgres, free_port, keeper, wait_until, which, work_dir};
 
 /// A running PgBouncer; stopped when dropped.
 pub struct PgBouncer {
@@ -104,13 +104,4 @@ impl Drop for PgBouncer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/sbin", "/usr/local/sbin"])
-        .map(|dir| PathBuf::from(dir).join(program))
-        .find(|path| path.is_file())
 }

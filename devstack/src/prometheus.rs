@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{free_port, keeper, wait_until, work_dir};
+use crate::{free_port, keeper, wait_until, which, work_dir};
 
 /// A running Prometheus; stopped when dropped.
 pub struct Prometheus {
@@ -84,13 +84,4 @@ impl Drop for Prometheus {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"])
-        .map(|dir| PathBuf::from(dir).join(program))
-        .find(|path| path.is_file())
 }
