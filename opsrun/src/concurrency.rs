@@ -11,17 +11,17 @@
 //! A run's key is fixed when it is created (its type, tenant and, for
 //! `inputs.<name>`, that input's value); the limit is the claiming worker's,
 //! like its lease. Postgres decides at claim, inside the claim's own
-//! transaction (so it works behind a transaction pooler): claims of a key
-//! take turns on a transaction-scoped advisory lock, and a run fits when it
-//! takes one of the key's slots numbered below the limit whose last holder
-//! is not running, and no older run of its key waits. A slot is free again
-//! as soon as its run stops running, by whatever path: nothing has to give
-//! it back. A run that does not fit is left queued *waiting for a slot* (no
-//! attempt counted, its entry acknowledged, no worker slot held). When a
-//! worker completes a limited run whose key has waiters, it wakes that
-//! key's oldest waiters, as many as there are free slots, and sends them
-//! again; the reaper's due pass does the same every second for slots freed
-//! elsewhere (migration 000015 has the SQL and what each design cost).
+//! transaction (so it works behind a transaction pooler): a key has slot
+//! rows numbered from 0, made as first needed and never beyond the limit; a
+//! run fits when it takes a free one (`FOR UPDATE SKIP LOCKED`, so two
+//! claimers never take the same slot) and no older run of its key waits.
+//! A trigger frees the slot whenever the run leaves `running`, by any path.
+//! A run that does not fit is left queued *waiting for a slot* (no attempt
+//! counted, its entry acknowledged, no worker slot held). When a worker
+//! completes a limited run whose key has waiters, it wakes that key's
+//! oldest waiters, as many as there are free slots, and sends them again;
+//! the reaper's due pass does the same every second for slots freed
+//! elsewhere.
 
 use crate::error::{Error, Result};
 use crate::ledger::{DispatchRecord, Ledger};
