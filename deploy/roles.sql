@@ -97,12 +97,14 @@ BEGIN
         GRANT EXECUTE ON FUNCTION opsrun_pause_queue(text, boolean, bigint, bigint, text, text)
             TO opsrun_producer, opsrun_monitor;
     END IF;
-    -- Concurrency slots: workers take them at claim (a slot is free again
-    -- once its run stops running); everyone may see who holds them.
+    -- Concurrency slots: workers take them at claim; a run leaving
+    -- `running` (a worker's or the reaper's update) frees its slot by
+    -- trigger; everyone may see who holds them.
     IF to_regclass('public.concurrency_slots') IS NOT NULL THEN
         REVOKE ALL ON concurrency_slots FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
         GRANT SELECT ON concurrency_slots TO opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
         GRANT INSERT, UPDATE ON concurrency_slots TO opsrun_worker;
+        GRANT UPDATE ON concurrency_slots TO opsrun_reaper;
     END IF;
 END
 $$;

@@ -1,26 +1,22 @@
 -- Per-key concurrency limits (see opsrun/src/concurrency.rs).
 --
 -- A run of a limited type carries its key from creation. A key has slot
--- rows in `concurrency_slots`, numbered from 0 and made as first needed,
--- never beyond the limit. A claim of such a run takes a slot numbered below
--- the claiming worker's limit whose last holder is not running (or that
--- never had one), writes its run id there and the slot's number on the
--- run; a run that gets none, or that has an older run of its key waiting,
--- stays queued, waiting for a slot (`slot_wait_since`), without an attempt
--- counted. A slot is free again as soon as its run is not running, by
--- whatever statement (completion, retry, reclaim, cancel): nothing has to
--- give it back, so nothing can forget to. Claims of one key take turns on
--- a transaction-scoped advisory lock (memory only, no row written), and
--- choose their slots in a statement of their own, whose snapshot sees
--- every earlier claim committed. So at most `limit` runs of a key run at
--- once, however many workers claim.
+-- rows in `concurrency_slots`, numbered from 0 and made as they are first
+-- needed, never beyond the limit; a slot is held by the run in `run_id`. A
+-- claim of such a run takes a free slot numbered below the claiming
+-- worker's limit (`FOR UPDATE SKIP LOCKED`, so two claimers never take the
+-- same one) and records its number on the run; a run that gets none, or
+-- that has an older run of its key waiting, stays queued, waiting for a
+-- slot (`slot_wait_since`), without an attempt counted. A trigger frees
+-- the slot whenever its run leaves `running`, whatever the statement
+-- (completion, retry, reclaim, cancel). So at most `limit` runs of a key
+-- run at once, however many workers claim.
 --
--- What a limit costs is one small HOT update per claim. Measured with
--- `make bench ARGS=--control-only` on the way here: a row per holder,
--- inserted and deleted, ran a never-reached limit end to end at 0.36 of
--- none (counting them walked dead index entries); one count row per key,
--- at 0.50 (every claim waited on completions' commits of that row); slot
--- rows taken and freed, at 0.67-0.74 (three writes per run).
+-- One row per slot rather than one count per key: a count row is one row
+-- that every claim and every completion of the key writes, so claims
+-- waited on completions' commits (measured: a never-reached limit ran end
+-- to end at half the pace of none). Slot rows are written only by the run
+-- that takes or frees them, and those updates are HOT.
 --
 -- None of these columns is in an index that unlimited runs' updates touch:
 -- their claims stay HOT (see 20261122000007_hot_transitions.sql).
@@ -45,29 +41,49 @@ CREATE TABLE concurrency_slots (
 CREATE INDEX operation_runs_slot_waiting ON operation_runs (concurrency_key, id)
     WHERE slot_wait_since IS NOT NULL AND completed_at IS NULL;
 
--- Take up to one slot of `p_key` numbered below `p_limit` for each of the
--- runs `p_runs`, in order: free ones first (no holder, or a holder that
--- is not running), then new ones. Returns the slots taken, in that order
--- (fewer when there are not enough). The caller holds the key's lock.
+CREATE FUNCTION operation_runs_free_slot() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE concurrency_slots SET run_id = NULL
+     WHERE concurrency_key = OLD.concurrency_key AND slot = OLD.concurrency_slot AND run_id = OLD.id;
+    RETURN NULL;
+END
+$$;
+
+-- Only runs that held a slot and leave `running` pay for this; a
+-- statement that frees the slot itself (the workers' grouped completion)
+-- says so by setting `concurrency_slot` to NULL.
+CREATE TRIGGER operation_runs_free_slot
+    AFTER UPDATE ON operation_runs
+    FOR EACH ROW
+    WHEN (OLD.concurrency_slot IS NOT NULL AND NEW.concurrency_slot IS NOT NULL
+          AND OLD.status = 'running' AND NEW.status <> 'running')
+    EXECUTE FUNCTION operation_runs_free_slot();
+
+-- Take up to `p_wanted` free slots of `p_key` numbered below `p_limit`,
+-- for the runs `p_runs` in order: free ones first, then new ones. Returns
+-- the slots taken, in that order (fewer when there are not enough).
 CREATE FUNCTION opsrun_take_slots(p_key text, p_limit int, p_runs bigint[]) RETURNS int[]
 LANGUAGE plpgsql AS $$
 DECLARE
     taken int[] := ARRAY(
-        SELECT s.slot FROM concurrency_slots s
-         WHERE s.concurrency_key = p_key AND s.slot < p_limit
-           AND (s.run_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM operation_runs r
-                 WHERE r.id = s.run_id AND r.status = 'running' AND r.concurrency_slot = s.slot))
-         ORDER BY s.slot LIMIT cardinality(p_runs));
+        SELECT slot FROM concurrency_slots
+         WHERE concurrency_key = p_key AND run_id IS NULL AND slot < p_limit
+         ORDER BY slot LIMIT cardinality(p_runs) FOR UPDATE SKIP LOCKED);
     next_slot int;
+    made_slots int[];
 BEGIN
     IF cardinality(taken) < cardinality(p_runs) THEN
         SELECT coalesce(max(slot) + 1, 0) INTO next_slot FROM concurrency_slots WHERE concurrency_key = p_key;
-        INSERT INTO concurrency_slots (concurrency_key, slot)
-        SELECT p_key, n FROM generate_series(next_slot,
-                   least(p_limit - 1, next_slot + cardinality(p_runs) - cardinality(taken) - 1)) AS n;
-        taken := taken || ARRAY(SELECT generate_series(next_slot,
-                   least(p_limit - 1, next_slot + cardinality(p_runs) - cardinality(taken) - 1)));
+        -- A slot another claimer makes at the same moment conflicts and is
+        -- skipped: the run waits, and is woken when a slot frees.
+        WITH made AS (
+            INSERT INTO concurrency_slots (concurrency_key, slot)
+            SELECT p_key, n FROM generate_series(next_slot,
+                       least(p_limit - 1, next_slot + cardinality(p_runs) - cardinality(taken) - 1)) AS n
+            ON CONFLICT DO NOTHING RETURNING slot)
+        SELECT array_agg(slot ORDER BY slot) INTO made_slots FROM made;
+        taken := taken || coalesce(made_slots, '{}');
     END IF;
     UPDATE concurrency_slots s SET run_id = t.run_id
       FROM unnest(taken, p_runs[1:cardinality(taken)]) AS t(slot, run_id)
@@ -91,16 +107,11 @@ DECLARE
     slots int[];
     run_ids bigint[] := '{}';
     run_slots int[] := '{}';
+    run_keys text[] := '{}';
 BEGIN
-    -- One claimer per key at a time, in key order so two never wait on each
-    -- other. (`id = ANY(p_id)` keeps the lookups on the primary key
-    -- whatever plan the function's cached statements get.)
-    PERFORM pg_advisory_xact_lock(1869640562, k.lock_key)  -- 1869640562: 'opsr'
-       FROM (SELECT DISTINCT hashtext(concurrency_key) AS lock_key FROM operation_runs
-              WHERE id = ANY(p_id) AND concurrency_key IS NOT NULL ORDER BY 1) k;
     -- The claimable runs of each key, oldest first, behind no older waiter
-    -- of their key: a statement after the lock, so it sees every earlier
-    -- claim of these keys committed.
+    -- of their key. (`id = ANY(p_id)` keeps the lookups on the primary key
+    -- whatever plan the function's cached statements get.)
     FOR group_key, group_limit, group_runs IN
         SELECT r.concurrency_key, max(c.c_limit), array_agg(DISTINCT r.id ORDER BY r.id)
           FROM operation_runs r
@@ -117,10 +128,11 @@ BEGIN
         slots := opsrun_take_slots(group_key, group_limit, group_runs);
         run_ids := run_ids || group_runs[1:cardinality(slots)];
         run_slots := run_slots || slots;
+        run_keys := run_keys || array_fill(group_key, ARRAY[cardinality(slots)]);
     END LOOP;
     -- Runs with a slot (or no key) are claimed; claimable runs without one
-    -- wait for one. (A slot taken for a run that a duplicate delivery or a
-    -- cancel got to first is free again at once: its run is not running.)
+    -- wait for one. A slot whose run was claimed elsewhere meanwhile (a
+    -- duplicate delivery) or cancelled is given back.
     RETURN QUERY
     WITH claimed AS (
         UPDATE operation_runs r
@@ -142,7 +154,12 @@ BEGIN
           FROM unnest(p_tenant, p_id, p_attempt, p_limit) AS c(c_tenant, c_id, c_attempt, c_limit)
          WHERE r.id = c.c_id AND r.tenant_id = c.c_tenant AND r.id = ANY(p_id) AND r.id <> ALL(run_ids)
            AND r.status = 'queued' AND r.attempt = c.c_attempt - 1 AND r.concurrency_key IS NOT NULL
-           AND (r.not_before IS NULL OR r.not_before <= now()))
+           AND (r.not_before IS NULL OR r.not_before <= now())),
+    unused AS (
+        UPDATE concurrency_slots s SET run_id = NULL
+          FROM unnest(run_keys, run_slots, run_ids) AS t(key, slot, run_id)
+         WHERE s.concurrency_key = t.key AND s.slot = t.slot AND s.run_id = t.run_id
+           AND t.run_id NOT IN (SELECT id FROM claimed))
     SELECT * FROM claimed;
 END
 $$;
@@ -163,9 +180,8 @@ LANGUAGE sql AS $$
                (SELECT w.slot_wait_limit FROM operation_runs w
                  WHERE w.concurrency_key = k.key AND w.slot_wait_since IS NOT NULL AND w.completed_at IS NULL
                  ORDER BY w.id DESC LIMIT 1)
-             - (SELECT count(*) FROM concurrency_slots s JOIN operation_runs r ON r.id = s.run_id
-                 WHERE s.concurrency_key = k.key AND r.status = 'running'
-                   AND r.concurrency_slot = s.slot) AS slots
+             - (SELECT count(*) FROM concurrency_slots s
+                 WHERE s.concurrency_key = k.key AND s.run_id IS NOT NULL) AS slots
           FROM keys k),
     woken AS (
         SELECT w.id FROM free f CROSS JOIN LATERAL (

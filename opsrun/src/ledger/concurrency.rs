@@ -26,9 +26,8 @@ impl Ledger {
     pub async fn slot_holders(&self, key: &str, run: &Run) -> Result<SlotHolders> {
         let (limit, held_by, waiting_ahead) = sqlx::query_as::<_, (Option<i32>, Vec<i64>, i64)>(
             "SELECT (SELECT slot_wait_limit FROM operation_runs WHERE id = $2), \
-                    ARRAY(SELECT s.run_id FROM concurrency_slots s JOIN operation_runs r ON r.id = s.run_id \
-                        WHERE s.concurrency_key = $1 AND r.status = 'running' AND r.concurrency_slot = s.slot \
-                        ORDER BY s.slot), \
+                    ARRAY(SELECT run_id FROM concurrency_slots WHERE concurrency_key = $1 \
+                        AND run_id IS NOT NULL ORDER BY slot), \
                     (SELECT count(*) FROM operation_runs WHERE concurrency_key = $1 AND id < $2 \
                         AND slot_wait_since IS NOT NULL AND completed_at IS NULL)",
         )

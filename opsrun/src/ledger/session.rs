@@ -155,7 +155,11 @@ impl Session {
         self.kept(claimed).map_err(db("claiming runs"))
     }
 
-    /// [`Ledger::complete_many`](super::Ledger::complete_many) on the held connection.
+    /// [`Ledger::complete_many`](super::Ledger::complete_many) on the held
+    /// connection. Frees the concurrency slots of the runs it completes in
+    /// the same statement, set-based, rather than through the trigger that
+    /// frees them on other paths (it sets `concurrency_slot` to NULL to say
+    /// so; see migration 000015).
     pub async fn complete_many(
         &mut self,
         completions: &[(Claim<'_>, Terminal<'_>)],
@@ -166,13 +170,17 @@ impl Session {
         let statement = sqlx::query_as::<_, Completed>(sql("WITH c AS ( \
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[]) \
                  AS c(c_tenant, c_id, c_holder, c_attempt, c_outcome, c_counts, c_failures)), \
-             locked AS (SELECT r.id AS locked_id, c.* FROM c JOIN operation_runs r ON r.id = c.c_id \
+             locked AS (SELECT r.id AS locked_id, r.concurrency_key AS l_key, r.concurrency_slot AS l_slot, c.* \
+                 FROM c JOIN operation_runs r ON r.id = c.c_id \
                  WHERE r.tenant_id = c.c_tenant AND r.status = 'running' \
                    AND r.holder = c.c_holder AND r.attempt = c.c_attempt \
-                 ORDER BY r.id FOR NO KEY UPDATE OF r) \
+                 ORDER BY r.id FOR NO KEY UPDATE OF r), \
+             freed AS (UPDATE concurrency_slots s SET run_id = NULL FROM locked l \
+                 WHERE l.l_slot IS NOT NULL AND s.concurrency_key = l.l_key AND s.slot = l.l_slot \
+                   AND s.run_id = l.locked_id) \
              UPDATE operation_runs r \
              SET status = 'completed', outcome = l.c_outcome, summary_counts = l.c_counts, \
-                 failure_summary = l.c_failures, completed_at = now() \
+                 failure_summary = l.c_failures, completed_at = now(), concurrency_slot = NULL \
              FROM locked l WHERE r.id = l.locked_id AND r.status = 'running' \
                AND r.holder = l.c_holder AND r.attempt = l.c_attempt \
              RETURNING r.id AS run_id, r.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM operation_runs w \
