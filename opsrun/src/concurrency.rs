@@ -15,7 +15,8 @@
 //! rows numbered from 0, made as first needed and never beyond the limit; a
 //! run fits when it takes a free one (`FOR UPDATE SKIP LOCKED`, so two
 //! claimers never take the same slot) and no older run of its key waits.
-//! A trigger frees the slot whenever the run leaves `running`, by any path.
+//! The workers' grouped completion frees its runs' slots in the same
+//! statement; a trigger frees them on every other way out of `running`.
 //! A run that does not fit is left queued *waiting for a slot* (no attempt
 //! counted, its entry acknowledged, no worker slot held). When a worker
 //! completes a limited run whose key has waiters, it wakes that key's
