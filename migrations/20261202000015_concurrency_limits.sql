@@ -7,10 +7,11 @@
 -- worker's limit (`FOR UPDATE SKIP LOCKED`, so two claimers never take the
 -- same one) and records its number on the run; a run that gets none, or
 -- that has an older run of its key waiting, stays queued, waiting for a
--- slot (`slot_wait_since`), without an attempt counted. A trigger frees
--- the slot whenever its run leaves `running`, whatever the statement
--- (completion, retry, reclaim, cancel). So at most `limit` runs of a key
--- run at once, however many workers claim.
+-- slot (`slot_wait_since`), without an attempt counted. The workers'
+-- grouped completion frees its runs' slots in its own statement; a trigger
+-- frees them on every other way out of `running` (retry, reclaim, cancel,
+-- the reaper's failures). So at most `limit` runs of a key run at once,
+-- however many workers claim.
 --
 -- One row per slot rather than one count per key: a count row is one row
 -- that every claim and every completion of the key writes, so claims
@@ -67,8 +68,8 @@ CREATE TRIGGER operation_runs_free_slot
           AND OLD.status = 'running' AND NEW.status <> 'running')
     EXECUTE FUNCTION operation_runs_free_slot();
 
--- Take up to `p_wanted` free slots of `p_key` numbered below `p_limit`,
--- for the runs `p_runs` in order: free ones first, then new ones. Returns
+-- Take up to one free slot of `p_key` numbered below `p_limit` for each
+-- of the runs `p_runs`, in order: free ones first, then new ones. Returns
 -- the slots taken, in that order (fewer when there are not enough).
 CREATE FUNCTION opsrun_take_slots(p_key text, p_limit int, p_runs bigint[]) RETURNS int[]
 LANGUAGE plpgsql AS $$

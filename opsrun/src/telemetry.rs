@@ -11,7 +11,9 @@
 
 use std::time::Duration;
 
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 
 use crate::run::{Outcome, Run};
 
@@ -118,6 +120,21 @@ pub fn describe() {
 
 fn labels(run: &Run) -> [(&'static str, String); 2] {
     [("type", run.run_type.clone()), ("queue", run.queue.clone())]
+}
+
+/// A job started running in this worker.
+pub fn job_started() {
+    gauge!(JOBS_IN_FLIGHT).increment(1.0);
+}
+
+/// A job that [`job_started`] counted has finished.
+pub fn job_finished() {
+    gauge!(JOBS_IN_FLIGHT).decrement(1.0);
+}
+
+/// This worker runs at most `n` jobs at once.
+pub fn worker_concurrency(n: u16) {
+    gauge!(CONCURRENCY).set(f64::from(n));
 }
 
 /// A run was claimed: counted, and its wait since dispatch (Postgres clock

@@ -112,7 +112,7 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
     let pg_options = cli.database.options()?;
     let transport = Transport::new(&cli.redis.transport_config()?)?;
     cli.metrics.install("worker")?;
-    metrics::gauge!(opsrun::telemetry::CONCURRENCY).set(f64::from(cli.concurrency));
+    opsrun::telemetry::worker_concurrency(cli.concurrency);
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));

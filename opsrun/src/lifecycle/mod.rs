@@ -307,7 +307,7 @@ impl Lifecycle {
     pub async fn run_job(&self, delivery: Delivery, run: Run) -> Finished {
         let stops = self.in_flight.insert(run.id);
         let started = std::time::Instant::now();
-        metrics::gauge!(crate::telemetry::JOBS_IN_FLIGHT).increment(1.0);
+        crate::telemetry::job_started();
         let span = tracing::info_span!("run", run_id = %run.id, tenant_id = run.tenant_id, r#type = %run.run_type, attempt = run.attempt, queue = %run.queue);
         tracing::info!(parent: &span, "run started");
         // The span follows the job into its task, so handler logs carry the run's fields.
@@ -326,7 +326,7 @@ impl Lifecycle {
         // the job returned (its counts are kept).
         let cancelled = self.in_flight.cancel_request(run.id);
         self.in_flight.job_finished(run.id);
-        metrics::gauge!(crate::telemetry::JOBS_IN_FLIGHT).decrement(1.0);
+        crate::telemetry::job_finished();
         Finished {
             delivery,
             run,
