@@ -15,7 +15,9 @@ use opsrun::sqlx::postgres::PgConnectOptions;
 use opsrun::{Error, Ledger, Pooler, TransportConfig};
 
 mod metrics;
+pub mod traces;
 pub use metrics::MetricsArgs;
+pub use traces::Traces;
 
 /// Exit codes shared by every binary (each documents the ones it uses).
 pub mod exit {
@@ -308,21 +310,45 @@ pub enum LogFormat {
 
 impl LogArgs {
     /// Log to stderr in the chosen format, filtered by `RUST_LOG` or
-    /// `default_filter`.
-    pub fn init(&self, default_filter: &str) {
+    /// `default_filter`, and export spans when the `OTEL_*` variables ask
+    /// for it (see [`traces`]) under `service`'s name. Keep the returned
+    /// pipeline until exit: dropping it flushes the spans not yet sent.
+    pub fn init(&self, default_filter: &str, service: &str) -> Result<Option<Traces>, Failure> {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| default_filter.into());
-        let logs = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
-        match self.log_format {
-            LogFormat::Text => logs.init(),
+        let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let logs = match self.log_format {
+            LogFormat::Text => logs.with_filter(filter).boxed(),
             LogFormat::Json => logs
                 .json()
                 .flatten_event(true)
                 .with_current_span(true)
                 .with_span_list(false)
-                .init(),
-        }
+                .with_filter(filter)
+                .boxed(),
+        };
+        let (traces, spans) = match traces::pipeline(service)? {
+            // Spans are exported at info and above whatever RUST_LOG keeps
+            // in the logs: a run's span is info.
+            Some((traces, tracer)) => (
+                Some(traces),
+                Some(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        // Per-poll timing and thread ids cost on every
+                        // enter and say little about a run.
+                        .with_tracked_inactivity(false)
+                        .with_threads(false)
+                        .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+                ),
+            ),
+            None => (None, None),
+        };
+        tracing_subscriber::registry().with(logs).with(spans).init();
+        Ok(traces)
     }
 }

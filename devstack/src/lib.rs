@@ -4,6 +4,7 @@
 //! Not for production: no auth beyond loopback trust, fsync optional.
 
 mod keeper;
+mod otlp;
 mod pgbouncer;
 mod postgres;
 mod prometheus;
@@ -12,6 +13,7 @@ mod redis_cluster;
 mod redis_sentinel;
 mod tls;
 
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use pgbouncer::PgBouncer;
 pub use postgres::{Postgres, PostgresOptions};
 pub use prometheus::Prometheus;

@@ -106,14 +106,23 @@ pub struct StartRun {
 /// `POST /api/v1/runs`: the producer's validation, dedupe and dispatch.
 /// 201 for a new run, 200 for a start folded into the active run with the
 /// same identity, 502 when the dispatch failed (the run is recorded as failed).
+/// A W3C `traceparent` header puts the run's spans in the caller's trace; a
+/// malformed one is a 400 naming it, like any bad field.
 pub async fn start_run(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     body: Result<Json<StartRun>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     caller.operator("start runs")?;
     let Json(body) = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
     let mut request = RunRequest::new(caller.tenant_id(), body.run_type);
+    if let Some(value) = headers.get("traceparent") {
+        let text = value.to_str().map_err(|_| {
+            ApiError::invalid("traceparent", "the traceparent header is not visible ASCII")
+        })?;
+        request = request.traceparent(opsrun::trace::TraceContext::parse(text)?);
+    }
     if let Some(inputs) = body.inputs {
         request = request.inputs(inputs);
     }

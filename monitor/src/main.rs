@@ -308,7 +308,11 @@ enum NotificationsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli.log.init("info");
+    // Kept to the end of main: dropping it flushes the spans not yet sent.
+    let _traces = match cli.log.init("info", "opsrun-monitor") {
+        Ok(traces) => traces,
+        Err(failure) => return failure.report(),
+    };
     let serving = matches!(cli.command, Command::Serve(_));
     opsrun_cli::run_main(!serving, async {
         match cli.command {

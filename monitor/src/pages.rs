@@ -434,6 +434,9 @@ pub async fn operation(
                 dt { "Retry of" } dd #retry-of { a href=(format!("/tenants/{}/operations/{}", run.tenant_id, earlier)) { "#" (earlier) } }
             }
             @if let Some(t) = run.not_before { dt { "Not before" } dd { (time(t)) } }
+            @if let Some(trace) = run.traceparent.as_deref().and_then(|t| t.get(3..35)) {
+                dt { "Trace" } dd #trace-id { code { (trace) } }
+            }
             @if let (Some(t), None) = (run.cancel_requested_at, run.completed_at) {
                 dt { "Cancel" } dd #cancel-requested { "Asked for at " (time(t)) ": " (run.cancel_request.as_deref().unwrap_or("")) }
             }

@@ -159,6 +159,9 @@ pub struct RunDetail {
     pub domain_id: Option<String>,
     /// The run this one retries.
     pub retry_of: Option<opsrun::RunId>,
+    /// The W3C trace context it was started under (its trace id finds the
+    /// worker's spans in a tracing backend).
+    pub traceparent: Option<String>,
     /// When someone asked to cancel it, and their request.
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub cancel_request: Option<String>,
@@ -222,6 +225,7 @@ pub fn detail(run: &Run, base: &str, links: &Links, now: DateTime<Utc>) -> RunDe
         ),
         domain_id: run.domain_id.clone(),
         retry_of: run.retry_of,
+        traceparent: run.traceparent.clone(),
         cancel_requested_at: run.cancel_requested_at,
         cancel_request: run.cancel_request.clone(),
         not_before: run.not_before,

@@ -54,6 +54,7 @@ pub mod sanitize;
 pub mod schedule;
 pub mod service;
 pub mod telemetry;
+pub mod trace;
 pub mod transport;
 
 pub use error::{Error, Result};

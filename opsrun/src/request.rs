@@ -78,6 +78,9 @@ pub struct RunRequest {
     /// then `strict` on the two, whatever its type's rule, so a slot runs
     /// once (see [`crate::schedule`]).
     pub schedule_slot: Option<(i64, chrono::DateTime<chrono::Utc>)>,
+    /// The caller's trace (W3C `traceparent`): the worker's spans for every
+    /// attempt join it (see [`crate::trace`]).
+    pub traceparent: Option<crate::trace::TraceContext>,
 }
 
 impl RunRequest {
@@ -93,6 +96,7 @@ impl RunRequest {
             not_before: None,
             retry_of: None,
             schedule_slot: None,
+            traceparent: None,
         }
     }
 
@@ -123,6 +127,12 @@ impl RunRequest {
     /// Schedule the run: it is not dispatched before `at`.
     pub fn not_before(mut self, at: chrono::DateTime<chrono::Utc>) -> Self {
         self.not_before = Some(at);
+        self
+    }
+
+    /// Start the run under the caller's trace.
+    pub fn traceparent(mut self, context: crate::trace::TraceContext) -> Self {
+        self.traceparent = Some(context);
         self
     }
 

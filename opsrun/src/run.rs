@@ -355,6 +355,8 @@ pub struct Run {
     /// Since when it has been waiting for a slot of that key (`None` unless
     /// it is waiting now).
     pub slot_wait_since: Option<DateTime<Utc>>,
+    /// The W3C trace context it was started under (version 00 form).
+    pub traceparent: Option<String>,
 }
 
 #[cfg(test)]

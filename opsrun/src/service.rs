@@ -664,6 +664,11 @@ impl RunService {
             .queue(old.queue.clone())
             .initiator(actor.clone());
         request.retry_of = Some(old.id);
+        // The retry continues the trace of the run it retries.
+        request.traceparent = old
+            .traceparent
+            .as_deref()
+            .and_then(|t| crate::trace::TraceContext::parse(t).ok());
         let ensured = self.ensure_run(&request).await?;
         let result = match ensured.dispatch {
             Dispatch::Deduplicated => format!("deduplicated into #{}", ensured.run.id),

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use opsrun::mirror::{DomainStatus, MirrorRequest};
 use opsrun::request::{parse_json_object, parse_positive_id, validate_queue, validate_type};
 use opsrun::service::view_url;
+use opsrun::trace::TraceContext;
 use opsrun::{Dispatch, Initiator, RunRequest, RunService, Transport};
 use opsrun_cli::{DatabaseArgs, Failure, LogArgs, RedisArgs, RegistryArgs, duration, exit};
 use serde_json::json;
@@ -287,10 +288,15 @@ struct EnqueueArgs {
           value_parser = |s: &str| validate_type(s).map(|_| s.to_string()).map_err(|e| e.to_string()))]
     run_type: Option<String>,
     /// Start many runs from NDJSON (a file, or "-" for stdin): one object per line with
-    /// tenant_id, type and optionally inputs, context, user_id, initiator_name, queue, at.
+    /// tenant_id, type and optionally inputs, context, user_id, initiator_name, queue, at,
+    /// traceparent.
     /// Prints one result line per input line, in order.
     #[arg(long, conflicts_with_all = ["tenant", "run_type", "inputs", "inputs_file", "context", "user_id", "initiator_name", "at", "in_"])]
     batch: Option<PathBuf>,
+    /// The caller's W3C trace context: the worker's spans for this run join
+    /// that trace (a batch line may carry its own "traceparent").
+    #[arg(long, env = "TRACEPARENT", value_parser = |s: &str| TraceContext::parse(s).map_err(|e| e.to_string()))]
+    traceparent: Option<TraceContext>,
     /// Job inputs as a JSON object (part of the run identity).
     #[arg(long, conflicts_with = "inputs_file")]
     inputs: Option<String>,
@@ -421,7 +427,11 @@ fn parse_failure(text: &str) -> Result<opsrun::Failure, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli.log.init("warn");
+    // Kept to the end of main: dropping it flushes the spans not yet sent.
+    let _traces = match cli.log.init("warn", "opsrun-producer") {
+        Ok(traces) => traces,
+        Err(failure) => return failure.report(),
+    };
     // One thread: a producer does one thing, and starts fast.
     opsrun_cli::run_main(true, async {
         match cli.command {
@@ -722,6 +732,9 @@ fn build_request(args: &EnqueueArgs) -> Result<RunRequest, Failure> {
     if let Some(at) = not_before {
         request = request.not_before(at);
     }
+    if let Some(context) = args.traceparent {
+        request = request.traceparent(context);
+    }
     if let Some(text) = inputs_text {
         request = request.inputs(parse_json_object("inputs", &text)?);
     }
@@ -754,10 +767,12 @@ struct BatchLine {
     queue: Option<String>,
     #[serde(default)]
     at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    traceparent: Option<TraceContext>,
 }
 
 impl BatchLine {
-    fn into_request(self) -> RunRequest {
+    fn into_request(self, default_trace: Option<TraceContext>) -> RunRequest {
         let mut request = RunRequest::new(self.tenant_id, self.run_type);
         if let Some(inputs) = self.inputs {
             request = request.inputs(inputs);
@@ -782,6 +797,10 @@ impl BatchLine {
         }
         if let Some(at) = self.at {
             request = request.not_before(at);
+        }
+        // A line without its own trace context joins the command's.
+        if let Some(context) = self.traceparent.or(default_trace) {
+            request = request.traceparent(context);
         }
         request
     }
@@ -855,7 +874,7 @@ async fn enqueue_batch(
         let parsed = serde_json::from_str::<BatchLine>(line)
             .map_err(|e| e.to_string())
             .and_then(|l| {
-                let request = l.into_request();
+                let request = l.into_request(args.traceparent);
                 request.validate().map_err(|e| e.to_string())?;
                 registry
                     .spec(&request.run_type)

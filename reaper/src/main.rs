@@ -78,7 +78,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli.log.init("info");
+    // Kept to the end of main: dropping it flushes the spans not yet sent.
+    let _traces = match cli.log.init("info", "opsrun-reaper") {
+        Ok(traces) => traces,
+        Err(failure) => return failure.report(),
+    };
     opsrun_cli::run_main(false, run(cli))
 }
 

@@ -373,7 +373,12 @@ async fn a_batch_claim_gives_each_run_to_exactly_one_delivery() {
         .await;
     let outcomes: Vec<_> = claimed
         .iter()
-        .map(|(d, r)| (d.entry_id.as_str(), r.as_ref().map(|run| run.id)))
+        .map(|(d, r)| {
+            (
+                d.entry_id.as_str(),
+                r.as_ref().map(|claimed| claimed.run.id),
+            )
+        })
         .collect();
     assert_eq!(outcomes[0], ("1-1", Ok(a.id)));
     assert_eq!(

@@ -218,15 +218,15 @@ async fn claim_and_run(
     jobs: TaskTracker,
 ) {
     for (delivery, claim) in lifecycle.claim(deliveries).await {
-        let Ok(run) = claim else { continue };
+        let Ok(claimed) = claim else { continue };
         // A read never returns more entries than permits were taken for it.
         let Some(permit) = permits.pop() else {
-            tracing::error!(run_id = %run.id, "more entries than permits; left to the reaper");
+            tracing::error!(run_id = %claimed.run.id, "more entries than permits; left to the reaper");
             continue;
         };
         let lifecycle = Arc::clone(&lifecycle);
         jobs.spawn(async move {
-            let finished = lifecycle.run_job(delivery, run).await;
+            let finished = lifecycle.run_job(delivery, claimed).await;
             drop(permit.slot);
             lifecycle.settle(finished).await;
             drop(permit.hold);

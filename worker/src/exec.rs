@@ -171,6 +171,9 @@ impl Handler for ExecHandler {
             .env("OPSRUN_TYPE", &run.run_type)
             .env("OPSRUN_ATTEMPT", run.attempt.to_string())
             .env("OPSRUN_QUEUE", &run.queue);
+        if let Some(traceparent) = job.traceparent() {
+            cmd.env("TRACEPARENT", traceparent);
+        }
         if let Some(user) = &self.user {
             // Supplementary groups are dropped too (std does when root).
             cmd.uid(user.uid).gid(user.gid);

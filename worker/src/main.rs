@@ -76,7 +76,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli.log.init("info");
+    // Kept to the end of main: dropping it flushes the spans not yet sent.
+    let _traces = match cli.log.init("info", "opsrun-worker") {
+        Ok(traces) => traces,
+        Err(failure) => return failure.report(),
+    };
     // A job's panic message is job data: log it sanitized, like every failure.
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %opsrun::sanitize::redact(&info.to_string()), "a task panicked");

@@ -53,7 +53,7 @@ const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status,
      summary_counts, failure_summary, context, inputs, queue, shard, attempt, max_attempts, holder, heartbeat_at, \
      dispatch_entry_id, dispatched_at, reclaims, identity_rule, lease_seconds, not_before, domain_id, \
      started_at, completed_at, created_at, updated_at, cancel_requested_at, cancel_request, retry_of, \
-     concurrency_key, slot_wait_since";
+     concurrency_key, slot_wait_since, traceparent";
 
 /// A one-row `FROM` item that makes the statement's own transaction commit
 /// without waiting for the WAL flush (`synchronous_commit` is local to that
@@ -303,16 +303,16 @@ impl Ledger {
         const INSERT_ACTIVE: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
                 identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, retry_of, concurrency_key, \
-                dispatched_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                traceparent, dispatched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
                  CASE WHEN $12::timestamptz IS NULL AND $13::text IS NULL THEN now() END) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}";
         const INSERT_STRICT: &str = "INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
                 identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, retry_of, concurrency_key, \
-                dispatched_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                traceparent, dispatched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
                  CASE WHEN $12::timestamptz IS NULL AND $13::text IS NULL THEN now() END) \
              ON CONFLICT DO NOTHING RETURNING {cols}";
         const SELECT_ACTIVE: &str = "SELECT {cols} FROM operation_runs \
@@ -341,6 +341,7 @@ impl Ledger {
                     .bind(new.shard)
                     .bind(request.retry_of)
                     .bind(new.concurrency_key)
+                    .bind(request.traceparent.map(|t| t.to_string()))
                     .fetch_optional(&self.db)
                     .await
                     .map_err(db("inserting run"))?;
@@ -388,13 +389,15 @@ impl Ledger {
             |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
         sqlx::query_as::<_, Run>(sql("INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of, concurrency_key, dispatched_at) \
+                identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of, concurrency_key, traceparent, \
+                dispatched_at) \
              SELECT *, CASE WHEN u.not_before IS NULL THEN now() END \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
                  $6::jsonb[], $7::jsonb[], $8::text[], $9::text[], $10::int[], $11::int[], $12::timestamptz[], \
-                 $13::smallint[], $14::bigint[], $15::text[]) \
+                 $13::smallint[], $14::bigint[], $15::text[], $16::text[]) \
                  AS u(tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                      identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of, concurrency_key) \
+                      identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of, concurrency_key, \
+                      traceparent) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}"))
         .bind(runs.iter().map(|r| r.request.tenant_id).collect::<Vec<_>>())
@@ -412,6 +415,7 @@ impl Ledger {
         .bind(runs.iter().map(|r| r.shard).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.request.retry_of).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.concurrency_key).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| r.request.traceparent.map(|t| t.to_string())).collect::<Vec<_>>())
         .fetch_all(&self.db)
         .await
         .map_err(db("inserting runs"))

@@ -14,6 +14,7 @@ pub struct Job {
     /// The run as claimed: status `running`, `attempt` already counted.
     pub run: Run,
     cancel: CancellationToken,
+    traceparent: Option<String>,
 }
 
 impl Job {
@@ -22,7 +23,21 @@ impl Job {
         Job {
             run,
             cancel: CancellationToken::new(),
+            traceparent: None,
         }
+    }
+
+    /// The same job, run under this W3C trace context.
+    pub fn traced(mut self, traceparent: Option<String>) -> Job {
+        self.traceparent = traceparent;
+        self
+    }
+
+    /// The W3C `traceparent` of the job's span (or of the run's stored
+    /// context when spans are not exported), for work the job hands on: an
+    /// exec job gets it as `TRACEPARENT`.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
     }
 
     /// The same job, cancelled when `cancel` is.

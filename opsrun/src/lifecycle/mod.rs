@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tracing::Instrument;
 
@@ -31,6 +31,7 @@ use crate::error::Result;
 use crate::ledger::{Claim, ClaimRequest, Fence, Ledger, Terminal};
 use crate::run::{Failure, Outcome, Run, RunId, fold_failures};
 use crate::sanitize;
+use crate::trace::{Step, TraceContext};
 use crate::transport::{Delivery, QueueStream, Transport};
 
 /// How long a claim keeps retrying while Postgres is unreachable before the
@@ -64,6 +65,14 @@ pub enum Processed {
     LeaseLost,
     /// Postgres was unreachable; the entry stays pending for the reaper.
     Deferred,
+}
+
+/// A run this worker claimed, with the span its attempt is recorded under
+/// (a child of the run's stored trace context when spans are exported).
+pub struct Claimed {
+    /// The run as claimed: `running`, its attempt counted.
+    pub run: Run,
+    span: tracing::Span,
 }
 
 /// A claimed run whose job has finished and whose result is not written
@@ -200,7 +209,7 @@ impl Lifecycle {
     /// Process one delivery end to end.
     pub async fn process(&self, delivery: Delivery) -> Processed {
         match self.claim(vec![delivery]).await.pop() {
-            Some((delivery, Ok(run))) => self.run_claimed(delivery, run).await,
+            Some((delivery, Ok(claimed))) => self.run_claimed(delivery, claimed).await,
             Some((_, Err(processed))) => processed,
             None => Processed::Deferred,
         }
@@ -213,7 +222,11 @@ impl Lifecycle {
     pub async fn claim(
         &self,
         deliveries: Vec<Delivery>,
-    ) -> Vec<(Delivery, Result<Run, Processed>)> {
+    ) -> Vec<(Delivery, Result<Claimed, Processed>)> {
+        // Each attempt's span opens before its claim, so the claim (recorded
+        // below with the statement's times) falls inside it.
+        let spans: Vec<tracing::Span> = deliveries.iter().map(attempt_span).collect();
+        let claim_started = SystemTime::now();
         let requests: Vec<ClaimRequest> = deliveries
             .iter()
             .filter_map(|d| d.entry.as_ref().map(|e| (d, e)))
@@ -250,12 +263,15 @@ impl Lifecycle {
                     .collect();
             }
         };
+        let claim_ended = SystemTime::now();
+        let statement_runs = claimed.len() as i64;
         claimed.iter().for_each(crate::telemetry::run_started);
         let mut claimed: HashMap<RunId, Run> = claimed.into_iter().map(|r| (r.id, r)).collect();
         let mut skipped: Vec<(QueueStream, String)> = Vec::new();
-        let results: Vec<(Delivery, Result<Run, Processed>)> = deliveries
+        let results: Vec<(Delivery, Result<Claimed, Processed>)> = deliveries
             .into_iter()
-            .map(|delivery| {
+            .zip(spans)
+            .map(|(delivery, span)| {
                 let outcome = match &delivery.entry {
                     None => {
                         tracing::warn!(stream = %delivery.stream, entry_id = %delivery.entry_id, "malformed entry acknowledged and skipped");
@@ -265,8 +281,17 @@ impl Lifecycle {
                     // The run is handed to the first of its deliveries that carries
                     // the claimed attempt; a duplicate in the same batch is skipped.
                     Some(entry) => match claimed.remove(&entry.run_id).filter(|r| r.attempt == entry.attempt) {
-                        Some(run) => Ok(run),
+                        Some(run) => {
+                            if let Some(context) = run.traceparent.as_deref().and_then(|t| TraceContext::parse(t).ok()) {
+                                context.attach(&span);
+                            }
+                            let mut claim = Step::start(&span, "claim", Some(claim_started));
+                            claim.set("opsrun.claim.statement_runs", statement_runs);
+                            claim.end(Some(claim_ended));
+                            Ok(Claimed { run, span })
+                        }
                         None => {
+                            span.record("skipped", "not claimable");
                             tracing::info!(run_id = %entry.run_id, tenant_id = entry.tenant_id, attempt = entry.attempt,
                                 entry_id = %delivery.entry_id, "entry matches no queued run (duplicate, late, forged, or waiting for a slot); skipped");
                             crate::telemetry::entries_skipped("not_claimable", 1);
@@ -297,19 +322,26 @@ impl Lifecycle {
 
     /// Run a claimed run: the handler stack, then the fenced terminal write
     /// (or a retry), then the acknowledgement.
-    pub async fn run_claimed(&self, delivery: Delivery, run: Run) -> Processed {
-        let finished = self.run_job(delivery, run).await;
+    pub async fn run_claimed(&self, delivery: Delivery, claimed: Claimed) -> Processed {
+        let finished = self.run_job(delivery, claimed).await;
         self.settle(finished).await
     }
 
     /// Run the handler stack of a claimed run. The run stays held (and
     /// heartbeated) until [`Lifecycle::settle`] has written its result.
-    pub async fn run_job(&self, delivery: Delivery, run: Run) -> Finished {
+    pub async fn run_job(&self, delivery: Delivery, claimed: Claimed) -> Finished {
+        let Claimed { run, span } = claimed;
         let stops = self.in_flight.insert(run.id);
         let started = std::time::Instant::now();
         crate::telemetry::job_started();
-        let span = tracing::info_span!("run", run_id = %run.id, tenant_id = run.tenant_id, r#type = %run.run_type, attempt = run.attempt, queue = %run.queue);
         tracing::info!(parent: &span, "run started");
+        let mut handler = Step::start(&span, "handler", None);
+        // A child process continues the trace from the handler's span, or
+        // from the stored context when spans are not exported.
+        let traceparent = handler
+            .context()
+            .map(|c| c.to_string())
+            .or_else(|| run.traceparent.clone());
         // The span follows the job into its task, so handler logs carry the run's fields.
         let route = self
             .routes
@@ -317,11 +349,17 @@ impl Lifecycle {
             .or(self.fallback.as_ref())
             .cloned();
         let retry_backoff = route.as_ref().map(|r| r.retry);
-        let job = Job::new(run.clone()).stopped_by(stops.cancel.clone());
+        let job = Job::new(run.clone())
+            .stopped_by(stops.cancel.clone())
+            .traced(traceparent);
         let result = self
             .execute(job, route, stops)
             .instrument(span.clone())
             .await;
+        if let JobResult::Failed { code, .. } | JobResult::Retry { code, .. } = &result {
+            handler.fail(code.clone());
+        }
+        handler.end(None);
         // A cancel asked for while the job ran decides the outcome, whatever
         // the job returned (its counts are kept).
         let cancelled = self.in_flight.cancel_request(run.id);
@@ -341,6 +379,24 @@ impl Lifecycle {
     /// Write a finished job's result, fenced on its claim (or schedule its
     /// retry), then acknowledge its entry.
     pub async fn settle(&self, finished: Finished) -> Processed {
+        let mut step = Step::start(&finished.span, "complete", None);
+        let processed = self.write_result(finished).await;
+        let written = match &processed {
+            Processed::Completed(outcome) => outcome.as_str(),
+            Processed::Retried => "retried",
+            Processed::LeaseLost => "claim_lost",
+            Processed::Deferred => "deferred",
+            Processed::Skipped(_) => "skipped",
+        };
+        step.set("opsrun.written", written);
+        if processed == Processed::Deferred {
+            step.fail("the result could not be written; the reaper will reclaim the run");
+        }
+        step.end(None);
+        processed
+    }
+
+    async fn write_result(&self, finished: Finished) -> Processed {
         let Finished {
             delivery,
             run,
@@ -616,6 +672,17 @@ fn terminal_state(
         counts,
         fold_failures(prior.into_iter().chain(failures)),
     )
+}
+
+/// The span of one delivered attempt; its fields are on every log line the
+/// run's job writes (the JSON format's `span`).
+fn attempt_span(delivery: &Delivery) -> tracing::Span {
+    match &delivery.entry {
+        Some(e) => tracing::info_span!("run", run_id = %e.run_id, tenant_id = e.tenant_id,
+            r#type = %e.run_type, attempt = e.attempt, queue = %delivery.stream.queue,
+            skipped = tracing::field::Empty),
+        None => tracing::Span::none(),
+    }
 }
 
 /// Retry `op` with backoff while Postgres is unreachable (or a statement
