@@ -473,17 +473,34 @@ async fn operators_start_runs_and_readonly_tokens_cannot() {
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert_eq!(env.count_runs().await, 0);
 
-    let started = call(
-        &app,
-        Method::POST,
-        "/api/v1/runs",
-        Some(&operator),
-        Some(body.clone()),
-    )
-    .await;
+    // The caller's trace context comes in the W3C header; a malformed one
+    // is a 400 naming it, and nothing is started.
+    let start_traced = |traceparent: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/runs")
+            .header(header::AUTHORIZATION, format!("Bearer {operator}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("traceparent", traceparent)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let malformed = send(&app, start_traced("00-abc-01")).await;
+    assert_eq!(
+        malformed.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        malformed.text
+    );
+    assert!(malformed.text.contains("traceparent"), "{}", malformed.text);
+    assert_eq!(env.count_runs().await, 0);
+
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let started = send(&app, start_traced(traceparent)).await;
     assert_eq!(started.status, StatusCode::CREATED, "{}", started.text);
     let started = started.json();
     let run_id = started["run"]["id"].as_i64().unwrap();
+    assert_eq!(started["run"]["traceparent"], traceparent);
     assert_eq!(started["dispatch"], "sent");
     assert_eq!(started["run"]["initiator_name"], "Ada");
     assert_eq!(started["run"]["user_id"], 7);
