@@ -130,7 +130,7 @@ async fn main() -> Result<()> {
     ledger
         .create_token(
             &NewToken {
-                tenant_id: 1,
+                tenant_id: Some(1),
                 role: Role::Readonly,
                 user: None,
                 label: Some("bench"),
@@ -143,7 +143,7 @@ async fn main() -> Result<()> {
     ledger
         .create_token(
             &NewToken {
-                tenant_id: 2,
+                tenant_id: Some(2),
                 role: Role::Readonly,
                 user: None,
                 label: Some("bench"),
@@ -156,7 +156,7 @@ async fn main() -> Result<()> {
     ledger
         .create_token(
             &NewToken {
-                tenant_id: 1,
+                tenant_id: Some(1),
                 role: Role::Operator,
                 user: Some((42, "user 42")),
                 label: Some("bench"),

@@ -22,9 +22,10 @@ pub const COOKIE: &str = "opsrun_session";
 pub struct Caller(pub Token);
 
 impl Caller {
-    /// The only tenant the caller sees.
+    /// The only tenant the caller sees (a tenant token has one: platform
+    /// tokens are refused by the extractor).
     pub fn tenant_id(&self) -> i64 {
-        self.0.tenant_id
+        self.0.tenant_id.unwrap_or_default()
     }
 
     /// The user the token acts for, or 403 for a service token.
@@ -77,10 +78,13 @@ pub fn session_secret(parts_headers: &axum::http::HeaderMap) -> Option<String> {
         .filter(|s| well_formed(s))
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
+/// A platform token's caller: queue health and aggregate counts across
+/// tenants, never a run's contents.
+#[derive(Debug, Clone)]
+pub struct Platform(pub Token);
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+/// The live token of a request, whatever its role.
+async fn authenticated(parts: &mut Parts, state: &AppState) -> Result<Token, ApiError> {
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -98,7 +102,37 @@ impl FromRequestParts<AppState> for Caller {
                 None => None,
             },
         };
-        token.map(Caller).ok_or_else(ApiError::unauthorized)
+    token.ok_or_else(ApiError::unauthorized)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    /// 401 without a live token; 403 for a platform token, which sees no
+    /// tenant's runs.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = authenticated(parts, state).await?;
+        match token.tenant_id {
+            Some(_) => Ok(Caller(token)),
+            None => Err(ApiError::forbidden(
+                "a platform token sees queue health across tenants, never a tenant's runs",
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Platform {
+    type Rejection = ApiError;
+
+    /// 401 without a live token; 403 for a tenant's token.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = authenticated(parts, state).await?;
+        match token.role {
+            opsrun::access::Role::Platform => Ok(Platform(token)),
+            _ => Err(ApiError::forbidden(
+                "queue health across tenants is for platform tokens; this token sees one tenant",
+            )),
+        }
     }
 }
 

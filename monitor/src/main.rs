@@ -145,11 +145,15 @@ struct ServeArgs {
 enum TokenCommand {
     /// Create a token and print it once (only its hash is stored).
     Create {
-        #[arg(long, value_parser = tenant_id)]
-        tenant: i64,
+        /// The tenant it sees (not for a platform token).
+        #[arg(long, value_parser = tenant_id, required_unless_present = "platform")]
+        tenant: Option<i64>,
+        /// A platform token: no tenant, queue health across tenants only.
+        #[arg(long, conflicts_with_all = ["tenant", "role", "user_id", "allow_queues"])]
+        platform: bool,
         /// readonly (view) or operator (view and start runs).
-        #[arg(long)]
-        role: Role,
+        #[arg(long, required_unless_present = "platform")]
+        role: Option<Role>,
         /// The user the token acts for: initiator of the runs it starts, reader of their notifications.
         #[arg(long, requires = "user_name", value_parser = user_id)]
         user_id: Option<i64>,
@@ -166,17 +170,21 @@ enum TokenCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-    /// List a tenant's tokens (never their secrets).
+    /// List a tenant's tokens, or the platform tokens (never their secrets).
     List {
-        #[arg(long, value_parser = tenant_id)]
-        tenant: i64,
+        #[arg(long, value_parser = tenant_id, required_unless_present = "platform")]
+        tenant: Option<i64>,
+        #[arg(long, conflicts_with = "tenant")]
+        platform: bool,
         #[command(flatten)]
         database: DatabaseArgs,
     },
     /// Revoke a token by id.
     Revoke {
-        #[arg(long, value_parser = tenant_id)]
-        tenant: i64,
+        #[arg(long, value_parser = tenant_id, required_unless_present = "platform")]
+        tenant: Option<i64>,
+        #[arg(long, conflicts_with = "tenant")]
+        platform: bool,
         #[arg(long)]
         id: i64,
         #[command(flatten)]
@@ -406,6 +414,7 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
     match command {
         TokenCommand::Create {
             tenant,
+            platform,
             role,
             user_id,
             user_name,
@@ -425,6 +434,19 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
                 }
                 _ => None,
             };
+            let role = match (platform, role) {
+                (true, _) => Role::Platform,
+                (false, Some(Role::Platform)) => {
+                    return Err(Failure::new(
+                        exit::INVALID,
+                        "a platform token has no tenant: use --platform instead of --tenant and --role platform",
+                    ));
+                }
+                (false, Some(role)) => role,
+                (false, None) => {
+                    return Err(Failure::new(exit::INVALID, "--role is required with --tenant"));
+                }
+            };
             let ledger = database.ledger(1).await?;
             let (secret, hash) = generate_token();
             let stored = ledger
@@ -439,16 +461,21 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
                     &hash,
                 )
                 .await?;
+            let scope = match stored.tenant_id {
+                Some(tenant) => format!("tenant {tenant}"),
+                None => "the platform".to_string(),
+            };
             eprintln!(
-                "created token {} for tenant {} ({}); it is shown once, store it now",
+                "created token {} for {scope} ({}); it is shown once, store it now",
                 stored.id,
-                stored.tenant_id,
                 stored.role.as_str()
             );
             println!("{secret}");
             Ok(exit::OK)
         }
-        TokenCommand::List { tenant, database } => {
+        TokenCommand::List {
+            tenant, database, ..
+        } => {
             let ledger = database.ledger(1).await?;
             for t in ledger.tokens(tenant).await? {
                 println!("{}", json!(t));
@@ -459,6 +486,7 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
             tenant,
             id,
             database,
+            ..
         } => {
             let ledger = database.ledger(1).await?;
             if ledger.revoke_token(tenant, id).await? {
@@ -467,7 +495,10 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
             } else {
                 Err(Failure::new(
                     NOT_FOUND,
-                    format!("tenant {tenant} has no live token {id}"),
+                    match tenant {
+                        Some(tenant) => format!("tenant {tenant} has no live token {id}"),
+                        None => format!("there is no live platform token {id}"),
+                    },
                 ))
             }
         }

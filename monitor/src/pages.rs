@@ -146,6 +146,8 @@ fn outcome_badge(outcome: opsrun::Outcome) -> Markup {
 pub async fn index(caller: Result<Caller, ApiError>) -> Redirect {
     match caller {
         Ok(caller) => Redirect::to(&format!("/tenants/{}/operations", caller.tenant_id())),
+        // A platform token: its one page.
+        Err(e) if e.status == StatusCode::FORBIDDEN => Redirect::to("/queues"),
         Err(_) => Redirect::to("/login"),
     }
 }
@@ -238,7 +240,10 @@ pub async fn login(
             }
             let to = local_path(form.next.as_deref())
                 .map(str::to_string)
-                .unwrap_or_else(|| format!("/tenants/{}/operations", token.tenant_id));
+                .unwrap_or_else(|| match token.tenant_id {
+                    Some(tenant) => format!("/tenants/{tenant}/operations"),
+                    None => "/queues".to_string(),
+                });
             (
                 jar.add(session_cookie(session, state.session_ttl)),
                 Redirect::to(&to),

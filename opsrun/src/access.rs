@@ -15,6 +15,9 @@ pub enum Role {
     Readonly,
     /// Also start runs.
     Operator,
+    /// Bound to no tenant: queue health and aggregate counts across
+    /// tenants, never a run's contents.
+    Platform,
 }
 
 impl Role {
@@ -23,6 +26,7 @@ impl Role {
         match self {
             Role::Readonly => "readonly",
             Role::Operator => "operator",
+            Role::Platform => "platform",
         }
     }
 
@@ -39,7 +43,10 @@ impl std::str::FromStr for Role {
         match s {
             "readonly" => Ok(Role::Readonly),
             "operator" => Ok(Role::Operator),
-            _ => Err(format!("{s:?} is not a role: use readonly or operator")),
+            "platform" => Ok(Role::Platform),
+            _ => Err(format!(
+                "{s:?} is not a role: use readonly, operator or platform"
+            )),
         }
     }
 }
@@ -49,8 +56,8 @@ impl std::str::FromStr for Role {
 pub struct Token {
     /// Row id, for listing and revoking.
     pub id: i64,
-    /// The only tenant it sees.
-    pub tenant_id: i64,
+    /// The only tenant it sees; `None` for a platform token.
+    pub tenant_id: Option<i64>,
     /// What it may do.
     pub role: Role,
     /// The person it acts for; `None` for a service token.

@@ -37,6 +37,7 @@
 //! ```
 
 pub mod access;
+pub mod chart;
 pub mod concurrency;
 pub mod config;
 pub mod error;
@@ -47,6 +48,7 @@ pub mod lifecycle;
 pub mod listing;
 pub mod mirror;
 pub mod notification;
+pub mod queue_health;
 pub mod registry;
 pub mod request;
 pub mod run;

@@ -7,7 +7,9 @@
 //! - [`lost_dispatch`]: queued runs whose entry is gone are dispatched again;
 //! - [`pending`]: stale pending entries acknowledged, poison dead-lettered;
 //! - [`trim`]: streams trimmed below the oldest entry that still matters;
-//! - [`retention`]: completed runs past retention deleted in batches.
+//! - [`retention`]: completed runs past retention deleted in batches;
+//! - rollups: closed hours of completed runs counted for the monitor's
+//!   chart (`Ledger::roll_up`).
 //!
 //! And, with `--metrics-listen`, [`gauges`]: the queues' Prometheus gauges.
 //!
@@ -66,6 +68,8 @@ pub struct RoundReport {
     pub trim: trim::TrimReport,
     /// Retention pass.
     pub retention: retention::RetentionReport,
+    /// Hours of completed runs rolled up for the monitor's chart.
+    pub rolled_up_hours: u32,
     /// Passes that stopped on an error (logged); the others still ran.
     pub failed_passes: Vec<&'static str>,
 }
@@ -142,7 +146,14 @@ pub async fn run_once(service: &RunService, config: &ReaperConfig) -> RoundRepor
             failed("retention", e);
             Default::default()
         });
+    // Closed hours into the chart's rollups, a day's worth a round at most
+    // (a first start over a long history catches up over a few rounds).
+    let rolled_up_hours = service.ledger().roll_up(24).await.unwrap_or_else(|e| {
+        failed("rollups", e);
+        0
+    });
     RoundReport {
+        rolled_up_hours,
         schedules,
         due,
         stuck,

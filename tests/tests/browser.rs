@@ -132,7 +132,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
     env.ledger()
         .create_token(
             &NewToken {
-                tenant_id: 4,
+                tenant_id: Some(4),
                 role: Role::Operator,
                 user: Some((7, "Ada Lovelace")),
                 label: Some("browser test"),

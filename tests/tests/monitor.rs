@@ -33,7 +33,7 @@ async fn token(env: &TestEnv, tenant: i64, role: Role, user: Option<(i64, &str)>
     env.ledger()
         .create_token(
             &NewToken {
-                tenant_id: tenant,
+                tenant_id: Some(tenant),
                 role,
                 user,
                 label: Some("test"),
@@ -579,7 +579,7 @@ async fn tokens_are_required_checked_and_revocable() {
         .fetch_one(&env.pool)
         .await
         .unwrap();
-    assert!(env.ledger().revoke_token(A, id).await.unwrap());
+    assert!(env.ledger().revoke_token(Some(A), id).await.unwrap());
     assert_eq!(
         get(&app, "/api/v1/runs", &reader).await.status,
         StatusCode::UNAUTHORIZED
@@ -1291,7 +1291,7 @@ async fn a_token_starts_runs_only_on_the_types_queue_unless_allowed_more() {
     env.ledger()
         .create_token(
             &NewToken {
-                tenant_id: A,
+                tenant_id: Some(A),
                 role: Role::Operator,
                 user: None,
                 label: Some("priority"),
@@ -1860,7 +1860,7 @@ async fn only_a_token_made_for_a_queue_pauses_it_and_the_list_says_so() {
     env.ledger()
         .create_token(
             &NewToken {
-                tenant_id: A,
+                tenant_id: Some(A),
                 role: Role::Operator,
                 user: Some((8, "Grace")),
                 label: Some("ops"),

@@ -11,8 +11,8 @@ const TOKEN_COLUMNS: &str =
 /// A token to create.
 #[derive(Debug, Clone, Copy)]
 pub struct NewToken<'a> {
-    /// The only tenant it sees.
-    pub tenant_id: i64,
+    /// The only tenant it sees; `None` for (and only for) a platform token.
+    pub tenant_id: Option<i64>,
     /// What it may do.
     pub role: Role,
     /// The person it acts for, with their name; `None` for a service token.
@@ -53,10 +53,11 @@ impl Ledger {
         .map_err(db("reading token"))
     }
 
-    /// A tenant's tokens, newest first (revoked ones included).
-    pub async fn tokens(&self, tenant_id: i64) -> Result<Vec<Token>> {
+    /// A tenant's tokens (`None`: the platform tokens), newest first,
+    /// revoked ones included.
+    pub async fn tokens(&self, tenant_id: Option<i64>) -> Result<Vec<Token>> {
         sqlx::query_as::<_, Token>(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant_id = $1 ORDER BY id DESC"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant_id IS NOT DISTINCT FROM $1 ORDER BY id DESC"
         )))
         .bind(tenant_id)
         .fetch_all(&self.db)
@@ -64,11 +65,12 @@ impl Ledger {
         .map_err(db("listing tokens"))
     }
 
-    /// Revoke a tenant's token; false when there is no such live token.
-    pub async fn revoke_token(&self, tenant_id: i64, id: i64) -> Result<bool> {
+    /// Revoke a tenant's token (`None`: a platform token); false when there
+    /// is no such live token.
+    pub async fn revoke_token(&self, tenant_id: Option<i64>, id: i64) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE api_tokens SET revoked_at = now() \
-             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+             WHERE tenant_id IS NOT DISTINCT FROM $1 AND id = $2 AND revoked_at IS NULL",
         )
         .bind(tenant_id)
         .bind(id)

@@ -25,13 +25,15 @@ mod listing;
 mod notifications;
 mod pooler;
 mod queues;
+mod rollups;
 mod schedules;
 mod session;
 
 pub use access::NewToken;
 pub use actions::{CancelResult, OperatorAction, QueuePause};
 pub use pooler::{Pooler, behind_transaction_pooler};
-pub use queues::QueueActivity;
+pub use queues::{QueueActivity, QueueThroughput};
+pub use rollups::ROLLUP_DELAY;
 pub use schedules::{Schedule, ScheduleSlot, ScheduleSpec};
 pub use session::Session;
 

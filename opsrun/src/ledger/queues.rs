@@ -20,7 +20,36 @@ pub struct QueueActivity {
     pub oldest_due_seconds: Option<f64>,
 }
 
+/// Runs of one queue completed in one minute.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct QueueThroughput {
+    /// The queue.
+    pub queue: String,
+    /// The minute's start.
+    pub minute: chrono::DateTime<chrono::Utc>,
+    /// Runs completed in it.
+    pub completed: i64,
+    /// Of which failed.
+    pub failed: i64,
+}
+
 impl Ledger {
+    /// Runs completed per queue and minute over the last `minutes` minutes
+    /// (minutes without any are left out). Reads the completion-time index.
+    pub async fn queue_throughput(&self, minutes: i32) -> Result<Vec<QueueThroughput>> {
+        sqlx::query_as::<_, QueueThroughput>(
+            "SELECT queue, date_trunc('minute', completed_at) AS minute, count(*) AS completed, \
+                    count(*) FILTER (WHERE outcome = 'failed') AS failed \
+             FROM operation_runs \
+             WHERE status = 'completed' AND completed_at > date_trunc('minute', now()) - make_interval(mins => $1) \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(minutes)
+        .fetch_all(&self.db)
+        .await
+        .map_err(db("reading queue throughput"))
+    }
+
     /// Every queue with active runs, by name. Reads the active runs (the
     /// index over them), as the reaper's stuck pass does.
     pub async fn queue_activity(&self) -> Result<Vec<QueueActivity>> {

@@ -10,7 +10,7 @@ use redis::streams::StreamId;
 
 use super::connect::Backend;
 use super::{
-    Entry, EntryState, GROUP, GroupState, PendingEntry, QueueStream, Request, Transport, min_id,
+    ConsumerState, Entry, EntryState, GROUP, GroupState, PendingEntry, QueueStream, Request, Transport, min_id,
     parse_id, successor, text,
 };
 use crate::error::{Error, Result};
@@ -209,6 +209,36 @@ impl Transport {
                 pending: number(g, "pending").unwrap_or(0),
                 lag: number(g, "lag"),
             }))
+    }
+
+    /// The consumers of the workers' group on `stream` (empty when the
+    /// stream or the group does not exist).
+    pub async fn consumers(&self, stream: &QueueStream) -> Result<Vec<ConsumerState>> {
+        let stream = self.keys.queue_stream(stream);
+        let mut info = redis::cmd("XINFO");
+        info.arg("CONSUMERS").arg(&stream).arg(GROUP);
+        let consumers: Vec<std::collections::HashMap<String, redis::Value>> = match self
+            .run(|| format!("reading consumers of {stream}"), &info)
+            .await
+        {
+            Ok(consumers) => consumers,
+            Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") || source.code() == Some("ERR") => {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        let number = |c: &std::collections::HashMap<String, redis::Value>, key: &str| match c.get(key) {
+            Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(consumers
+            .iter()
+            .map(|c| ConsumerState {
+                name: c.get("name").and_then(text).unwrap_or_default(),
+                pending: number(c, "pending"),
+                idle_ms: number(c, "idle"),
+            })
+            .collect())
     }
 
     /// The delivery of entry `entry_id` of `stream` not yet acknowledged,

@@ -229,6 +229,17 @@ pub struct GroupState {
     pub lag: Option<u64>,
 }
 
+/// One consumer of the workers' group on a stream (a worker process).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumerState {
+    /// Its name (`host:pid` for opsrun workers).
+    pub name: String,
+    /// Entries delivered to it and not acknowledged.
+    pub pending: u64,
+    /// Milliseconds since it last read or claimed.
+    pub idle_ms: u64,
+}
+
 /// Where a dispatched entry stands in its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
