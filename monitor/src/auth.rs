@@ -85,23 +85,23 @@ pub struct Platform(pub Token);
 
 /// The live token of a request, whatever its role.
 async fn authenticated(parts: &mut Parts, state: &AppState) -> Result<Token, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let token = match header.and_then(|h| h.split_once(' ')) {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-                let token = token.trim();
-                if !well_formed(token) {
-                    return Err(ApiError::unauthorized());
-                }
-                state.ledger.token_by_secret(token).await?
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = match header.and_then(|h| h.split_once(' ')) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            let token = token.trim();
+            if !well_formed(token) {
+                return Err(ApiError::unauthorized());
             }
-            _ => match session_secret(&parts.headers) {
-                Some(secret) => state.ledger.token_by_session(&secret).await?,
-                None => None,
-            },
-        };
+            state.ledger.token_by_secret(token).await?
+        }
+        _ => match session_secret(&parts.headers) {
+            Some(secret) => state.ledger.token_by_session(&secret).await?,
+            None => None,
+        },
+    };
     token.ok_or_else(ApiError::unauthorized)
 }
 

@@ -7,6 +7,7 @@
 //! Routes:
 //! - `GET /api/v1/runs`, `GET /api/v1/runs/{id}`, `POST /api/v1/runs`
 //! - `GET /api/v1/notifications`, `POST /api/v1/notifications/read`, `GET /api/v1/me`
+//! - `GET /queues`, `GET /api/v1/platform/queues` (platform tokens)
 //! - `GET /login`, `POST /login`, `POST /logout`, `GET /`
 //! - `GET /tenants/{tenant}/operations[/{id}]`, `GET /tenants/{tenant}/notifications`,
 //!   `POST /tenants/{tenant}/notifications/read`
@@ -15,9 +16,11 @@
 pub mod actions;
 pub mod api;
 pub mod auth;
+pub mod chart;
 pub mod error;
 pub mod http_metrics;
 pub mod pages;
+pub mod queues;
 pub mod replica;
 pub mod schedules;
 pub mod security;
@@ -134,6 +137,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/retry", post(api::retry_run))
         .route("/api/v1/actions", get(api::actions))
         .route("/api/v1/queues", get(api::queues))
+        .route("/api/v1/platform/queues", get(queues::api))
+        .route("/api/v1/chart", get(chart::api))
+        .route("/queues", get(queues::page))
         .route(
             "/api/v1/schedules",
             get(api::schedules).post(api::create_schedule),
@@ -151,6 +157,10 @@ pub fn router(state: AppState) -> Router {
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/tenants/{tenant}/operations", get(pages::operations))
+        .route(
+            "/tenants/{tenant}/operations/rows",
+            get(pages::operation_rows),
+        )
         .route("/tenants/{tenant}/operations/{id}", get(pages::operation))
         .route(
             "/tenants/{tenant}/operations/{id}/cancel",
@@ -168,6 +178,7 @@ pub fn router(state: AppState) -> Router {
             post(pages::mark_all_read),
         )
         .route("/static/opsrun.css", get(pages::stylesheet))
+        .route("/static/live.js", get(pages::live_script))
         .route("/healthz", get(healthz))
         .layer(axum::middleware::from_fn(http_metrics::record))
         .layer(axum::middleware::from_fn_with_state(

@@ -444,7 +444,10 @@ async fn token(command: TokenCommand) -> Result<u8, Failure> {
                 }
                 (false, Some(role)) => role,
                 (false, None) => {
-                    return Err(Failure::new(exit::INVALID, "--role is required with --tenant"));
+                    return Err(Failure::new(
+                        exit::INVALID,
+                        "--role is required with --tenant",
+                    ));
                 }
             };
             let ledger = database.ledger(1).await?;

@@ -36,6 +36,8 @@ form.filters label{display:flex;flex-direction:column;font-size:12px;color:#555}
 .error{background:#ffd9d6;padding:8px 12px;border-radius:4px}
 dl{display:grid;grid-template-columns:200px 1fr;gap:4px 12px;background:#fff;padding:12px}
 dt{color:#555} dd{margin:0} pre{background:#fff;padding:8px;overflow:auto}
+#chart{background:#fff;padding:8px 12px;margin:12px 0} #chart h2{font-size:15px;margin:6px 0}
+.small{font-size:12px;color:#555} #live{font-size:12px;color:#3aa55d}
 ";
 
 /// The page frame: header with navigation for a logged-in caller.
@@ -290,10 +292,23 @@ pub async fn operations(
         },
         Err(e) => Err(e),
     };
+    let chart = match &page {
+        Ok((_, filter, _)) => {
+            let (since, until) = crate::chart::window(filter, now);
+            match state.reads.chart(caller.tenant_id(), since, until).await {
+                Ok(chart) => Some(chart),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the chart failed; the page is shown without it");
+                    None
+                }
+            }
+        }
+        Err(_) => None,
+    };
     let (status, body) = match &page {
         Ok((params, filter, page)) => (
             StatusCode::OK,
-            operations_body(&caller, params, filter, page, now),
+            operations_body(&caller, params, filter, page, chart.as_ref(), now),
         ),
         Err(e) => (
             e.status,
@@ -350,40 +365,111 @@ fn operations_body(
     params: &FilterParams,
     filter: &opsrun::listing::RunFilter,
     page: &opsrun::listing::Page,
+    chart: Option<&opsrun::chart::Chart>,
     now: DateTime<Utc>,
 ) -> Markup {
+    let query = serde_urlencoded::to_string(params).unwrap_or_default();
     html! {
         h1 { "Operations" }
         (filter_form(caller, params))
-        p { "Created since " (time(filter.since)) @if let Some(until) = filter.until { " until " (time(until)) } ", newest first." }
-        @if page.runs.is_empty() {
-            p #no-runs { "No runs match." }
-        } @else {
-            table #runs {
-                thead { tr { th { "Run" } th { "Type" } th { "Status" } th { "Outcome" } th { "Initiator" } th { "Created" } th { "Duration" } th { "Items" } th { "Failures" } } }
-                tbody {
-                    @for run in &page.runs {
-                        @let s = views::summary(run, "", now);
-                        tr.run data-run-id=(run.id) {
-                            td { a href=(s.view_url) { "#" (run.id) } }
-                            td { (run.run_type) }
-                            td { (s.status_label) }
-                            td { (outcome_badge(run.outcome)) }
-                            td { (run.initiator_name) }
-                            td { (time(run.created_at)) }
-                            td { @if let Some(d) = s.duration_seconds { (views::human_duration(d)) } }
-                            td { @if s.summary_counts.total > 0 { (s.summary_counts.success) " / " (s.summary_counts.total) } }
-                            td { (s.failure_codes.join(", ")) }
-                        }
-                    }
-                }
+        p { "Created since " (time(filter.since)) @if let Some(until) = filter.until { " until " (time(until)) } ", newest first."
+            // The first page follows new runs and status changes (live.js).
+            @if params.cursor.is_none() {
+                " " span #live data-rows-url=(format!("/tenants/{}/operations/rows?{query}", caller.tenant_id())) { "Live" }
             }
+        }
+        @if let Some(chart) = chart { (crate::chart::render(chart)) }
+        table #runs {
+            thead { tr { th { "Run" } th { "Type" } th { "Status" } th { "Outcome" } th { "Initiator" } th { "Created" } th { "Duration" } th { "Items" } th { "Failures" } } }
+            tbody #runs-body { (run_rows(page, now)) }
         }
         @if let Some(next) = &page.next {
             p { a #next-page href=(format!("?{}", serde_urlencoded::to_string(params.with_cursor(Some(next))).unwrap_or_default())) { "Older runs →" } }
         }
+        script src="/static/live.js" defer {}
     }
 }
+
+/// The list's rows (the body live updates replace).
+fn run_rows(page: &opsrun::listing::Page, now: DateTime<Utc>) -> Markup {
+    html! {
+        @if page.runs.is_empty() {
+            tr #no-runs { td colspan="9" { "No runs match." } }
+        }
+        @for run in &page.runs {
+            @let s = views::summary(run, "", now);
+            tr.run data-run-id=(run.id) data-status=(run.status.as_str()) {
+                td { a href=(s.view_url) { "#" (run.id) } }
+                td { (run.run_type) }
+                td.status { (s.status_label) }
+                td.outcome { (outcome_badge(run.outcome)) }
+                td { (run.initiator_name) }
+                td { (time(run.created_at)) }
+                td { @if let Some(d) = s.duration_seconds { (views::human_duration(d)) } }
+                td { @if s.summary_counts.total > 0 { (s.summary_counts.success) " / " (s.summary_counts.total) } }
+                td { (s.failure_codes.join(", ")) }
+            }
+        }
+    }
+}
+
+/// `GET /tenants/{tenant}/operations/rows`: the first page's rows for the
+/// same filter, polled by the open page every two seconds (plain reads, so
+/// it works behind a transaction pooler and from a replica).
+pub async fn operation_rows(
+    State(state): State<AppState>,
+    PageCaller(caller): PageCaller,
+    params: Result<Query<FilterParams>, QueryRejection>,
+) -> Response {
+    let now = Utc::now();
+    let page = match query(params).and_then(|p| p.parse(now).map_err(ApiError::from)) {
+        Ok(filter) => state
+            .reads
+            .list_runs(caller.tenant_id(), &filter)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match page {
+        Ok(page) => ([(header::CACHE_CONTROL, "no-store")], run_rows(&page, now)).into_response(),
+        Err(e) => (e.status, e.message).into_response(),
+    }
+}
+
+/// `GET /static/live.js`: the operations page's live updates.
+pub async fn live_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        LIVE_SCRIPT,
+    )
+        .into_response()
+}
+
+/// Every two seconds, fetch the first page's rows again and swap them in;
+/// say so when it cannot (logged out, monitor away) and keep trying.
+const LIVE_SCRIPT: &str = r#"(function () {
+  var live = document.getElementById("live");
+  var body = document.getElementById("runs-body");
+  if (!live || !body) return;
+  function refresh() {
+    fetch(live.dataset.rowsUrl, { credentials: "same-origin", cache: "no-store" })
+      .then(function (r) {
+        if (!r.ok) throw new Error(String(r.status));
+        return r.text();
+      })
+      .then(function (rows) {
+        body.innerHTML = rows;
+        live.textContent = "Live · " + new Date().toLocaleTimeString();
+      })
+      .catch(function (e) { live.textContent = "Live updates paused (" + e.message + ")"; })
+      .finally(function () { setTimeout(refresh, 2000); });
+  }
+  setTimeout(refresh, 2000);
+})();
+"#;
 
 /// `GET /tenants/{tenant}/operations/{id}`: one run, every field.
 pub async fn operation(

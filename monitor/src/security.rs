@@ -17,9 +17,11 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::AppState;
 
-/// What pages may load: their own stylesheet, nothing else; no framing,
-/// forms post only to the monitor.
+/// What pages may load: their own stylesheet and script (the live list),
+/// which may fetch only from the monitor; no framing, forms post only to
+/// the monitor.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+     script-src 'self'; connect-src 'self'; \
      form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Headers set on every answer that does not set its own.

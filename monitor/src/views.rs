@@ -317,6 +317,8 @@ pub fn human_duration(seconds: f64) -> String {
         format!("{}h {}m", whole / 3600, whole % 3600 / 60)
     } else if whole >= 60 {
         format!("{}m {}s", whole / 60, whole % 60)
+    } else if seconds < 1.0 {
+        format!("{:.0}ms", seconds * 1000.0)
     } else {
         format!("{seconds:.1}s")
     }

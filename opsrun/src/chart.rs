@@ -134,7 +134,9 @@ pub fn durations(counts: &[DurationCount]) -> Vec<TypeDurations> {
         .map(|run_type| {
             let mut buckets = vec![0i64; DURATION_BOUNDS.len() + 1];
             for c in counts.iter().filter(|c| c.run_type == run_type) {
-                let i = usize::try_from(c.bucket).unwrap_or(0).min(DURATION_BOUNDS.len());
+                let i = usize::try_from(c.bucket)
+                    .unwrap_or(0)
+                    .min(DURATION_BOUNDS.len());
                 buckets[i] += c.runs;
             }
             TypeDurations {

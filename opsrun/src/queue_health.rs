@@ -64,7 +64,10 @@ pub struct QueueHealth {
 /// Every queue with a stream, active runs, recent completions or a pause.
 /// `service` gives Redis (and the registry's shards); without it the
 /// streams are left empty.
-pub async fn queue_health(ledger: &Ledger, service: Option<&RunService>) -> Result<Vec<QueueHealth>> {
+pub async fn queue_health(
+    ledger: &Ledger,
+    service: Option<&RunService>,
+) -> Result<Vec<QueueHealth>> {
     let activity = ledger.queue_activity().await?;
     let paused = ledger.paused_queues().await?;
     let throughput = ledger.queue_throughput(THROUGHPUT_MINUTES).await?;

@@ -81,12 +81,51 @@ async fn submit_login(client: &fantoccini::Client, token: &str) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
+/// Headless Chromium under a chromedriver started for the test.
+async fn browser(env: &TestEnv) -> (Killed, fantoccini::Client) {
     assert!(
         std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
         "chromium and chromium-driver are missing: `make test` installs them (apt-get install chromium chromium-driver)"
     );
+    let port = free_port();
+    let driver = Killed(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting chromedriver"),
+    );
+    wait_until(Duration::from_secs(10), || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await
+    .expect("chromedriver did not start");
+    let profile = env.job_dir().join(format!("chromium-profile-{port}"));
+    let capabilities: serde_json::Map<String, serde_json::Value> = serde_json::from_value(json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            // Headless as root in a sandboxless container, with no background
+            // traffic: this machine's network is closed.
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--window-size=1280,900", format!("--user-data-dir={}", profile.display())]
+        }
+    }))
+    .unwrap();
+    // Plain HTTP to the local chromedriver: no TLS stack needed.
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connecting to chromedriver");
+    (driver, client)
+}
+
+#[tokio::test]
+async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
     let env = TestEnv::new().await;
     let ada = Initiator::user(7, "Ada Lovelace");
     for (run_type, site) in [
@@ -144,40 +183,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         .unwrap();
     let (_monitor, base) = serve(&env);
 
-    let port = free_port();
-    let _driver = Killed(
-        Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver"),
-    );
-    wait_until(Duration::from_secs(10), || async {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    })
-    .await
-    .expect("chromedriver did not start");
-    let profile = env.job_dir().join("chromium-profile");
-    let capabilities: serde_json::Map<String, serde_json::Value> = serde_json::from_value(json!({
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            // Headless as root in a sandboxless container, with no background
-            // traffic: this machine's network is closed.
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", "--window-size=1280,900", format!("--user-data-dir={}", profile.display())]
-        }
-    }))
-    .unwrap();
-    // Plain HTTP to the local chromedriver: no TLS stack needed.
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let client = ClientBuilder::new(connector)
-        .capabilities(capabilities)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("connecting to chromedriver");
+    let (_driver, client) = browser(&env).await;
     let shots = artifacts();
     let shot = |name: &'static str| {
         let client = client.clone();
@@ -420,5 +426,251 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         "the browser left the monitor: {landed}"
     );
     shot("8-login-stays-on-site.png").await;
+    client.close().await.unwrap();
+}
+
+/// Completed runs of `tenant`: `(hours ago, minutes into that hour, outcome, count)`.
+async fn seed_completed(env: &TestEnv, tenant: i64, rows: &[(i32, i32, &str, i64)]) {
+    let mut n = 0;
+    for &(hours_ago, minute, outcome, count) in rows {
+        for _ in 0..count {
+            n += 1;
+            let run = env
+                .service
+                .ensure_run(&RunRequest::new(tenant, "inventory.sync").inputs(json!({"n": n})))
+                .await
+                .unwrap()
+                .run;
+            sqlx::query(
+                "UPDATE operation_runs SET status = 'completed', outcome = $2, \
+                 completed_at = date_trunc('hour', now()) - make_interval(hours => $3) + make_interval(mins => $4), \
+                 started_at = date_trunc('hour', now()) - make_interval(hours => $3) + make_interval(mins => $4) - interval '3 seconds' \
+                 WHERE id = $1",
+            )
+            .bind(run.id.0)
+            .bind(outcome)
+            .bind(hours_ago)
+            .bind(minute)
+            .execute(&env.pool)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+async fn create_token(env: &TestEnv, tenant: Option<i64>, role: Role) -> String {
+    let (secret, hash) = generate_token();
+    env.ledger()
+        .create_token(
+            &NewToken {
+                tenant_id: tenant,
+                role,
+                user: tenant.map(|_| (7, "Ada Lovelace")),
+                label: Some("browser test"),
+                queues: &[],
+            },
+            &hash,
+        )
+        .await
+        .unwrap();
+    secret
+}
+
+async fn text_of(client: &fantoccini::Client, css: &str) -> String {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_chart_the_live_list_and_the_queues_page() {
+    let env = TestEnv::new().await;
+    // Two closed hours (rolled up below) and the current one (read live).
+    seed_completed(
+        &env,
+        5,
+        &[
+            (3, 10, "succeeded", 5),
+            (3, 20, "failed", 2),
+            (2, 5, "partially_succeeded", 3),
+            (2, 50, "cancelled", 1),
+            (0, 0, "succeeded", 4),
+        ],
+    )
+    .await;
+    assert!(env.ledger().roll_up(24).await.unwrap() >= 2);
+    let ledger_counts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT outcome, count(*) FROM operation_runs WHERE tenant_id = 5 AND status = 'completed' GROUP BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let operator = create_token(&env, Some(5), Role::Operator).await;
+    let platform = create_token(&env, None, Role::Platform).await;
+    let (_monitor, base) = serve(&env);
+    let (_driver, client) = browser(&env).await;
+    let shots = artifacts();
+    let shot = |name: &'static str| {
+        let client = client.clone();
+        let path = shots.join(name);
+        async move { std::fs::write(path, client.screenshot().await.unwrap()).unwrap() }
+    };
+
+    // The chart's totals are the ledger's, per outcome, across rolled-up
+    // and live hours.
+    client.goto(&format!("{base}/login")).await.unwrap();
+    submit_login(&client, &operator).await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("runs-chart"))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&client, "#chart-total").await, "15");
+    for (outcome, count) in &ledger_counts {
+        let shown = text_of(&client, &format!(".chart-outcome[data-outcome={outcome}]")).await;
+        assert_eq!(shown, count.to_string(), "{outcome}");
+    }
+    let bars = client
+        .find_all(Locator::Css("#runs-chart g.bar rect"))
+        .await
+        .unwrap();
+    assert!(
+        bars.len() >= 4,
+        "one rect per outcome and hour: {}",
+        bars.len()
+    );
+    let durations = text_of(&client, "#durations-chart").await;
+    assert!(durations.contains("inventory.sync (15)"), "{durations}");
+    shot("9-chart.png").await;
+
+    // A run started while the page is open appears, then completes, with
+    // no reload (the marker set on this page survives).
+    client
+        .execute("window.notReloaded = true; return null;", vec![])
+        .await
+        .unwrap();
+    let run = env
+        .service
+        .ensure_run(&RunRequest::new(5, "backup.run").inputs(json!({"live": true})))
+        .await
+        .unwrap()
+        .run;
+    let row = format!("#runs tr.run[data-run-id='{}']", run.id);
+    let status_of = |css: String| {
+        let client = client.clone();
+        async move {
+            client
+                .find(Locator::Css(&css))
+                .await
+                .ok()?
+                .attr("data-status")
+                .await
+                .ok()?
+        }
+    };
+    let appeared = wait_until(Duration::from_secs(15), || status_of(row.clone())).await;
+    assert_eq!(appeared.as_deref(), Some("queued"));
+    shot("10-live-queued.png").await;
+    env.service
+        .update_run(
+            &run,
+            Status::Completed,
+            Outcome::Succeeded,
+            Default::default(),
+            vec![],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let completed = wait_until(Duration::from_secs(15), || async {
+        (status_of(row.clone()).await.as_deref() == Some("completed")).then_some(())
+    })
+    .await;
+    assert!(completed.is_some(), "the run never showed as completed");
+    let same_page = client
+        .execute("return window.notReloaded === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same_page, json!(true), "the page was reloaded");
+    shot("10-live-completed.png").await;
+
+    // The queues page is for platform tokens: a tenant's token is refused.
+    client.goto(&format!("{base}/queues")).await.unwrap();
+    let refused = wait_until(Duration::from_secs(10), || async {
+        let text = client.source().await.ok()?;
+        text.contains("for platform tokens").then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "a tenant token saw the queues page");
+    shot("11-queues-refused.png").await;
+    client
+        .goto(&format!("{base}/tenants/5/operations"))
+        .await
+        .unwrap();
+    click(&client, "form[action='/logout'] button").await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("login"))
+        .await
+        .unwrap();
+    submit_login(&client, &platform).await;
+    let queues = client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("queues"))
+        .await
+        .unwrap();
+    assert!(
+        client
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/queues")
+    );
+    let default = queues
+        .find(Locator::Css("tr.queue[data-queue=default]"))
+        .await
+        .unwrap();
+    // 15 seeded runs created and completed by hand (each XADDed once), and
+    // the live one: 16 entries, none read; the completions of the last
+    // minutes counted.
+    let cell = |css: &'static str| {
+        let default = default.clone();
+        async move {
+            default
+                .find(Locator::Css(css))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        cell("td.length").await,
+        env.xlen("default").await.to_string()
+    );
+    assert_eq!(cell("td.queued").await, "0");
+    let recent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM operation_runs WHERE status = 'completed' \
+         AND completed_at > date_trunc('minute', now()) - interval '15 minutes'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(cell("td.throughput .completed").await, recent.to_string());
+    let page = client.source().await.unwrap();
+    assert!(
+        !page.contains("inventory.sync"),
+        "the queues page shows run contents"
+    );
+    shot("12-queues.png").await;
     client.close().await.unwrap();
 }

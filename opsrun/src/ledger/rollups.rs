@@ -12,8 +12,7 @@ use crate::error::{Result, db};
 pub const ROLLUP_DELAY: TimeDelta = TimeDelta::minutes(2);
 
 /// Where the rollups end: completions from here on are read from the runs.
-const ROLLED_UNTIL: &str =
-    "(SELECT coalesce(rolled_until, '-infinity') FROM run_rollup_progress)";
+const ROLLED_UNTIL: &str = "(SELECT coalesce(rolled_until, '-infinity') FROM run_rollup_progress)";
 
 impl Ledger {
     /// Roll up at most `max_hours` closed hours that hold completions

@@ -10,8 +10,8 @@ use redis::streams::StreamId;
 
 use super::connect::Backend;
 use super::{
-    ConsumerState, Entry, EntryState, GROUP, GroupState, PendingEntry, QueueStream, Request, Transport, min_id,
-    parse_id, successor, text,
+    ConsumerState, Entry, EntryState, GROUP, GroupState, PendingEntry, QueueStream, Request,
+    Transport, min_id, parse_id, successor, text,
 };
 use crate::error::{Error, Result};
 use crate::run::RunId;
@@ -222,15 +222,18 @@ impl Transport {
             .await
         {
             Ok(consumers) => consumers,
-            Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") || source.code() == Some("ERR") => {
+            Err(Error::Redis { source, .. })
+                if source.code() == Some("NOGROUP") || source.code() == Some("ERR") =>
+            {
                 return Ok(Vec::new());
             }
             Err(e) => return Err(e),
         };
-        let number = |c: &std::collections::HashMap<String, redis::Value>, key: &str| match c.get(key) {
-            Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
-            _ => 0,
-        };
+        let number =
+            |c: &std::collections::HashMap<String, redis::Value>, key: &str| match c.get(key) {
+                Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+                _ => 0,
+            };
         Ok(consumers
             .iter()
             .map(|c| ConsumerState {
