@@ -2088,3 +2088,131 @@ async fn a_schedule_created_through_the_api_fires_and_is_managed_there() {
         json!([])
     );
 }
+
+#[tokio::test]
+async fn platform_tokens_see_queue_health_and_never_a_tenants_runs() {
+    let env = TestEnv::new().await;
+    let app = app(&env);
+    let mut seeds: Vec<Seed> = (0..3)
+        .map(|_| Seed {
+            days_ago: 2.0,
+            ..Seed::default()
+        })
+        .collect();
+    seeds.push(Seed {
+        outcome: "failed",
+        failure: Some("job.timeout"),
+        ..Seed::default()
+    });
+    seeds.push(Seed {
+        tenant: B,
+        outcome: "cancelled",
+        ..Seed::default()
+    });
+    seeds.push(Seed {
+        outcome: "pending",
+        ..Seed::default()
+    });
+    seed(&env, &seeds).await;
+    // Hours before this one are rolled up; a run completed a minute ago is
+    // read live: the chart counts each run once either way.
+    assert!(env.ledger().roll_up(100).await.unwrap() >= 2);
+    seed(
+        &env,
+        &[Seed {
+            days_ago: 0.001,
+            ..Seed::default()
+        }],
+    )
+    .await;
+    let reader = token(&env, A, Role::Readonly, None).await;
+    let (platform, hash) = generate_token();
+    env.ledger()
+        .create_token(
+            &NewToken {
+                tenant_id: None,
+                role: Role::Platform,
+                user: None,
+                label: Some("platform"),
+                queues: &[],
+            },
+            &hash,
+        )
+        .await
+        .unwrap();
+    // A platform token bound to a tenant cannot exist.
+    let (_, other_hash) = generate_token();
+    assert!(
+        env.ledger()
+            .create_token(
+                &NewToken {
+                    tenant_id: Some(A),
+                    role: Role::Platform,
+                    user: None,
+                    label: None,
+                    queues: &[],
+                },
+                &other_hash,
+            )
+            .await
+            .is_err()
+    );
+
+    // The chart counts the tenant's completed runs by outcome, and only its own.
+    let chart = get(&app, "/api/v1/chart", &reader).await;
+    assert_eq!(chart.status, StatusCode::OK, "{}", chart.text);
+    let chart = chart.json();
+    let total = |outcome: &str| -> i64 {
+        chart["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["outcome"] == outcome)
+            .map(|c| c["runs"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!((total("succeeded"), total("failed"), total("cancelled")), (4, 1, 0));
+    assert_eq!(chart["durations"][0]["runs"], 5);
+    assert_eq!(chart["step"], "day");
+
+    // Queue health is for the platform token; it sees no tenant's runs.
+    let health = get(&app, "/api/v1/platform/queues", &platform).await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.text);
+    let default = health.json()[0].clone();
+    assert_eq!(default["queue"], "default");
+    assert_eq!(default["queued"], 1);
+    assert!(!health.text.contains("inventory.sync"), "{}", health.text);
+    assert_eq!(
+        get(&app, "/api/v1/platform/queues", &reader).await.status,
+        StatusCode::FORBIDDEN
+    );
+    for uri in ["/api/v1/runs", "/api/v1/chart", "/api/v1/notifications"] {
+        let refused = get(&app, uri, &platform).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{uri}");
+        assert!(refused.text.contains("platform token"), "{}", refused.text);
+    }
+
+    // The CLI makes platform tokens with --platform only.
+    let out = env
+        .command("monitor")
+        .args(["token", "create", "--tenant", "1", "--role", "platform"])
+        .output()
+        .unwrap();
+    let stderr = assert_exit(&out, 2);
+    assert!(stderr.contains("--platform"), "{stderr}");
+    let out = env
+        .command("monitor")
+        .args(["token", "create", "--platform", "--label", "ops"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let listed = env
+        .command("monitor")
+        .args(["token", "list", "--platform"])
+        .output()
+        .unwrap();
+    assert_exit(&listed, 0);
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(listed.contains("\"role\":\"platform\""), "{listed}");
+}
