@@ -5,6 +5,7 @@
 //! include durable commits.
 
 mod control;
+mod observability;
 mod pooler;
 
 use std::process::{Command, Stdio};
@@ -42,6 +43,9 @@ struct Cli {
     /// check), for a quick look at their cost.
     #[arg(long)]
     control_only: bool,
+    /// Measure only the observability rows (metrics and traces on or off).
+    #[arg(long)]
+    observability_only: bool,
 }
 
 #[tokio::main]
@@ -78,6 +82,18 @@ async fn main() -> Result<()> {
         redis_version(&stack.redis_url).await
     );
 
+    if cli.observability_only {
+        let direct = WorkerDb::direct(&stack);
+        return observability::side_by_side(
+            &bin,
+            &direct,
+            &stack.redis_url,
+            &prefix,
+            &service,
+            &cli,
+        )
+        .await;
+    }
     if cli.control_only {
         let direct = WorkerDb::direct(&stack);
         return control::side_by_side(&bin, &direct, &stack.redis_url, &prefix, &service, &cli)
@@ -278,6 +294,7 @@ async fn main() -> Result<()> {
     }
     pooler::side_by_side(&bin, &stack, DATABASE, &prefix, &cli).await?;
     control::side_by_side(&bin, &direct, &stack.redis_url, &prefix, &service, &cli).await?;
+    observability::side_by_side(&bin, &direct, &stack.redis_url, &prefix, &service, &cli).await?;
     if cli.cluster {
         cluster_side_by_side(
             &bin,
@@ -733,6 +750,7 @@ impl WorkerDb {
 struct Worker(std::process::Child);
 
 impl Worker {
+    /// `extra`: flags (`--name=value`) and environment (`NAME=value`).
     fn start(
         bin: &std::path::Path,
         db: &WorkerDb,
@@ -742,8 +760,11 @@ impl Worker {
         concurrency: usize,
         extra: &[String],
     ) -> Result<Worker> {
+        let (flags, env): (Vec<&String>, Vec<&String>) =
+            extra.iter().partition(|e| e.starts_with("--"));
         let child = Command::new(bin.join("worker"))
-            .args(extra)
+            .args(flags)
+            .envs(env.iter().filter_map(|e| e.split_once('=')))
             .args([
                 "--queues",
                 queue,

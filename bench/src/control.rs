@@ -177,7 +177,8 @@ async fn run(
     Ok(e2e.per_second)
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// The median of `values` (sorted in place).
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }

@@ -102,9 +102,12 @@ async fn main() -> Result<()> {
             .fetch_one(&pool)
             .await?;
     if existing != cli.runs {
-        opsrun::sqlx::query("TRUNCATE operation_runs CASCADE")
-            .execute(&pool)
-            .await?;
+        opsrun::sqlx::query(
+            "TRUNCATE operation_runs, run_rollups, run_rollup_durations CASCADE; \
+             UPDATE run_rollup_progress SET rolled_until = NULL",
+        )
+        .execute(&pool)
+        .await?;
         fill(&pool, 1, cli.runs).await?;
         for tenant in 2..2 + cli.other_tenants {
             fill(&pool, tenant, cli.other_runs).await?;
@@ -113,6 +116,21 @@ async fn main() -> Result<()> {
             .execute(&pool)
             .await?;
     }
+    // What the reaper does a day at a time: roll every closed hour up for
+    // the chart (here the whole history at once).
+    let rolling = Instant::now();
+    let mut hours = 0;
+    loop {
+        let rolled = ledger.roll_up(1000).await?;
+        hours += rolled;
+        if rolled < 1000 {
+            break;
+        }
+    }
+    println!(
+        "rollups: {hours} hours rolled up in {:.1}s",
+        rolling.elapsed().as_secs_f64()
+    );
     let (total, size): (i64, String) = opsrun::sqlx::query_as(
         "SELECT (SELECT count(*) FROM operation_runs), pg_size_pretty(pg_total_relation_size('operation_runs'))",
     )
@@ -213,7 +231,18 @@ async fn main() -> Result<()> {
             .body(Body::from(body.to_string()))
             .expect("request")
     };
+    let since_120_days = (chrono::Utc::now() - chrono::Duration::days(120))
+        .format("/api/v1/chart?since=%Y-%m-%d")
+        .to_string();
     let cases: Vec<Case> = vec![
+        (
+            "chart, 30 days (hourly rollups + live hour)",
+            Box::new(|_| get("/api/v1/chart", &secret)),
+        ),
+        (
+            "chart, 120 days",
+            Box::new(|_| get(&since_120_days, &secret)),
+        ),
         (
             "list, first page (50)",
             Box::new(|_| get("/api/v1/runs", &secret)),
@@ -252,7 +281,7 @@ async fn main() -> Result<()> {
             Box::new(|_| get("/api/v1/runs", &small_secret)),
         ),
         (
-            "list page, HTML",
+            "list page with its chart, HTML",
             Box::new(|_| get("/tenants/1/operations", &secret)),
         ),
         (

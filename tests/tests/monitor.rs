@@ -2171,7 +2171,10 @@ async fn platform_tokens_see_queue_health_and_never_a_tenants_runs() {
             .map(|c| c["runs"].as_i64().unwrap())
             .sum()
     };
-    assert_eq!((total("succeeded"), total("failed"), total("cancelled")), (4, 1, 0));
+    assert_eq!(
+        (total("succeeded"), total("failed"), total("cancelled")),
+        (4, 1, 0)
+    );
     assert_eq!(chart["durations"][0]["runs"], 5);
     assert_eq!(chart["step"], "day");
 

@@ -1,0 +1,91 @@
+//! `make bench`'s observability rows: what Prometheus metrics and exported
+//! traces cost end to end. The same end to end (one worker at the
+//! benchmark's concurrency, no-op runs) with both off, with metrics served
+//! (`--metrics-listen`, scraped by nobody: recording is the cost), and with
+//! metrics plus traces exported over OTLP/HTTP (protobuf, the default) to a
+//! receiver in this process (runs started without a traceparent: each
+//! attempt a new trace, as many as with one). The
+//! configurations alternate over three rounds; medians are compared.
+
+use anyhow::Result;
+use devstack::OtlpReceiver;
+use opsrun::RunService;
+
+use crate::control::median;
+use crate::{Cli, WorkerDb, end_to_end};
+
+/// Rounds of each configuration; the median is reported.
+const ROUNDS: usize = 3;
+
+/// Measure and print the rows.
+pub async fn side_by_side(
+    bin: &std::path::Path,
+    db: &WorkerDb,
+    redis_url: &str,
+    prefix: &str,
+    service: &RunService,
+    cli: &Cli,
+) -> Result<()> {
+    let receiver = OtlpReceiver::start().await?;
+    let metrics = "--metrics-listen=127.0.0.1:0".to_string();
+    let configurations: [(&str, Vec<String>); 3] = [
+        ("metrics and traces off", vec![]),
+        ("metrics on", vec![metrics.clone()]),
+        (
+            "metrics on, traces exported (OTLP/HTTP)",
+            vec![
+                metrics,
+                format!("OTEL_EXPORTER_OTLP_ENDPOINT={}", receiver.endpoint()),
+            ],
+        ),
+    ];
+    let queues = ["obs0", "obs1", "obs2"];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, extra)) in configurations.iter().enumerate() {
+            let e2e = end_to_end(
+                bin,
+                db,
+                redis_url,
+                prefix,
+                service,
+                service.ledger().pool(),
+                queues[i],
+                1,
+                cli.concurrency,
+                cli.runs,
+                extra,
+            )
+            .await?;
+            rates[i].push(e2e.per_second);
+        }
+    }
+    println!(
+        "\n{:<46} {:>10} {:>22} {:>9}",
+        format!(
+            "observability, end to end 1 worker x{} (n={})",
+            cli.concurrency, cli.runs
+        ),
+        "median",
+        format!("{ROUNDS} rounds"),
+        "vs first"
+    );
+    let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
+    for (i, (label, _)) in configurations.iter().enumerate() {
+        let rounds = rates[i]
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "{label:<46} {:>10.0} {rounds:>22} {:>9.2}",
+            medians[i],
+            medians[i] / medians[0]
+        );
+    }
+    println!(
+        "(the receiver took {} OTLP export requests)",
+        receiver.requests()
+    );
+    Ok(())
+}
