@@ -42,14 +42,6 @@ BEGIN
         EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), r);
         EXECUTE format('GRANT USAGE ON SCHEMA public TO %I', r);
     END LOOP;
-    -- Chart rollups: the reaper writes them, the monitor reads them.
-    IF to_regclass('public.run_rollups') IS NOT NULL THEN
-        REVOKE ALL ON run_rollups, run_rollup_durations, run_rollup_progress
-            FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
-        GRANT SELECT, INSERT ON run_rollups, run_rollup_durations TO opsrun_reaper;
-        GRANT SELECT, UPDATE ON run_rollup_progress TO opsrun_reaper;
-        GRANT SELECT ON run_rollups, run_rollup_durations, run_rollup_progress TO opsrun_monitor;
-    END IF;
 END
 $$;
 

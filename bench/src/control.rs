@@ -17,7 +17,7 @@ use opsrun::registry::Registry;
 use crate::{Cli, WorkerDb, end_to_end};
 
 /// Rounds of each configuration; the median is reported.
-const ROUNDS: usize = 3;
+pub(crate) const ROUNDS: usize = 3;
 
 /// A limit no tenant reaches at the benchmark's concurrency.
 const HIGH_LIMIT: &str = r#"
@@ -101,31 +101,13 @@ pub async fn side_by_side(
     )
     .await?;
 
-    println!(
-        "\n{:<46} {:>10} {:>22} {:>9}",
-        format!(
+    print_medians(
+        &format!(
             "control costs, end to end 1 worker x{} (n={})",
             cli.concurrency, cli.runs
         ),
-        "median",
-        format!("{ROUNDS} rounds"),
-        "vs first"
+        configurations.iter().map(|c| c.label).zip(rates),
     );
-    let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
-    for (i, configuration) in configurations.iter().enumerate() {
-        let rounds = rates[i]
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        println!(
-            "{:<46} {:>10.0} {:>22} {:>9.2}",
-            configuration.label,
-            medians[i],
-            rounds,
-            medians[i] / medians[0]
-        );
-    }
     println!(
         "{:<46} {:>10.0} {:>22}",
         format!("{} (n={binding_runs})", binding.label),
@@ -177,8 +159,32 @@ async fn run(
     Ok(e2e.per_second)
 }
 
-/// The median of `values` (sorted in place).
-pub(crate) fn median(values: &mut [f64]) -> f64 {
+/// Print a table of configurations' rates: each one's median, its rounds,
+/// and its median against the first configuration's.
+pub(crate) fn print_medians<'a>(title: &str, rows: impl IntoIterator<Item = (&'a str, Vec<f64>)>) {
+    println!(
+        "\n{title:<46} {:>10} {:>22} {:>9}",
+        "median",
+        format!("{ROUNDS} rounds"),
+        "vs first"
+    );
+    let mut first = None;
+    for (label, mut rates) in rows {
+        let rounds = rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let median = median(&mut rates);
+        let base = *first.get_or_insert(median);
+        println!(
+            "{label:<46} {median:>10.0} {rounds:>22} {:>9.2}",
+            median / base
+        );
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }

@@ -11,11 +11,8 @@ use anyhow::Result;
 use devstack::OtlpReceiver;
 use opsrun::RunService;
 
-use crate::control::median;
+use crate::control::{ROUNDS, print_medians};
 use crate::{Cli, WorkerDb, end_to_end};
-
-/// Rounds of each configuration; the median is reported.
-const ROUNDS: usize = 3;
 
 /// Measure and print the rows.
 pub async fn side_by_side(
@@ -60,29 +57,13 @@ pub async fn side_by_side(
             rates[i].push(e2e.per_second);
         }
     }
-    println!(
-        "\n{:<46} {:>10} {:>22} {:>9}",
-        format!(
+    print_medians(
+        &format!(
             "observability, end to end 1 worker x{} (n={})",
             cli.concurrency, cli.runs
         ),
-        "median",
-        format!("{ROUNDS} rounds"),
-        "vs first"
+        configurations.iter().map(|(label, _)| *label).zip(rates),
     );
-    let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
-    for (i, (label, _)) in configurations.iter().enumerate() {
-        let rounds = rates[i]
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        println!(
-            "{label:<46} {:>10.0} {rounds:>22} {:>9.2}",
-            medians[i],
-            medians[i] / medians[0]
-        );
-    }
     println!(
         "(the receiver took {} OTLP export requests)",
         receiver.requests()

@@ -56,6 +56,18 @@ fn serve(env: &TestEnv) -> (Killed, String) {
     (Killed(child), base)
 }
 
+/// The element with id `id`, once the page shows it (10 s at most).
+async fn shown(
+    client: &fantoccini::Client,
+    id: &str,
+) -> Result<fantoccini::elements::Element, fantoccini::error::CmdError> {
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id(id))
+        .await
+}
+
 /// Click the element `css` selects.
 async fn click(client: &fantoccini::Client, css: &str) {
     client
@@ -196,23 +208,13 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         .goto(&format!("{base}/tenants/4/operations"))
         .await
         .unwrap();
-    let login = client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("login"))
-        .await
-        .unwrap();
+    let login = shown(&client, "login").await.unwrap();
     shot("1-login.png").await;
     submit_login(&client, &secret).await;
     drop(login);
 
     // The list: four runs, newest first.
-    let table = client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("runs"))
-        .await
-        .unwrap();
+    let table = shown(&client, "runs").await.unwrap();
     let rows = table.find_all(Locator::Css("tr.run")).await.unwrap();
     assert_eq!(rows.len(), 4);
     assert!(table.text().await.unwrap().contains("Partially succeeded"));
@@ -249,12 +251,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
 
     // Open the partially succeeded run.
     click(&client, "#runs tr.run a").await;
-    let title = client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("run-title"))
-        .await
-        .unwrap();
+    let title = shown(&client, "run-title").await.unwrap();
     assert!(title.text().await.unwrap().starts_with("backup.run #"));
     let failures = client
         .find(Locator::Id("failures"))
@@ -295,10 +292,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
     let run_page = format!("{base}/tenants/4/operations/{}", queued.id);
     client.goto(&run_page).await.unwrap();
     // The page says what the run waits for.
-    let waiting = client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("waiting-summary"))
+    let waiting = shown(&client, "waiting-summary")
         .await
         .unwrap()
         .text()
@@ -309,19 +303,11 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         "{waiting}"
     );
     click(&client, "#cancel-run").await;
-    let what = client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("confirm-what"))
-        .await
-        .unwrap();
+    let what = shown(&client, "confirm-what").await.unwrap();
     assert!(what.text().await.unwrap().contains("It has not started"));
     shot("5-cancel-confirm.png").await;
     click(&client, "#keep").await;
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("cancel-run"))
+    shown(&client, "cancel-run")
         .await
         .expect("back on the run page, still cancellable");
     assert_eq!(
@@ -334,10 +320,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         Status::Queued
     );
     click(&client, "#cancel-run").await;
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("confirm-cancel"))
+    shown(&client, "confirm-cancel")
         .await
         .unwrap()
         .find(Locator::Css("input[name=reason]"))
@@ -379,12 +362,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
     // Log out; a form on another site that logs the browser in (login CSRF)
     // is refused and sets no session.
     click(&client, "form[action='/logout'] button").await;
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("login"))
-        .await
-        .unwrap();
+    shown(&client, "login").await.unwrap();
     let attack = format!(
         "data:text/html,<form id=f method=post action='{base}/login'><input name=token value='{secret}'></form>\
          <script>document.getElementById('f').submit()</script>"
@@ -401,10 +379,7 @@ async fn an_operator_logs_in_filters_the_list_and_opens_a_run() {
         .goto(&format!("{base}/tenants/4/operations"))
         .await
         .unwrap();
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("login"))
+    shown(&client, "login")
         .await
         .expect("still logged out after the cross-site form");
 
@@ -524,12 +499,7 @@ async fn the_chart_the_live_list_and_the_queues_page() {
     // and live hours.
     client.goto(&format!("{base}/login")).await.unwrap();
     submit_login(&client, &operator).await;
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("runs-chart"))
-        .await
-        .unwrap();
+    shown(&client, "runs-chart").await.unwrap();
     assert_eq!(text_of(&client, "#chart-total").await, "15");
     for (outcome, count) in &ledger_counts {
         let shown = text_of(&client, &format!(".chart-outcome[data-outcome={outcome}]")).await;
@@ -613,19 +583,9 @@ async fn the_chart_the_live_list_and_the_queues_page() {
         .await
         .unwrap();
     click(&client, "form[action='/logout'] button").await;
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("login"))
-        .await
-        .unwrap();
+    shown(&client, "login").await.unwrap();
     submit_login(&client, &platform).await;
-    let queues = client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("queues"))
-        .await
-        .unwrap();
+    shown(&client, "queues").await.unwrap();
     assert!(
         client
             .current_url()
@@ -634,24 +594,12 @@ async fn the_chart_the_live_list_and_the_queues_page() {
             .path()
             .ends_with("/queues")
     );
-    let default = queues
-        .find(Locator::Css("tr.queue[data-queue=default]"))
-        .await
-        .unwrap();
     // 15 seeded runs created and completed by hand (each XADDed once), and
     // the live one: 16 entries, none read; the completions of the last
     // minutes counted.
     let cell = |css: &'static str| {
-        let default = default.clone();
-        async move {
-            default
-                .find(Locator::Css(css))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
+        let client = client.clone();
+        async move { text_of(&client, &format!("tr.queue[data-queue=default] {css}")).await }
     };
     assert_eq!(
         cell("td.length").await,

@@ -52,21 +52,24 @@ async fn worker_spans_join_the_callers_trace_and_exec_jobs_continue_it() {
     let registry_path = env.write_registry(&registry_text);
     let registry_arg = registry_path.to_str().unwrap();
 
+    // `producer enqueue` of tenant 1 under `traceparent`.
+    let enqueue = |traceparent: String| {
+        env.command("producer")
+            .env("TRACEPARENT", traceparent)
+            .args([
+                "enqueue",
+                "--registry",
+                registry_arg,
+                "--tenant",
+                "1",
+                "--type",
+                "traced.exec",
+            ])
+            .output()
+            .unwrap()
+    };
     // A malformed traceparent is refused with exit 2, naming it; nothing is written.
-    let out = env
-        .command("producer")
-        .env("TRACEPARENT", "00-not-a-trace-01")
-        .args([
-            "enqueue",
-            "--registry",
-            registry_arg,
-            "--tenant",
-            "1",
-            "--type",
-            "traced.exec",
-        ])
-        .output()
-        .unwrap();
+    let out = enqueue("00-not-a-trace-01".into());
     let stderr = assert_exit(&out, 2);
     assert!(stderr.contains("traceparent"), "{stderr}");
     assert_eq!(env.count_runs().await, 0);
@@ -83,20 +86,7 @@ async fn worker_spans_join_the_callers_trace_and_exec_jobs_continue_it() {
 
     // The producer, under the caller's trace (TRACEPARENT, as a CI job or a
     // shell script run inside a span would set it).
-    let out = env
-        .command("producer")
-        .env("TRACEPARENT", format!("00-{TRACE}-{PARENT}-01"))
-        .args([
-            "enqueue",
-            "--registry",
-            registry_arg,
-            "--tenant",
-            "1",
-            "--type",
-            "traced.exec",
-        ])
-        .output()
-        .unwrap();
+    let out = enqueue(format!("00-{TRACE}-{PARENT}-01"));
     assert_exit(&out, 0);
     let run_id = json_stdout(&out)["run_id"].as_i64().unwrap();
     let stored: Option<String> =
