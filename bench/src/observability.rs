@@ -5,13 +5,14 @@
 //! metrics plus traces exported over OTLP/HTTP (protobuf, the default) to a
 //! receiver in this process (runs started without a traceparent: each
 //! attempt a new trace, as many as with one). The
-//! configurations alternate over three rounds; medians are compared.
+//! configurations take turns over three rounds, each in every place once;
+//! medians are compared.
 
 use anyhow::Result;
 use devstack::OtlpReceiver;
 use opsrun::RunService;
 
-use crate::control::{ROUNDS, print_medians};
+use crate::control::{ROUNDS, print_medians, round_order};
 use crate::{Cli, WorkerDb, end_to_end};
 
 /// Measure and print the rows.
@@ -38,8 +39,9 @@ pub async fn side_by_side(
     ];
     let queues = ["obs0", "obs1", "obs2"];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
-    for _ in 0..ROUNDS {
-        for (i, (_, extra)) in configurations.iter().enumerate() {
+    for round in 0..ROUNDS {
+        for i in round_order(round, configurations.len()) {
+            let extra = &configurations[i].1;
             let e2e = end_to_end(
                 bin,
                 db,
