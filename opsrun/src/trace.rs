@@ -9,6 +9,7 @@
 //! context. Without an exporter nothing here costs more than a string.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
@@ -141,12 +142,15 @@ impl Step {
         if !recording() {
             return Step(None);
         }
-        let tracer = opentelemetry::global::tracer("opsrun");
+        // One tracer for the process: asking the global provider for one
+        // takes its lock and builds a scope each time.
+        static TRACER: OnceLock<opentelemetry::global::BoxedTracer> = OnceLock::new();
+        let tracer = TRACER.get_or_init(|| opentelemetry::global::tracer("opsrun"));
         let mut builder = tracer.span_builder(name).with_kind(SpanKind::Internal);
         if let Some(start) = start {
             builder = builder.with_start_time(start);
         }
-        Step(Some(builder.start_with_context(&tracer, &run.context())))
+        Step(Some(builder.start_with_context(tracer, &run.context())))
     }
 
     /// The step's context, for a child process (`TRACEPARENT`).
