@@ -347,14 +347,7 @@ impl LogArgs {
                         .with_tracked_inactivity(false)
                         .with_threads(false)
                         .with_location(false)
-                        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                            let level = if meta.is_span() {
-                                tracing::Level::INFO
-                            } else {
-                                tracing::Level::WARN
-                            };
-                            *meta.level() <= level
-                        })),
+                        .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
                 ),
             ),
             None => (None, None),
