@@ -102,12 +102,12 @@ async fn main() -> Result<()> {
             .fetch_one(&pool)
             .await?;
     if existing != cli.runs {
-        opsrun::sqlx::query(
-            "TRUNCATE operation_runs, run_rollups, run_rollup_durations CASCADE; \
-             UPDATE run_rollup_progress SET rolled_until = NULL",
-        )
-        .execute(&pool)
-        .await?;
+        opsrun::sqlx::query("TRUNCATE operation_runs, run_rollups, run_rollup_durations CASCADE")
+            .execute(&pool)
+            .await?;
+        opsrun::sqlx::query("UPDATE run_rollup_progress SET rolled_until = NULL")
+            .execute(&pool)
+            .await?;
         fill(&pool, 1, cli.runs).await?;
         for tenant in 2..2 + cli.other_tenants {
             fill(&pool, tenant, cli.other_runs).await?;
