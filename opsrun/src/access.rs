@@ -128,12 +128,14 @@ mod tests {
     fn only_operators_start_runs() {
         assert!(Role::Operator.may_start_runs());
         assert!(!Role::Readonly.may_start_runs());
+        assert!(!Role::Platform.may_start_runs());
         assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
+        assert_eq!("platform".parse::<Role>(), Ok(Role::Platform));
         assert!(
             "admin"
                 .parse::<Role>()
                 .unwrap_err()
-                .contains("readonly or operator")
+                .contains("readonly, operator or platform")
         );
     }
 }
