@@ -11,9 +11,6 @@ use crate::error::{Result, db};
 /// committing (whose `completed_at` is their statement's start) are in.
 pub const ROLLUP_DELAY: TimeDelta = TimeDelta::minutes(2);
 
-/// Where the rollups end: completions from here on are read from the runs.
-const ROLLED_UNTIL: &str = "(SELECT coalesce(rolled_until, '-infinity') FROM run_rollup_progress)";
-
 impl Ledger {
     /// Roll up at most `max_hours` closed hours that hold completions
     /// (empty stretches are skipped in one step), one statement per hour.
@@ -80,50 +77,60 @@ impl Ledger {
         until: DateTime<Utc>,
     ) -> Result<Chart> {
         let step = Step::for_window(since, until);
-        let (since, until): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
-            "SELECT date_trunc($1, $2::timestamptz), \
-                    CASE WHEN date_trunc($1, $3::timestamptz) = $3 THEN $3 \
-                         ELSE date_trunc($1, $3::timestamptz) + $4::interval END",
-        )
-        .bind(step.unit())
-        .bind(since)
-        .bind(until)
-        .bind(step.length())
-        .fetch_one(&self.db)
-        .await
-        .map_err(db("reading the chart"))?;
-        let counts = sqlx::query_as::<_, OutcomeCount>(sqlx::AssertSqlSafe(format!(
-            "SELECT date_trunc($4, hour) AS at, outcome, sum(runs)::bigint AS runs FROM ( \
+        // The window moved out to the step's boundaries, and where the live
+        // part starts (the rollups end), as values: with them bound, each
+        // statement below is planned for its own range (unnamed), so the
+        // live part reads the last hour through the completion index instead
+        // of the tenant's whole history.
+        let (since, until, live_from): (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>) =
+            sqlx::query_as(
+                "SELECT s, u, greatest(s, coalesce((SELECT rolled_until FROM run_rollup_progress), '-infinity')) \
+                 FROM (SELECT date_trunc($1, $2::timestamptz) AS s, \
+                              CASE WHEN date_trunc($1, $3::timestamptz) = $3 THEN $3 \
+                                   ELSE date_trunc($1, $3::timestamptz) + $4::interval END AS u) w",
+            )
+            .bind(step.unit())
+            .bind(since)
+            .bind(until)
+            .bind(step.length())
+            .fetch_one(&self.db)
+            .await
+            .map_err(db("reading the chart"))?;
+        let counts = sqlx::query_as::<_, OutcomeCount>(
+            "SELECT date_trunc($5, hour) AS at, outcome, sum(runs)::bigint AS runs FROM ( \
                SELECT hour, outcome, runs FROM run_rollups \
-               WHERE tenant_id = $1 AND hour >= $2 AND hour < $3 AND hour < {ROLLED_UNTIL} \
+               WHERE tenant_id = $1 AND hour >= $2 AND hour < least($3, $4) \
                UNION ALL \
                SELECT completed_at, outcome, 1 FROM operation_runs \
-               WHERE tenant_id = $1 AND status = 'completed' \
-                 AND completed_at >= greatest($2, {ROLLED_UNTIL}) AND completed_at < $3 \
-             ) c GROUP BY 1, 2 ORDER BY 1, 2"
-        )))
+               WHERE tenant_id = $1 AND status = 'completed' AND completed_at >= $4 AND completed_at < $3 \
+             ) c GROUP BY 1, 2 ORDER BY 1, 2",
+        )
         .bind(tenant_id)
         .bind(since)
         .bind(until)
+        .bind(live_from)
         .bind(step.unit())
+        .persistent(false)
         .fetch_all(&self.db)
         .await
         .map_err(db("reading the chart"))?;
-        let durations = sqlx::query_as::<_, DurationCount>(sqlx::AssertSqlSafe(format!(
+        let durations = sqlx::query_as::<_, DurationCount>(
             "SELECT type, bucket::smallint AS bucket, sum(runs)::bigint AS runs FROM ( \
                SELECT type, bucket::int AS bucket, runs FROM run_rollup_durations \
-               WHERE tenant_id = $1 AND hour >= $2 AND hour < $3 AND hour < {ROLLED_UNTIL} \
+               WHERE tenant_id = $1 AND hour >= $2 AND hour < least($3, $4) \
                UNION ALL \
-               SELECT type, width_bucket(extract(epoch FROM completed_at - started_at)::float8, $4::float8[]), 1 \
+               SELECT type, width_bucket(extract(epoch FROM completed_at - started_at)::float8, $5::float8[]), 1 \
                FROM operation_runs \
                WHERE tenant_id = $1 AND status = 'completed' AND started_at IS NOT NULL \
-                 AND completed_at >= greatest($2, {ROLLED_UNTIL}) AND completed_at < $3 \
-             ) d GROUP BY 1, 2"
-        )))
+                 AND completed_at >= $4 AND completed_at < $3 \
+             ) d GROUP BY 1, 2",
+        )
         .bind(tenant_id)
         .bind(since)
         .bind(until)
+        .bind(live_from)
         .bind(chart::DURATION_BOUNDS)
+        .persistent(false)
         .fetch_all(&self.db)
         .await
         .map_err(db("reading the chart"))?;
