@@ -7,11 +7,13 @@
 //! Routes:
 //! - `GET /api/v1/runs`, `GET /api/v1/runs/{id}`, `POST /api/v1/runs`
 //! - `GET /api/v1/notifications`, `POST /api/v1/notifications/read`, `GET /api/v1/me`
+//! - `GET /api/v1/chart` (the operations chart's numbers)
 //! - `GET /queues`, `GET /api/v1/platform/queues` (platform tokens)
 //! - `GET /login`, `POST /login`, `POST /logout`, `GET /`
-//! - `GET /tenants/{tenant}/operations[/{id}]`, `GET /tenants/{tenant}/notifications`,
+//! - `GET /tenants/{tenant}/operations[/{id}]`, `GET /tenants/{tenant}/operations/rows`
+//!   (the list's live updates), `GET /tenants/{tenant}/notifications`,
 //!   `POST /tenants/{tenant}/notifications/read`
-//! - `GET /static/opsrun.css`, `GET /healthz`
+//! - `GET /static/opsrun.css`, `GET /static/live.js`, `GET /healthz`
 
 pub mod actions;
 pub mod api;
