@@ -1,8 +1,10 @@
 //! Monitoring → Operations: a tenant-scoped view of the run ledger. HTML
-//! pages and a JSON API, rendered from Postgres only (Redis is touched only
-//! when an operator starts a run), behind bearer tokens bound to one tenant
-//! and a role; the pages use server-side login sessions. `main.rs` adds the
-//! CLI equivalents.
+//! pages and a JSON API, rendered from Postgres (Redis is read only to
+//! start or retry a run, to say where a waiting run's entry stands, and for
+//! the platform's queue health), behind bearer tokens bound to one tenant
+//! and a role, or platform tokens bound to none that see queue health only;
+//! the pages use server-side login sessions. `main.rs` adds the CLI
+//! equivalents.
 //!
 //! Routes:
 //! - `GET /api/v1/runs`, `GET /api/v1/runs/{id}`, `POST /api/v1/runs`
