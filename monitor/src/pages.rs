@@ -432,7 +432,7 @@ pub async fn operation_rows(
     };
     match page {
         Ok(page) => ([(header::CACHE_CONTROL, "no-store")], run_rows(&page, now)).into_response(),
-        Err(e) => (e.status, e.message).into_response(),
+        Err(e) => (e.status, opsrun::sanitize::redact(&e.message)).into_response(),
     }
 }
 
@@ -449,7 +449,8 @@ pub async fn live_script() -> Response {
 }
 
 /// Every two seconds, fetch the first page's rows again and swap them in;
-/// say so when it cannot (logged out, monitor away) and keep trying.
+/// say so when it cannot (logged out: the answer is a redirect to the login
+/// form, never swapped in; monitor away) and keep trying.
 const LIVE_SCRIPT: &str = r#"(function () {
   var live = document.getElementById("live");
   var body = document.getElementById("runs-body");
@@ -457,6 +458,7 @@ const LIVE_SCRIPT: &str = r#"(function () {
   function refresh() {
     fetch(live.dataset.rowsUrl, { credentials: "same-origin", cache: "no-store" })
       .then(function (r) {
+        if (r.redirected) throw new Error("logged out");
         if (!r.ok) throw new Error(String(r.status));
         return r.text();
       })

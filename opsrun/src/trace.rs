@@ -83,14 +83,12 @@ impl TraceContext {
         hex(&self.trace_id)
     }
 
-    /// Whether the caller sampled this trace.
-    pub fn sampled(&self) -> bool {
-        self.flags & 1 == 1
-    }
-
     /// Make `span` (just created, not yet entered) a child of this remote
-    /// context. Does nothing without an OpenTelemetry layer.
+    /// context. Does nothing unless spans are exported ([`recording`]).
     pub fn attach(&self, span: &tracing::Span) {
+        if !recording() {
+            return;
+        }
         let remote = SpanContext::new(
             TraceId::from_bytes(self.trace_id),
             SpanId::from_bytes(self.parent_id),
@@ -206,11 +204,6 @@ impl<'de> serde::Deserialize<'de> for TraceContext {
     }
 }
 
-/// Check and normalize a `traceparent` given with a start: the stored form.
-pub fn normalize_traceparent(text: &str) -> Result<String> {
-    TraceContext::parse(text).map(|context| context.to_string())
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -248,13 +241,12 @@ mod tests {
         let context = TraceContext::parse(GOOD).unwrap();
         assert_eq!(context.to_string(), GOOD);
         assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(context.sampled());
     }
 
     #[test]
     fn a_later_version_keeps_its_first_four_fields() {
         let later = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next";
-        assert_eq!(normalize_traceparent(later).unwrap(), GOOD);
+        assert_eq!(TraceContext::parse(later).unwrap().to_string(), GOOD);
     }
 
     #[test]
