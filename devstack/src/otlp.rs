@@ -28,6 +28,10 @@ pub struct ReceivedSpan {
     pub parent_span_id: String,
     /// The span's attributes, as OTLP JSON `{key, value}` objects.
     pub attributes: Vec<serde_json::Value>,
+    /// The names of the span's events, in order.
+    pub events: Vec<String>,
+    /// Whether the span's status is an error.
+    pub failed: bool,
 }
 
 impl ReceivedSpan {
@@ -133,6 +137,15 @@ async fn receive(
                     span_id: text("spanId"),
                     parent_span_id: text("parentSpanId"),
                     attributes: span["attributes"].as_array().cloned().unwrap_or_default(),
+                    events: span["events"]
+                        .as_array()
+                        .unwrap_or(&empty)
+                        .iter()
+                        .filter_map(|e| e["name"].as_str().map(str::to_string))
+                        .collect(),
+                    // STATUS_CODE_ERROR, as a number or by name.
+                    failed: span["status"]["code"] == 2
+                        || span["status"]["code"] == "STATUS_CODE_ERROR",
                 });
             }
         }

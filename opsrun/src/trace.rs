@@ -1,21 +1,21 @@
 //! Trace context: the W3C `traceparent` a run is started under, stored on
-//! the run so that each attempt's spans (claim, handler, completion) join
-//! the caller's trace, retries and reclaims included, and handed to exec
-//! jobs as `TRACEPARENT`.
+//! the run so that each attempt's span joins the caller's trace, retries and
+//! reclaims included, and handed to exec jobs as `TRACEPARENT`.
 //!
 //! Spans go through `tracing`; a binary that configures an OpenTelemetry
 //! exporter (see `opsrun_cli::traces`) turns them into OpenTelemetry spans,
 //! and [`TraceContext::attach`] makes a run's span a child of the stored
-//! context. Without an exporter nothing here costs more than a string.
+//! context. One span per attempt, as peers' instrumentations have (one
+//! "process" span per job): its log events ("run started", "run
+//! completed") mark the claim's and the handler's ends, a Rust handler's
+//! own spans are its children, and an exec job continues it. Without an
+//! exporter nothing here costs more than a string.
 
 use std::fmt;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
 
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
-    Tracer as _,
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -118,8 +118,8 @@ impl fmt::Display for TraceContext {
 static RECORDING: AtomicBool = AtomicBool::new(false);
 
 /// Say that an OpenTelemetry pipeline is installed (the global tracer
-/// provider and a `tracing-opentelemetry` layer): the worker then records
-/// its claim, handler and completion spans.
+/// provider and a `tracing-opentelemetry` layer): the worker then joins
+/// attempts to their stored context and records their attributes.
 pub fn start_recording() {
     RECORDING.store(true, Ordering::Relaxed);
 }
@@ -129,60 +129,36 @@ pub fn recording() -> bool {
     RECORDING.load(Ordering::Relaxed)
 }
 
-/// An OpenTelemetry span under a run's `tracing` span: the claim (recorded
-/// after the fact, with the statement's times), the handler and the
-/// completion. `None` (and no cost) unless [`recording`].
-pub struct Step(Option<opentelemetry::global::BoxedSpan>);
-
-impl Step {
-    /// Start step `name` now (or at `start`) as a child of `run`.
-    pub fn start(run: &tracing::Span, name: &'static str, start: Option<SystemTime>) -> Step {
-        if !recording() {
-            return Step(None);
-        }
-        // One tracer for the process: asking the global provider for one
-        // takes its lock and builds a scope each time.
-        static TRACER: OnceLock<opentelemetry::global::BoxedTracer> = OnceLock::new();
-        let tracer = TRACER.get_or_init(|| opentelemetry::global::tracer("opsrun"));
-        let mut builder = tracer.span_builder(name).with_kind(SpanKind::Internal);
-        if let Some(start) = start {
-            builder = builder.with_start_time(start);
-        }
-        Step(Some(builder.start_with_context(tracer, &run.context())))
+/// Set attribute `key` on `span`'s OpenTelemetry span (an outcome, a batch
+/// size). Nothing unless [`recording`].
+pub fn annotate(span: &tracing::Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
+    if recording() {
+        span.set_attribute(key, value);
     }
+}
 
-    /// The step's context, for a child process (`TRACEPARENT`).
-    pub fn context(&self) -> Option<TraceContext> {
-        let span_context = self.0.as_ref()?.span_context();
+/// Mark `span`'s OpenTelemetry span failed, with a short description.
+/// Nothing unless [`recording`].
+pub fn fail(span: &tracing::Span, description: impl Into<String>) {
+    if recording() {
+        span.set_status(opentelemetry::trace::Status::error(description.into()));
+    }
+}
+
+impl TraceContext {
+    /// `span`'s own context, for a child process to continue
+    /// (`TRACEPARENT`); `None` unless [`recording`].
+    pub fn of(span: &tracing::Span) -> Option<TraceContext> {
+        if !recording() {
+            return None;
+        }
+        let context = span.context();
+        let span_context = context.span().span_context().clone();
         span_context.is_valid().then(|| TraceContext {
             trace_id: span_context.trace_id().to_bytes(),
             parent_id: span_context.span_id().to_bytes(),
             flags: span_context.trace_flags().to_u8(),
         })
-    }
-
-    /// Record an attribute (an outcome, a batch size).
-    pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
-        if let Some(span) = &mut self.0 {
-            span.set_attribute(opentelemetry::KeyValue::new(key, value));
-        }
-    }
-
-    /// Mark the step failed, with a short description.
-    pub fn fail(&mut self, description: impl Into<String>) {
-        if let Some(span) = &mut self.0 {
-            span.set_status(opentelemetry::trace::Status::error(description.into()));
-        }
-    }
-
-    /// End the step now (or at `end`).
-    pub fn end(self, end: Option<SystemTime>) {
-        if let Some(mut span) = self.0 {
-            match end {
-                Some(end) => span.end_with_timestamp(end),
-                None => span.end(),
-            }
-        }
     }
 }
 
@@ -205,7 +181,13 @@ impl<'de> serde::Deserialize<'de> for TraceContext {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        text.push(DIGITS[usize::from(b >> 4)] as char);
+        text.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    text
 }
 
 fn hex_byte(text: &str) -> Option<u8> {

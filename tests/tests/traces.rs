@@ -97,42 +97,35 @@ async fn worker_spans_join_the_callers_trace_and_exec_jobs_continue_it() {
             .unwrap();
     assert_eq!(stored.as_deref(), Some(&*format!("00-{TRACE}-{PARENT}-01")));
 
-    // The run's attempt span is a child of the caller's span; claim,
-    // handler and completion are children of the attempt.
-    let spans = wait_until(Duration::from_secs(20), || async {
-        let spans = spans_of(&receiver, TRACE);
-        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-        ["run", "claim", "handler", "complete"]
-            .iter()
-            .all(|n| names.contains(n))
-            .then_some(spans)
+    // The run's attempt span is a child of the caller's span, one span per
+    // attempt: its events mark the claim's and the job's ends, its
+    // attributes what the claim and the completion did.
+    let run = wait_until(Duration::from_secs(20), || async {
+        spans_of(&receiver, TRACE)
+            .into_iter()
+            .find(|s| s.name == "run")
     })
     .await
     .unwrap_or_else(|| panic!("spans of the trace never arrived: {:?}", receiver.spans()));
-    let named = |name: &str| spans.iter().find(|s| s.name == name).unwrap().clone();
-    let run = named("run");
     assert_eq!(run.parent_span_id, PARENT);
     assert_eq!(run.service, "opsrun-worker");
     assert_eq!(
         run.attribute("run_id").as_deref(),
         Some(&*run_id.to_string())
     );
-    for step in ["claim", "handler", "complete"] {
-        assert_eq!(named(step).parent_span_id, run.span_id, "{step}");
-    }
+    assert_eq!(run.attribute("opsrun.written").as_deref(), Some("succeeded"));
     assert_eq!(
-        named("complete").attribute("opsrun.written").as_deref(),
-        Some("succeeded")
+        run.attribute("opsrun.claim.statement_runs").as_deref(),
+        Some("1")
     );
+    assert_eq!(run.events, ["run started", "run completed"]);
+    assert!(!run.failed);
 
-    // The exec job got TRACEPARENT in the same trace, under its handler span.
+    // The exec job got TRACEPARENT in the same trace, under the attempt's span.
     let seen = std::fs::read_to_string(dir.join(format!("traceparent-{run_id}"))).unwrap();
     let seen = TraceContext::parse(seen.trim()).unwrap();
     assert_eq!(seen.trace_id(), TRACE);
-    assert_eq!(
-        seen.to_string(),
-        format!("00-{TRACE}-{}-01", named("handler").span_id)
-    );
+    assert_eq!(seen.to_string(), format!("00-{TRACE}-{}-01", run.span_id));
 
     // A batch line's own traceparent, and the library's: each run joins its trace.
     let batch_trace = "0af7651916cd43dd8448eb211c80319c";
@@ -158,11 +151,18 @@ async fn worker_spans_join_the_callers_trace_and_exec_jobs_continue_it() {
         .run;
     let done = support::completed(&env, &flaky).await;
     assert_eq!((done.outcome, done.attempt), (Outcome::Succeeded, 2));
+    // Each attempt's span: the first failed and was retried.
     let attempts = wait_until(Duration::from_secs(20), || async {
-        let attempts: Vec<String> = spans_of(&receiver, flaky_trace)
+        let attempts: Vec<(String, bool, String)> = spans_of(&receiver, flaky_trace)
             .into_iter()
             .filter(|s| s.name == "run")
-            .filter_map(|s| s.attribute("attempt"))
+            .filter_map(|s| {
+                Some((
+                    s.attribute("attempt")?,
+                    s.failed,
+                    s.attribute("opsrun.written")?,
+                ))
+            })
             .collect();
         (attempts.len() == 2).then_some(attempts)
     })
@@ -174,13 +174,14 @@ async fn worker_spans_join_the_callers_trace_and_exec_jobs_continue_it() {
         )
     });
     assert!(
-        attempts.contains(&"1".into()) && attempts.contains(&"2".into()),
+        attempts.contains(&("1".into(), true, "retried".into()))
+            && attempts.contains(&("2".into(), false, "succeeded".into())),
         "{attempts:?}"
     );
     wait_until(Duration::from_secs(20), || async {
         spans_of(&receiver, batch_trace)
             .iter()
-            .any(|s| s.name == "handler")
+            .any(|s| s.name == "run")
             .then_some(())
     })
     .await

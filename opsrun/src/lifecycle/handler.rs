@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::run::{Failure, Outcome, Run, SummaryCounts};
+use crate::trace::TraceContext;
 
 /// The claimed run a handler executes.
 #[derive(Debug, Clone)]
@@ -14,7 +15,7 @@ pub struct Job {
     /// The run as claimed: status `running`, `attempt` already counted.
     pub run: Run,
     cancel: CancellationToken,
-    traceparent: Option<String>,
+    trace: Option<TraceContext>,
 }
 
 impl Job {
@@ -23,21 +24,21 @@ impl Job {
         Job {
             run,
             cancel: CancellationToken::new(),
-            traceparent: None,
+            trace: None,
         }
     }
 
     /// The same job, run under this W3C trace context.
-    pub fn traced(mut self, traceparent: Option<String>) -> Job {
-        self.traceparent = traceparent;
+    pub fn traced(mut self, trace: Option<TraceContext>) -> Job {
+        self.trace = trace;
         self
     }
 
-    /// The W3C `traceparent` of the job's span (or of the run's stored
+    /// The W3C `traceparent` of the attempt's span (or of the run's stored
     /// context when spans are not exported), for work the job hands on: an
-    /// exec job gets it as `TRACEPARENT`.
-    pub fn traceparent(&self) -> Option<&str> {
-        self.traceparent.as_deref()
+    /// exec job gets it as `TRACEPARENT`. Formatted only when asked for.
+    pub fn traceparent(&self) -> Option<String> {
+        self.trace.map(|t| t.to_string())
     }
 
     /// The same job, cancelled when `cancel` is.

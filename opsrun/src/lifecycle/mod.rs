@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -31,7 +31,7 @@ use crate::error::Result;
 use crate::ledger::{Claim, ClaimRequest, Fence, Ledger, Terminal};
 use crate::run::{Failure, Outcome, Run, RunId, fold_failures};
 use crate::sanitize;
-use crate::trace::{Step, TraceContext};
+use crate::trace::{self, TraceContext};
 use crate::transport::{Delivery, QueueStream, Transport};
 
 /// How long a claim keeps retrying while Postgres is unreachable before the
@@ -226,7 +226,7 @@ impl Lifecycle {
         // Each attempt's span opens before its claim, so the claim (recorded
         // below with the statement's times) falls inside it.
         let spans: Vec<tracing::Span> = deliveries.iter().map(attempt_span).collect();
-        let claim_started = SystemTime::now();
+        let claim_started = std::time::Instant::now();
         let requests: Vec<ClaimRequest> = deliveries
             .iter()
             .filter_map(|d| d.entry.as_ref().map(|e| (d, e)))
@@ -263,7 +263,7 @@ impl Lifecycle {
                     .collect();
             }
         };
-        let claim_ended = SystemTime::now();
+        let claim_seconds = claim_started.elapsed().as_secs_f64();
         let statement_runs = claimed.len() as i64;
         claimed.iter().for_each(crate::telemetry::run_started);
         let mut claimed: HashMap<RunId, Run> = claimed.into_iter().map(|r| (r.id, r)).collect();
@@ -285,9 +285,8 @@ impl Lifecycle {
                             if let Some(context) = run.traceparent.as_deref().and_then(|t| TraceContext::parse(t).ok()) {
                                 context.attach(&span);
                             }
-                            let mut claim = Step::start(&span, "claim", Some(claim_started));
-                            claim.set("opsrun.claim.statement_runs", statement_runs);
-                            claim.end(Some(claim_ended));
+                            trace::annotate(&span, "opsrun.claim.statement_runs", statement_runs);
+                            trace::annotate(&span, "opsrun.claim.seconds", claim_seconds);
                             Ok(Claimed { run, span })
                         }
                         None => {
@@ -335,13 +334,13 @@ impl Lifecycle {
         let started = std::time::Instant::now();
         crate::telemetry::job_started();
         tracing::info!(parent: &span, "run started");
-        let mut handler = Step::start(&span, "handler", None);
-        // A child process continues the trace from the handler's span, or
+        // A child process continues the trace from the attempt's span, or
         // from the stored context when spans are not exported.
-        let traceparent = handler
-            .context()
-            .map(|c| c.to_string())
-            .or_else(|| run.traceparent.clone());
+        let trace = TraceContext::of(&span).or_else(|| {
+            run.traceparent
+                .as_deref()
+                .and_then(|t| TraceContext::parse(t).ok())
+        });
         // The span follows the job into its task, so handler logs carry the run's fields.
         let route = self
             .routes
@@ -351,15 +350,14 @@ impl Lifecycle {
         let retry_backoff = route.as_ref().map(|r| r.retry);
         let job = Job::new(run.clone())
             .stopped_by(stops.cancel.clone())
-            .traced(traceparent);
+            .traced(trace);
         let result = self
             .execute(job, route, stops)
             .instrument(span.clone())
             .await;
         if let JobResult::Failed { code, .. } | JobResult::Retry { code, .. } = &result {
-            handler.fail(code.clone());
+            trace::fail(&span, code.clone());
         }
-        handler.end(None);
         // A cancel asked for while the job ran decides the outcome, whatever
         // the job returned (its counts are kept).
         let cancelled = self.in_flight.cancel_request(run.id);
@@ -379,7 +377,7 @@ impl Lifecycle {
     /// Write a finished job's result, fenced on its claim (or schedule its
     /// retry), then acknowledge its entry.
     pub async fn settle(&self, finished: Finished) -> Processed {
-        let mut step = Step::start(&finished.span, "complete", None);
+        let span = finished.span.clone();
         let processed = self.write_result(finished).await;
         let written = match &processed {
             Processed::Completed(outcome) => outcome.as_str(),
@@ -388,11 +386,13 @@ impl Lifecycle {
             Processed::Deferred => "deferred",
             Processed::Skipped(_) => "skipped",
         };
-        step.set("opsrun.written", written);
+        trace::annotate(&span, "opsrun.written", written);
         if processed == Processed::Deferred {
-            step.fail("the result could not be written; the reaper will reclaim the run");
+            trace::fail(
+                &span,
+                "the result could not be written; the reaper will reclaim the run",
+            );
         }
-        step.end(None);
         processed
     }
 
