@@ -46,6 +46,10 @@ struct Cli {
     /// Measure only the observability rows (metrics and traces on or off).
     #[arg(long)]
     observability_only: bool,
+    /// Rounds of the side-by-side rows (control, observability): the
+    /// configurations take turns, and each ratio is the median over rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
 }
 
 #[tokio::main]
@@ -636,6 +640,12 @@ async fn bulk_enqueue(service: &RunService, queue: &str, runs: usize) -> Result<
 struct EndToEnd {
     per_second: f64,
     rss_mb: f64,
+    /// CPU time the worker processes used, per run, in microseconds.
+    worker_cpu_us: f64,
+    /// CPU time the whole machine used (every process: Postgres, Redis,
+    /// this one, the workers), per run, in microseconds: less sensitive to
+    /// a noisy neighbour than the rate.
+    machine_cpu_us: f64,
 }
 
 /// `workers` worker processes at `concurrency` drain `runs` no-op runs
@@ -664,8 +674,11 @@ async fn end_to_end(
     // Read straight from Postgres, whatever the service goes through.
     let pool = observer;
     let before = latest_run_id(pool).await?;
+    let busy_before = machine_busy_seconds();
     bulk_enqueue(service, queue, runs).await?;
     wait_completed(pool, queue, runs).await?;
+    let machine_cpu_us = (machine_busy_seconds() - busy_before) * 1e6 / runs as f64;
+    let worker_cpu_us = started.iter().map(Worker::cpu_seconds).sum::<f64>() * 1e6 / runs as f64;
     let seconds: f64 = opsrun::sqlx::query_scalar(
         "SELECT extract(epoch FROM max(completed_at) - min(created_at))::float8 FROM operation_runs \
          WHERE queue = $1 AND id > $2",
@@ -679,7 +692,36 @@ async fn end_to_end(
     Ok(EndToEnd {
         per_second: runs as f64 / seconds,
         rss_mb,
+        worker_cpu_us,
+        machine_cpu_us,
     })
+}
+
+/// Clock ticks per second, the unit of `/proc`'s CPU times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// Seconds every CPU of this machine spent busy since boot (user, nice,
+/// system, irq and softirq from `/proc/stat`; not idle, I/O wait or time
+/// stolen by the host).
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: f64 = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .map(|l| {
+            let fields: Vec<f64> = l
+                .split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal ...
+            [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum()
+        })
+        .unwrap_or(f64::NAN);
+    ticks / clock_ticks()
 }
 
 /// The newest run's id: runs of an earlier invocation on the same database
@@ -784,6 +826,22 @@ impl Worker {
 }
 
 impl Worker {
+    /// CPU time (user and system) the process used so far, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.0.id()))
+            .ok()
+            .and_then(|stat| {
+                // Fields after the parenthesised command: state is the 3rd
+                // field, utime and stime the 14th and 15th.
+                let rest = &stat[stat.rfind(')')? + 2..];
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let user: f64 = fields.get(11)?.parse().ok()?;
+                let system: f64 = fields.get(12)?.parse().ok()?;
+                Some((user + system) / clock_ticks())
+            })
+            .unwrap_or(f64::NAN)
+    }
+
     /// Peak resident memory so far (VmHWM), in MB.
     fn peak_rss_mb(&self) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))

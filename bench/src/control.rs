@@ -4,8 +4,8 @@
 //! limits off, with a limit per tenant that is never reached (every claim
 //! takes a slot and every completion frees one), and with the cancel check
 //! off (`--cancel-check 1h`) against its default of a second; the
-//! configurations take turns over three rounds, each in every place once,
-//! and the medians are compared.
+//! configurations take turns over `--rounds` rounds (each first in turn)
+//! and the median of per-round ratios is compared.
 //! A last row shows a limit that binds (25 at concurrency 50): the waiting
 //! and waking at work.
 
@@ -18,8 +18,6 @@ use opsrun::registry::Registry;
 use crate::{Cli, WorkerDb, end_to_end};
 
 /// Rounds of each configuration; the median is reported.
-pub(crate) const ROUNDS: usize = 3;
-
 /// A limit no tenant reaches at the benchmark's concurrency.
 const HIGH_LIMIT: &str = r#"
 [types."demo.noop"]
@@ -66,7 +64,7 @@ pub async fn side_by_side(
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
     let queues = ["ctl0", "ctl1", "ctl2"];
-    for round in 0..ROUNDS {
+    for round in 0..usize::from(cli.rounds) {
         for i in round_order(round, configurations.len()) {
             let configuration = &configurations[i];
             let e2e = run(
@@ -170,26 +168,31 @@ pub(crate) fn round_order(round: usize, n: usize) -> impl Iterator<Item = usize>
 }
 
 /// Print a table of configurations' rates: each one's median, its rounds,
-/// and its median against the first configuration's.
+/// and against the first configuration the median of its per-round ratios
+/// (a round's configurations ran back to back, so a slow stretch of the
+/// machine weighs on both sides of a ratio alike).
 pub(crate) fn print_medians<'a>(title: &str, rows: impl IntoIterator<Item = (&'a str, Vec<f64>)>) {
-    println!(
-        "\n{title:<46} {:>10} {:>22} {:>9}",
-        "median",
-        format!("{ROUNDS} rounds"),
-        "vs first"
-    );
-    let mut first = None;
-    for (label, mut rates) in rows {
+    let mut first: Option<Vec<f64>> = None;
+    for (label, rates) in rows {
+        let base = first.get_or_insert_with(|| {
+            println!(
+                "\n{title:<46} {:>10} {:>28} {:>9}",
+                "median",
+                format!("{} rounds", rates.len()),
+                "vs first"
+            );
+            rates.clone()
+        });
+        let mut ratios: Vec<f64> = rates.iter().zip(base.iter()).map(|(r, b)| r / b).collect();
         let rounds = rates
             .iter()
             .map(|r| format!("{r:.0}"))
             .collect::<Vec<_>>()
             .join(" ");
-        let median = median(&mut rates);
-        let base = *first.get_or_insert(median);
+        let median_rate = median(&mut rates.clone());
         println!(
-            "{label:<46} {median:>10.0} {rounds:>22} {:>9.2}",
-            median / base
+            "{label:<46} {median_rate:>10.0} {rounds:>28} {:>9.2}",
+            median(&mut ratios)
         );
     }
 }

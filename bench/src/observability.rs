@@ -5,14 +5,14 @@
 //! metrics plus traces exported over OTLP/HTTP (protobuf, the default) to a
 //! receiver in this process (runs started without a traceparent: each
 //! attempt a new trace, as many as with one). The
-//! configurations take turns over three rounds, each in every place once;
-//! medians are compared.
+//! configurations take turns over `--rounds` rounds, each first in turn;
+//! the median of per-round ratios is compared.
 
 use anyhow::Result;
 use devstack::OtlpReceiver;
 use opsrun::RunService;
 
-use crate::control::{ROUNDS, print_medians, round_order};
+use crate::control::{print_medians, round_order};
 use crate::{Cli, WorkerDb, end_to_end};
 
 /// Measure and print the rows.
@@ -39,7 +39,9 @@ pub async fn side_by_side(
     ];
     let queues = ["obs0", "obs1", "obs2"];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
-    for round in 0..ROUNDS {
+    let mut worker_cpu: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
+    let mut machine_cpu: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
+    for round in 0..usize::from(cli.rounds) {
         for i in round_order(round, configurations.len()) {
             let extra = &configurations[i].1;
             let e2e = end_to_end(
@@ -57,14 +59,25 @@ pub async fn side_by_side(
             )
             .await?;
             rates[i].push(e2e.per_second);
+            worker_cpu[i].push(e2e.worker_cpu_us);
+            machine_cpu[i].push(e2e.machine_cpu_us);
         }
     }
+    let labels = || configurations.iter().map(|(label, _)| *label);
     print_medians(
         &format!(
             "observability, end to end 1 worker x{} (n={})",
             cli.concurrency, cli.runs
         ),
-        configurations.iter().map(|(label, _)| *label).zip(rates),
+        labels().zip(rates),
+    );
+    print_medians(
+        "the same: worker CPU per run (us)",
+        labels().zip(worker_cpu),
+    );
+    print_medians(
+        "the same: machine CPU per run (us, every process)",
+        labels().zip(machine_cpu),
     );
     println!(
         "(the receiver took {} OTLP export requests)",

@@ -334,20 +334,22 @@ impl LogArgs {
         let (traces, spans) = match traces::pipeline(service)? {
             // Spans are exported at info and above whatever RUST_LOG keeps
             // in the logs (a run's span is info); events become span events
-            // from warn up only: the logs carry the rest, and every info
-            // event on every run's span cost a tenth of the throughput.
+            // from warn up only (see `WarningEvents`).
             Some((traces, tracer)) => (
                 Some(traces),
                 Some(
-                    tracing_opentelemetry::layer()
-                        .with_tracer(tracer)
-                        // Per-poll timing, thread ids and source
-                        // locations cost on every span and say little
-                        // about a run.
-                        .with_tracked_inactivity(false)
-                        .with_threads(false)
-                        .with_location(false)
-                        .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+                    traces::WarningEvents(
+                        tracing_opentelemetry::layer()
+                            .with_tracer(tracer)
+                            // Per-poll timing, thread ids, source
+                            // locations and module paths cost on every
+                            // span and say little about a run.
+                            .with_tracked_inactivity(false)
+                            .with_threads(false)
+                            .with_location(false)
+                            .with_target(false),
+                    )
+                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
                 ),
             ),
             None => (None, None),

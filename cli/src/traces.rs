@@ -14,6 +14,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::span;
+use tracing_subscriber::layer::Context;
 
 use crate::{Failure, exit};
 
@@ -87,4 +89,70 @@ pub fn pipeline(
     opentelemetry::global::set_tracer_provider(provider.clone());
     opsrun::trace::start_recording();
     Ok(Some((Traces { provider }, tracer)))
+}
+
+/// The OpenTelemetry layer with log events below warn kept out of spans:
+/// the logs carry them, and two info events ("run started", "run
+/// completed") as span events on every run took about a sixth of what
+/// tracing cost the worker (measured with `make bench
+/// ARGS=--observability-only`). Everything else is forwarded as is. (A
+/// per-layer filter by kind disabled some run spans for every layer.)
+pub(crate) struct WarningEvents<L>(pub(crate) L);
+
+impl<S, L> tracing_subscriber::Layer<S> for WarningEvents<L>
+where
+    S: tracing::Subscriber,
+    L: tracing_subscriber::Layer<S>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.0.on_register_dispatch(subscriber)
+    }
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.0.on_layer(subscriber)
+    }
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.0.register_callsite(metadata)
+    }
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, ctx: Context<'_, S>) -> bool {
+        self.0.enabled(metadata, ctx)
+    }
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_new_span(attrs, id, ctx)
+    }
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
+        self.0.on_record(id, values, ctx)
+    }
+    fn on_follows_from(&self, id: &span::Id, follows: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_follows_from(id, follows, ctx)
+    }
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            self.0.on_event(event, ctx)
+        }
+    }
+    fn on_enter(&self, id: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_enter(id, ctx)
+    }
+    fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_exit(id, ctx)
+    }
+    fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
+        self.0.on_close(id, ctx)
+    }
+    fn on_id_change(&self, old: &span::Id, new: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_id_change(old, new, ctx)
+    }
+    // `OpenTelemetrySpanExt` (set_parent, context) finds the inner layer
+    // through this.
+    unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+        if id == std::any::TypeId::of::<Self>() {
+            Some(self as *const Self as *const ())
+        } else {
+            // SAFETY: forwarded as the trait requires.
+            unsafe { self.0.downcast_raw(id) }
+        }
+    }
 }

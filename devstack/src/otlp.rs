@@ -44,6 +44,7 @@ impl ReceivedSpan {
             .map(str::to_string)
             .or_else(|| value["intValue"].as_str().map(str::to_string))
             .or_else(|| value["intValue"].as_i64().map(|v| v.to_string()))
+            .or_else(|| value["doubleValue"].as_f64().map(|v| v.to_string()))
     }
 }
 

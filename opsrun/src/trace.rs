@@ -6,17 +6,15 @@
 //! exporter (see `opsrun_cli::traces`) turns them into OpenTelemetry spans,
 //! and [`TraceContext::attach`] makes a run's span a child of the stored
 //! context. One span per attempt, as peers' instrumentations have (one
-//! "process" span per job): its log events ("run started", "run
-//! completed") mark the claim's and the handler's ends, a Rust handler's
+//! "process" span per job): attributes say how long the claim took and
+//! what the completion wrote, warnings are its events, a Rust handler's
 //! own spans are its children, and an exec job continues it. Without an
 //! exporter nothing here costs more than a string.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::{Error, Result};

@@ -98,8 +98,7 @@ async fn worker_spans_join_the_callers_trace_and_exec_jobs_continue_it() {
     assert_eq!(stored.as_deref(), Some(&*format!("00-{TRACE}-{PARENT}-01")));
 
     // The run's attempt span is a child of the caller's span, one span per
-    // attempt: its events mark the claim's and the job's ends, its
-    // attributes what the claim and the completion did.
+    // attempt, its attributes what the claim and the completion did.
     let run = wait_until(Duration::from_secs(20), || async {
         spans_of(&receiver, TRACE)
             .into_iter()
@@ -113,12 +112,17 @@ async fn worker_spans_join_the_callers_trace_and_exec_jobs_continue_it() {
         run.attribute("run_id").as_deref(),
         Some(&*run_id.to_string())
     );
-    assert_eq!(run.attribute("opsrun.written").as_deref(), Some("succeeded"));
+    assert_eq!(
+        run.attribute("opsrun.written").as_deref(),
+        Some("succeeded")
+    );
     assert_eq!(
         run.attribute("opsrun.claim.statement_runs").as_deref(),
         Some("1")
     );
-    assert_eq!(run.events, ["run started", "run completed"]);
+    assert!(run.attribute("opsrun.claim.seconds").is_some(), "{run:?}");
+    // Info log lines stay in the logs; only warnings become span events.
+    assert!(run.events.is_empty(), "{:?}", run.events);
     assert!(!run.failed);
 
     // The exec job got TRACEPARENT in the same trace, under the attempt's span.
