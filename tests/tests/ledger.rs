@@ -270,6 +270,46 @@ async fn batches_dedupe_exactly_and_dispatch_in_one_round_trip() {
     assert_eq!(stamped, 150);
 }
 
+/// A batch's inserts return only what Postgres chose (id, times); the rest
+/// of each run is built from the request. It must be the row as stored.
+#[tokio::test]
+async fn a_batchs_runs_are_the_rows_as_stored() {
+    let env = TestEnv::new().await;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let trace = opsrun::trace::TraceContext::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+    .unwrap();
+    // Enough runs for two insert statements at once, of every shape.
+    let requests: Vec<RunRequest> = (0..120)
+        .map(|i| {
+            let request = RunRequest::new(11 + i % 2, "sync.shapes")
+                .inputs(json!({"i": i, "ratio": 1.5, "name": "Zoë", "nested": {"b": [1, 2], "a": null}}))
+                .context(json!({"ticket": format!("T-{i}")}));
+            match i % 4 {
+                0 => request.initiator(Initiator::user(100 + i, format!("user {i}"))).queue("q0"),
+                1 => request.not_before(later),
+                2 => request.traceparent(trace).queue("other"),
+                _ => request,
+            }
+        })
+        .collect();
+    let results = env.service.ensure_runs(&requests).await;
+    for result in results {
+        let ensured = result.unwrap();
+        let mut returned = ensured.run;
+        // The entry id is the dispatch's, recorded on the row by the claim.
+        returned.dispatch_entry_id = None;
+        let stored = env
+            .ledger()
+            .get(returned.tenant_id, returned.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(returned, stored);
+    }
+}
+
 #[tokio::test]
 async fn a_failed_half_of_a_large_batch_is_started_run_by_run() {
     let env = TestEnv::new().await;
