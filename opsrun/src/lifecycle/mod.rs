@@ -307,6 +307,29 @@ impl Lifecycle {
         self.stats
             .skipped
             .fetch_add(skipped.len() as u64, Ordering::Relaxed);
+        // A run this claim made wait for a slot may have missed the wake of
+        // a slot freed while the claim ran (that completion saw no waiter
+        // yet): look again now that the wait is committed, or it waits for
+        // the key's next completion, or the reaper's due pass if none comes.
+        let refused_limited = results.iter().any(|(d, outcome)| {
+            matches!(outcome, Err(Processed::Skipped(SkipReason::NotClaimable)))
+                && d.entry.as_ref().is_some_and(|e| {
+                    self.routes
+                        .get(&e.run_type)
+                        .or(self.fallback.as_ref())
+                        .is_some_and(|r| r.concurrency_limit.is_some())
+                })
+        });
+        if refused_limited
+            && let Err(e) = Box::pin(crate::concurrency::wake(
+                &self.ledger,
+                &self.transport,
+                None,
+            ))
+            .await
+        {
+            tracing::warn!(error = %e, "waking runs waiting for a slot failed; the reaper's due pass will");
+        }
         let mut by_stream: HashMap<&QueueStream, Vec<&str>> = HashMap::new();
         for (stream, entry_id) in &skipped {
             by_stream.entry(stream).or_default().push(entry_id);
