@@ -17,7 +17,6 @@ use opsrun::registry::Registry;
 
 use crate::{Cli, WorkerDb, end_to_end};
 
-/// Rounds of each configuration; the median is reported.
 /// A limit no tenant reaches at the benchmark's concurrency.
 const HIGH_LIMIT: &str = r#"
 [types."demo.noop"]

@@ -141,7 +141,8 @@ impl NewRun<'_> {
             identity_rule: self.rule.as_str().to_string(),
             lease_seconds: self.lease_seconds,
             not_before: row.not_before,
-            domain_id: self.domain_id.map(str::to_string),
+            // Not written by the batch statement (mirrors start one by one).
+            domain_id: None,
             started_at: None,
             completed_at: None,
             created_at: row.created_at,

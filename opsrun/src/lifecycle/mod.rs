@@ -215,6 +215,11 @@ impl Lifecycle {
         }
     }
 
+    /// How runs of `run_type` are run: its route, or the fallback.
+    fn route_of(&self, run_type: &str) -> Option<&Route> {
+        self.routes.get(run_type).or(self.fallback.as_ref())
+    }
+
     /// Claim the runs of a batch of deliveries in one statement. Each
     /// delivery comes back with its claimed run, or with why nothing will
     /// run: skipped entries (malformed, duplicate, late, forged) are
@@ -231,7 +236,7 @@ impl Lifecycle {
             .iter()
             .filter_map(|d| d.entry.as_ref().map(|e| (d, e)))
             .map(|(d, e)| {
-                let route = self.routes.get(&e.run_type).or(self.fallback.as_ref());
+                let route = self.route_of(&e.run_type);
                 ClaimRequest {
                     tenant_id: e.tenant_id,
                     run_id: e.run_id,
@@ -314,9 +319,7 @@ impl Lifecycle {
         let refused_limited = results.iter().any(|(d, outcome)| {
             matches!(outcome, Err(Processed::Skipped(SkipReason::NotClaimable)))
                 && d.entry.as_ref().is_some_and(|e| {
-                    self.routes
-                        .get(&e.run_type)
-                        .or(self.fallback.as_ref())
+                    self.route_of(&e.run_type)
                         .is_some_and(|r| r.concurrency_limit.is_some())
                 })
         });
@@ -365,11 +368,7 @@ impl Lifecycle {
                 .and_then(|t| TraceContext::parse(t).ok())
         });
         // The span follows the job into its task, so handler logs carry the run's fields.
-        let route = self
-            .routes
-            .get(&run.run_type)
-            .or(self.fallback.as_ref())
-            .cloned();
+        let route = self.route_of(&run.run_type).cloned();
         let retry_backoff = route.as_ref().map(|r| r.retry);
         let job = Job::new(run.clone())
             .stopped_by(stops.cancel.clone())
