@@ -97,14 +97,18 @@ BEGIN
         GRANT EXECUTE ON FUNCTION opsrun_pause_queue(text, boolean, bigint, bigint, text, text)
             TO opsrun_producer, opsrun_monitor;
     END IF;
-    -- Concurrency slots: workers take them at claim; a run leaving
-    -- `running` (a worker's or the reaper's update) frees its slot by
-    -- trigger; everyone may see who holds them.
-    IF to_regclass('public.concurrency_slots') IS NOT NULL THEN
-        REVOKE ALL ON concurrency_slots FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
-        GRANT SELECT ON concurrency_slots TO opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
-        GRANT INSERT, UPDATE ON concurrency_slots TO opsrun_worker;
-        GRANT UPDATE ON concurrency_slots TO opsrun_reaper;
+    -- Concurrency counts: workers count their claims and their grouped
+    -- completions; a run leaving `running` any other way (a worker's retry,
+    -- the reaper's reclaims and failures) is counted by trigger, and the
+    -- reaper folds the releases; everyone may see them.
+    IF to_regclass('public.concurrency_claims') IS NOT NULL THEN
+        REVOKE ALL ON concurrency_claims, concurrency_releases
+            FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
+        GRANT SELECT ON concurrency_claims, concurrency_releases
+            TO opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
+        GRANT INSERT, UPDATE ON concurrency_claims TO opsrun_worker;
+        GRANT INSERT, UPDATE ON concurrency_releases TO opsrun_worker, opsrun_reaper;
+        GRANT DELETE ON concurrency_releases TO opsrun_reaper;
     END IF;
     -- Chart rollups: the reaper writes them, the monitor reads them.
     IF to_regclass('public.run_rollups') IS NOT NULL THEN

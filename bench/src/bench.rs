@@ -46,6 +46,10 @@ struct Cli {
     /// Measure only the observability rows (metrics and traces on or off).
     #[arg(long)]
     observability_only: bool,
+    /// Measure only end to end (1 and 2 workers), side by side with the
+    /// peers: a quick look at the comparison.
+    #[arg(long)]
+    end_to_end_only: bool,
     /// Rounds of the side-by-side rows (control, observability): the
     /// configurations take turns, and each ratio is the median over rounds.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
@@ -102,6 +106,42 @@ async fn main() -> Result<()> {
         let direct = WorkerDb::direct(&stack);
         return control::side_by_side(&bin, &direct, &stack.redis_url, &prefix, &service, &cli)
             .await;
+    }
+
+    if cli.end_to_end_only {
+        let direct = WorkerDb::direct(&stack);
+        let mut rates = Vec::new();
+        for (queue, workers) in [("e2e1", 1), ("e2e2", 2)] {
+            let e2e = end_to_end(
+                &bin,
+                &direct,
+                &stack.redis_url,
+                &prefix,
+                &service,
+                &pool,
+                queue,
+                workers,
+                cli.concurrency,
+                cli.runs,
+                &[],
+            )
+            .await?;
+            println!(
+                "end to end, {workers} worker(s) x{}: {:.0} runs/s, CPU per run: machine {:.0} us, workers {:.0} us",
+                cli.concurrency, e2e.per_second, e2e.machine_cpu_us, e2e.worker_cpu_us
+            );
+            rates.push(e2e.per_second);
+        }
+        let ours = Figures {
+            add_p50_ms: f64::NAN,
+            add_p99_ms: f64::NAN,
+            add_bulk_per_s: f64::NAN,
+            end_to_end_per_s: rates[0],
+            end_to_end_2_workers_per_s: rates[1],
+            worker_rss_mb_c100: None,
+        };
+        compare_with_peers(&stack, &cli, &ours);
+        return Ok(());
     }
 
     // 1. ensure + dispatch in process, one at a time.
@@ -286,16 +326,7 @@ async fn main() -> Result<()> {
         end_to_end_2_workers_per_s: e2e_two.per_second,
         worker_rss_mb_c100: Some(wide.rss_mb),
     };
-    for peer in [Peer::BULLMQ, Peer::GRAPHILE_WORKER] {
-        let server = match peer.env {
-            "REDIS_URL" => &stack.redis_url,
-            _ => &stack.database_url,
-        };
-        match peer.measure(server, cli.runs, cli.concurrency, cli.samples) {
-            Ok((version, theirs)) => side_by_side(&peer, &version, &ours, &theirs),
-            Err(why) => println!("\n{} baseline skipped: {why}", peer.name),
-        }
-    }
+    compare_with_peers(&stack, &cli, &ours);
     pooler::side_by_side(&bin, &stack, DATABASE, &prefix, &cli).await?;
     control::side_by_side(&bin, &direct, &stack.redis_url, &prefix, &service, &cli).await?;
     observability::side_by_side(&bin, &direct, &stack.redis_url, &prefix, &service, &cli).await?;
@@ -563,15 +594,33 @@ impl Peer {
     }
 }
 
-/// opsrun's figures beside a peer's, with their ratio.
+/// Measure BullMQ (on the same Redis) and graphile-worker (on the same
+/// Postgres) and print each beside `ours`.
+fn compare_with_peers(stack: &Stack, cli: &Cli, ours: &Figures) {
+    for peer in [Peer::BULLMQ, Peer::GRAPHILE_WORKER] {
+        let server = match peer.env {
+            "REDIS_URL" => &stack.redis_url,
+            _ => &stack.database_url,
+        };
+        match peer.measure(server, cli.runs, cli.concurrency, cli.samples) {
+            Ok((version, theirs)) => side_by_side(&peer, &version, ours, &theirs),
+            Err(why) => println!("\n{} baseline skipped: {why}", peer.name),
+        }
+    }
+}
+
+/// opsrun's figures beside a peer's, with their ratio (rows opsrun did not
+/// measure, NaN, are left out).
 fn side_by_side(peer: &Peer, version: &str, ours: &Figures, theirs: &Figures) {
     let heading = format!("side by side ({} {version}, {})", peer.name, peer.shares);
     println!("\n{heading:<46}     opsrun {:>10}     ratio", peer.name);
     let row = |label: &str, ours: f64, theirs: f64| {
-        println!(
-            "{label:<46} {ours:>10.2} {theirs:>10.2} {:>10.2}",
-            ours / theirs
-        );
+        if !ours.is_nan() {
+            println!(
+                "{label:<46} {ours:>10.2} {theirs:>10.2} {:>10.2}",
+                ours / theirs
+            );
+        }
     };
     row(
         "single enqueue p50 (ms, lower is better)",

@@ -11,12 +11,15 @@
 //! A run's key is fixed when it is created (its type, tenant and, for
 //! `inputs.<name>`, that input's value); the limit is the claiming worker's,
 //! like its lease. Postgres decides at claim, inside the claim's own
-//! transaction (so it works behind a transaction pooler): a key has slot
-//! rows numbered from 0, made as first needed and never beyond the limit; a
-//! run fits when it takes a free one (`FOR UPDATE SKIP LOCKED`, so two
-//! claimers never take the same slot) and no older run of its key waits.
-//! The workers' grouped completion frees its runs' slots in the same
-//! statement; a trigger frees them on every other way out of `running`.
+//! transaction (so it works behind a transaction pooler): a key's running
+//! runs are its claimed count less its released counts (migration 000020).
+//! A claim statement locks the key's claimed count (claims of one key take
+//! turns, so two workers never both take the last slot), reads the
+//! releases, claims the runs that fit and no older run of their key waits
+//! for, and adds them; the workers' grouped completion adds its runs to the
+//! worker's own released count in the same statement, and a trigger counts
+//! every other way out of `running`. Two row writes per claim or
+//! completion statement, not per run.
 //! A run that does not fit is left queued *waiting for a slot* (no attempt
 //! counted, its entry acknowledged, no worker slot held). When a worker
 //! completes a limited run whose key has waiters, it wakes that key's

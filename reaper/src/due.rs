@@ -8,10 +8,12 @@
 //! The same round wakes runs waiting for a concurrency slot whose key has a
 //! free one (see [`opsrun::concurrency`]): a worker wakes them when its own
 //! run frees a slot; this catches slots freed elsewhere (the stuck pass's
-//! reclaims and failures) and wakes a worker could not send.
+//! reclaims and failures) and wakes a worker could not send. It first
+//! folds each key's counts of released runs into one row, so that claims
+//! sum few rows however many workers have come and gone.
 //!
 //! Touches: `queued` rows with `not_before <= now()` and no dispatch, and
-//! `queued` rows waiting for a slot.
+//! `queued` rows waiting for a slot; `concurrency_releases`.
 //! Options: [`DueConfig`]. Reports: [`DueReport`].
 
 use opsrun::{Result, RunService};
@@ -60,6 +62,7 @@ pub async fn run_once(service: &RunService, config: &DueConfig) -> Result<DueRep
             }
         }
     }
+    service.ledger().fold_releases().await?;
     report.woken = opsrun::concurrency::wake(service.ledger(), service.transport(), None).await?;
     Ok(report)
 }

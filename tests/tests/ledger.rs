@@ -631,3 +631,127 @@ async fn a_session_lets_a_dead_connection_go_and_takes_a_fresh_one() {
         .unwrap();
     assert_eq!(claimed.len(), 2);
 }
+
+/// The lifecycle's rules hold for every writer, not only the library's
+/// statements: Postgres refuses an update that changes what never changes,
+/// takes an edge the state machine lacks or rewrites a final outcome; an
+/// update that does not set `updated_at` gets it stamped; a run asked to
+/// stop that is put back in the queue ends cancelled instead.
+#[tokio::test]
+async fn postgres_refuses_updates_that_break_the_lifecycle() {
+    let env = TestEnv::new().await;
+    let pool = env.ledger().pool();
+    let start = |n: i64| {
+        let service = env.service.clone();
+        async move {
+            let request = RunRequest::new(9, "backup.run").inputs(json!({ "n": n }));
+            service.ensure_run(&request).await.unwrap().run.id.0
+        }
+    };
+    let update = |statement: String| async move {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(pool)
+            .await
+    };
+    let refused = |result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>, why: &str| {
+        let error = result.expect_err(why);
+        let database = error.as_database_error().expect("a database error");
+        assert_eq!(database.code().as_deref(), Some("23514"), "{why}: {error}");
+        database.message().to_string()
+    };
+    let id = start(1).await;
+    for (why, set) in [
+        ("type", "type = 'restore.run'"),
+        ("tenant", "tenant_id = 10"),
+        (
+            "identity",
+            &format!("run_identity_hash = '{}'", "cd".repeat(32)) as &str,
+        ),
+        (
+            "creation time",
+            "created_at = created_at - interval '1 day'",
+        ),
+    ] {
+        let message = refused(
+            update(format!("UPDATE operation_runs SET {set} WHERE id = {id}")).await,
+            why,
+        );
+        assert!(message.contains("immutable"), "{why}: {message}");
+    }
+
+    // An update that leaves updated_at alone gets it stamped.
+    let stamp = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+            "SELECT updated_at FROM operation_runs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    let before = stamp().await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    update(format!(
+        "UPDATE operation_runs SET domain_id = 'd-1' WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    assert!(stamp().await > before, "updated_at was stamped");
+
+    // queued -> completed is an edge; completed -> queued is not, and the
+    // outcome of a completed run is final.
+    update(format!(
+        "UPDATE operation_runs SET status = 'completed', outcome = 'failed', completed_at = now() WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let message = refused(
+        update(format!(
+            "UPDATE operation_runs SET status = 'queued', outcome = 'pending', completed_at = NULL WHERE id = {id}"
+        ))
+        .await,
+        "completed -> queued",
+    );
+    assert!(
+        message.contains("illegal status transition completed -> queued"),
+        "{message}"
+    );
+    let message = refused(
+        update(format!(
+            "UPDATE operation_runs SET outcome = 'succeeded' WHERE id = {id}"
+        ))
+        .await,
+        "a new outcome",
+    );
+    assert!(message.contains("outcome is final"), "{message}");
+
+    // A running run asked to stop and put back in the queue ends cancelled.
+    let id = start(2).await;
+    let run = env
+        .ledger()
+        .mark_running(
+            9,
+            opsrun::RunId(id),
+            1,
+            "w:1",
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .expect("claimed");
+    update(format!(
+        "UPDATE operation_runs SET cancel_requested_at = now(), cancel_request = 'stopped by Ada' WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    update(format!(
+        "UPDATE operation_runs SET status = 'queued', holder = NULL WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let ended = env.ledger().get(9, run.id).await.unwrap().unwrap();
+    assert_eq!(ended.status, Status::Completed);
+    assert_eq!(ended.outcome, Outcome::Cancelled);
+    assert_eq!(ended.failure_summary[0].code, "run.cancelled");
+    assert_eq!(ended.failure_summary[0].message, "stopped by Ada");
+}

@@ -167,13 +167,15 @@ async fn four_workers_keep_each_key_to_its_limit_and_other_keys_flow() {
             "{most:?}"
         );
     }
-    // Every slot was given back.
-    let held: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM concurrency_slots WHERE run_id IS NOT NULL")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-    assert_eq!(held, 0);
+    // Every slot was given back: each key's claims are all released.
+    let held: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT concurrency_key, opsrun_running_of(concurrency_key) FROM concurrency_claims",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(held.len(), 5, "{held:?}");
+    assert!(held.iter().all(|(_, n)| *n == 0), "{held:?}");
 }
 
 #[tokio::test]

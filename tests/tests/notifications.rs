@@ -247,8 +247,8 @@ async fn notifications_are_listed_per_user_marked_read_and_removed_by_retention(
     assert_eq!(list(&["--user-id", "7", "--unread"]).len(), 1);
 
     // Retention deletes the run and its notifications with it (the run is
-    // aged past retention with the guard trigger off: completed_at is final).
-    sqlx::query("ALTER TABLE operation_runs DISABLE TRIGGER operation_runs_guard")
+    // aged past retention with the refusing trigger off: completed_at is final).
+    sqlx::query("ALTER TABLE operation_runs DISABLE TRIGGER operation_runs_2_refuse")
         .execute(&env.pool)
         .await
         .unwrap();
@@ -259,7 +259,7 @@ async fn notifications_are_listed_per_user_marked_read_and_removed_by_retention(
     .execute(&env.pool)
     .await
     .unwrap();
-    sqlx::query("ALTER TABLE operation_runs ENABLE TRIGGER operation_runs_guard")
+    sqlx::query("ALTER TABLE operation_runs ENABLE TRIGGER operation_runs_2_refuse")
         .execute(&env.pool)
         .await
         .unwrap();

@@ -1,6 +1,7 @@
-//! Concurrency slots (see [`crate::concurrency`] and migration 000015): the
+//! Concurrency slots (see [`crate::concurrency`] and migration 000020): the
 //! claims themselves are in the session's claim statement; here, waking the
-//! runs that wait for a slot, and who holds a key's slots.
+//! runs that wait for a slot, folding the releases, and who holds a key's
+//! slots.
 
 use super::{Ledger, sql};
 use crate::concurrency::SlotHolders;
@@ -21,18 +22,30 @@ impl Ledger {
         .map_err(db("waking runs waiting for a slot"))
     }
 
-    /// The slots of `run`'s key: the limit that made it wait, the runs
+    /// Fold each key's releases into one row (see migration 000020), so a
+    /// claim sums few rows however many workers came and went. Returns the
+    /// keys folded.
+    pub async fn fold_releases(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT opsrun_fold_releases()")
+            .fetch_one(&self.db)
+            .await
+            .map_err(db("folding concurrency releases"))
+    }
+
+    /// The slots of `run`'s key (a key is always within one tenant): the limit that made it wait, the runs
     /// holding them, and how many runs of the key wait ahead of it.
     pub async fn slot_holders(&self, key: &str, run: &Run) -> Result<SlotHolders> {
         let (limit, held_by, waiting_ahead) = sqlx::query_as::<_, (Option<i32>, Vec<i64>, i64)>(
             "SELECT (SELECT slot_wait_limit FROM operation_runs WHERE id = $2), \
-                    ARRAY(SELECT run_id FROM concurrency_slots WHERE concurrency_key = $1 \
-                        AND run_id IS NOT NULL ORDER BY slot), \
+                    ARRAY(SELECT id FROM operation_runs WHERE tenant_id = $3 AND completed_at IS NULL \
+                        AND concurrency_key = $1 AND status = 'running' AND concurrency_slot IS NOT NULL \
+                        ORDER BY id), \
                     (SELECT count(*) FROM operation_runs WHERE concurrency_key = $1 AND id < $2 \
                         AND slot_wait_since IS NOT NULL AND completed_at IS NULL)",
         )
         .bind(key)
         .bind(run.id.0)
+        .bind(run.tenant_id)
         .fetch_one(&self.db)
         .await
         .map_err(db("reading a key's concurrency slots"))?;

@@ -653,7 +653,7 @@ impl Ledger {
         sqlx::query_scalar::<_, RunId>(sql("WITH locked AS (SELECT id FROM operation_runs \
                  WHERE id = ANY($1) AND status = 'running' AND holder = $2 \
                  ORDER BY id FOR NO KEY UPDATE) \
-             UPDATE operation_runs SET heartbeat_at = now() FROM {async_commit} \
+             UPDATE operation_runs SET heartbeat_at = now(), updated_at = now() FROM {async_commit} \
              WHERE id IN (SELECT id FROM locked) AND status = 'running' AND holder = $2 \
              RETURNING id"))
         .bind(&ids)

@@ -135,9 +135,12 @@ impl Session {
         }
         // Queued rows are touched by no other batch that waits for locks
         // (dispatch records skip locked rows), so no ordering is needed here.
+        // A run of a type whose limit was removed may still carry the slot
+        // of an earlier attempt: it takes none now, so it releases none.
         let statement = sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
              SET status = 'running', attempt = attempt + 1, holder = $5, lease_seconds = c.c_lease, \
-                 heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry, shard = c.c_shard \
+                 heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry, shard = c.c_shard, \
+                 updated_at = now(), concurrency_slot = NULL \
              FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $6::text[], $7::smallint[]) \
                  AS c(c_tenant, c_id, c_attempt, c_lease, c_entry, c_shard), {async_commit} \
              WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'queued' \
@@ -156,10 +159,10 @@ impl Session {
     }
 
     /// [`Ledger::complete_many`](super::Ledger::complete_many) on the held
-    /// connection. Frees the concurrency slots of the runs it completes in
-    /// the same statement, set-based, rather than through the trigger that
-    /// frees them on other paths (it sets `concurrency_slot` to NULL to say
-    /// so; see migration 000015).
+    /// connection. Releases the concurrency slots of the runs it completes
+    /// in the same statement, one count per key on the worker's own row,
+    /// rather than through the trigger that releases them on other paths
+    /// (it sets `concurrency_slot` to NULL to say so; see migration 000020).
     pub async fn complete_many(
         &mut self,
         completions: &[(Claim<'_>, Terminal<'_>)],
@@ -175,12 +178,14 @@ impl Session {
                  WHERE r.tenant_id = c.c_tenant AND r.status = 'running' \
                    AND r.holder = c.c_holder AND r.attempt = c.c_attempt \
                  ORDER BY r.id FOR NO KEY UPDATE OF r), \
-             freed AS (UPDATE concurrency_slots s SET run_id = NULL FROM locked l \
-                 WHERE l.l_slot IS NOT NULL AND s.concurrency_key = l.l_key AND s.slot = l.l_slot \
-                   AND s.run_id = l.locked_id) \
+             released AS (INSERT INTO concurrency_releases (concurrency_key, releaser, runs) \
+                 SELECT l_key, c_holder, count(*) FROM locked WHERE l_slot IS NOT NULL \
+                 GROUP BY l_key, c_holder ORDER BY l_key \
+                 ON CONFLICT (concurrency_key, releaser) \
+                 DO UPDATE SET runs = concurrency_releases.runs + EXCLUDED.runs) \
              UPDATE operation_runs r \
              SET status = 'completed', outcome = l.c_outcome, summary_counts = l.c_counts, \
-                 failure_summary = l.c_failures, completed_at = now(), concurrency_slot = NULL \
+                 failure_summary = l.c_failures, completed_at = now(), updated_at = now(), concurrency_slot = NULL \
              FROM locked l WHERE r.id = l.locked_id AND r.status = 'running' \
                AND r.holder = l.c_holder AND r.attempt = l.c_attempt \
              RETURNING r.id AS run_id, r.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM operation_runs w \

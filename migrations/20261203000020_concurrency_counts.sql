@@ -1,0 +1,218 @@
+-- Per-key concurrency limits kept as counts written once per claim or
+-- completion statement, instead of a slot row written per run (see
+-- opsrun/src/concurrency.rs; replaces the slot rows of migration 000015).
+--
+-- A key's running runs are `claimed - released`:
+--  * `concurrency_claims` holds, per key, how many runs were ever claimed
+--    against it. A claim statement locks the key's row (claims of one key
+--    take turns, which is what makes the limit exact across workers),
+--    reads what is released, claims what fits and adds what it claimed.
+--  * `concurrency_releases` holds, per key and releaser, how many of them
+--    left `running`. A worker's grouped completion adds its runs to its own
+--    row (`releaser` = the worker), so completions never wait on claims, on
+--    each other or on other workers; a trigger adds runs that leave
+--    `running` any other way (retry, reclaim, the reaper's failures) to a
+--    row of the backend that wrote them. The reaper folds the rows of each
+--    key into one (`releaser` = ''), keeping the sum.
+-- A release not yet committed is not counted, so a claim may see a key
+-- fuller than it is (the run waits and is woken), never emptier.
+--
+-- The slot rows cost every limited run two more row writes (take and give
+-- back) and a PL/pgSQL loop per key: a limit never reached ran at
+-- 0.67-0.74 of no limit end to end (`make bench ARGS=--control-only`).
+--
+-- `operation_runs.concurrency_slot` keeps its name: set at claim (the
+-- number of the key's runs running before it), non-NULL while the run
+-- counts against its key; the grouped completion sets it to NULL to say it
+-- released the run itself.
+
+DROP TRIGGER operation_runs_free_slot ON operation_runs;
+DROP FUNCTION operation_runs_free_slot();
+DROP FUNCTION opsrun_claim_limited(bigint[], bigint[], int[], int[], text[], smallint[], int[], text);
+DROP FUNCTION opsrun_take_slots(text, int, bigint[]);
+DROP FUNCTION opsrun_wake_slot_waiters(text[]);
+
+CREATE TABLE concurrency_claims (
+    concurrency_key text PRIMARY KEY,
+    runs            bigint NOT NULL CHECK (runs >= 0)
+) WITH (fillfactor = 50);
+
+CREATE TABLE concurrency_releases (
+    concurrency_key text NOT NULL,
+    releaser        text NOT NULL,
+    runs            bigint NOT NULL CHECK (runs >= 0),
+    PRIMARY KEY (concurrency_key, releaser)
+) WITH (fillfactor = 50);
+
+-- Runs holding slots now count as claimed and not released (the trigger
+-- dropped above locked operation_runs: no run changes state meanwhile).
+INSERT INTO concurrency_claims (concurrency_key, runs)
+SELECT s.concurrency_key, count(*) FROM concurrency_slots s
+ WHERE s.run_id IS NOT NULL GROUP BY s.concurrency_key;
+DROP TABLE concurrency_slots;
+
+-- How many runs of `p_key` run now.
+CREATE FUNCTION opsrun_running_of(p_key text) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT runs FROM concurrency_claims WHERE concurrency_key = p_key), 0)
+         - coalesce((SELECT sum(runs) FROM concurrency_releases WHERE concurrency_key = p_key), 0)
+$$;
+
+-- Add `p_runs` released runs of `p_key` to `p_releaser`'s row.
+CREATE FUNCTION opsrun_release(p_key text, p_releaser text, p_runs bigint) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO concurrency_releases (concurrency_key, releaser, runs)
+    VALUES (p_key, p_releaser, p_runs)
+    ON CONFLICT (concurrency_key, releaser)
+    DO UPDATE SET runs = concurrency_releases.runs + EXCLUDED.runs
+$$;
+
+-- A run leaving `running` other than through the workers' grouped
+-- completion (which sets `concurrency_slot` to NULL and releases its runs
+-- itself) is released here, on a row of this backend's own.
+CREATE FUNCTION operation_runs_release_slot() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM opsrun_release(OLD.concurrency_key, 'backend ' || pg_backend_pid(), 1);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER operation_runs_release_slot
+    AFTER UPDATE ON operation_runs
+    FOR EACH ROW
+    WHEN (OLD.concurrency_slot IS NOT NULL AND NEW.concurrency_slot IS NOT NULL
+          AND OLD.status = 'running' AND NEW.status <> 'running')
+    EXECUTE FUNCTION operation_runs_release_slot();
+
+-- Fold each key's releases into its '' row (the reaper, every round).
+-- Rows are deleted and summed in one statement; a worker adding to its
+-- row meanwhile waits, then makes it again.
+CREATE FUNCTION opsrun_fold_releases() RETURNS bigint
+LANGUAGE sql AS $$
+    WITH gone AS (
+        DELETE FROM concurrency_releases WHERE releaser <> '' RETURNING concurrency_key, runs),
+    folded AS (
+        INSERT INTO concurrency_releases (concurrency_key, releaser, runs)
+        SELECT concurrency_key, '', sum(runs) FROM gone GROUP BY concurrency_key ORDER BY concurrency_key
+        ON CONFLICT (concurrency_key, releaser)
+        DO UPDATE SET runs = concurrency_releases.runs + EXCLUDED.runs
+        RETURNING 1)
+    SELECT count(*) FROM folded
+$$;
+
+-- Claim the runs of limited types named by the arrays (one element per
+-- delivered entry, as the plain claim takes them), each against its
+-- claimer's limit `p_limit`. Returns the runs claimed; the others that
+-- were claimable but over their limit are left waiting for a slot.
+CREATE FUNCTION opsrun_claim_limited(p_tenant bigint[], p_id bigint[], p_attempt int[], p_lease int[],
+                                     p_entry text[], p_shard smallint[], p_limit int[], p_holder text)
+RETURNS SETOF operation_runs
+LANGUAGE plpgsql AS $$
+DECLARE
+    group_key text;
+    group_limit int;
+    group_runs bigint[];
+    running bigint;
+    room int;
+    run_ids bigint[] := '{}';
+    run_slots int[] := '{}';
+BEGIN
+    -- The claimable runs of each key, oldest first, behind no older waiter
+    -- of their key; keys in order, so two claimers lock them in the same
+    -- order. (`id = ANY(p_id)` keeps the lookups on the primary key
+    -- whatever plan the function's cached statements get.)
+    FOR group_key, group_limit, group_runs IN
+        SELECT r.concurrency_key, max(c.c_limit), array_agg(DISTINCT r.id ORDER BY r.id)
+          FROM operation_runs r
+          JOIN unnest(p_tenant, p_id, p_attempt, p_limit) AS c(c_tenant, c_id, c_attempt, c_limit)
+            ON r.id = c.c_id AND r.tenant_id = c.c_tenant
+         WHERE r.id = ANY(p_id) AND r.status = 'queued' AND r.attempt = c.c_attempt - 1
+           AND (r.not_before IS NULL OR r.not_before <= now()) AND r.concurrency_key IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM operation_runs w
+                            WHERE w.concurrency_key = r.concurrency_key AND w.id < r.id
+                              AND w.slot_wait_since IS NOT NULL AND w.completed_at IS NULL)
+         GROUP BY r.concurrency_key
+         ORDER BY r.concurrency_key
+    LOOP
+        -- Lock the key's count; the releases are read after the lock is
+        -- held (a statement of its own, so a fresh snapshot), so every
+        -- claim committed before is counted.
+        PERFORM 1 FROM concurrency_claims WHERE concurrency_key = group_key FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO concurrency_claims (concurrency_key, runs) VALUES (group_key, 0)
+            ON CONFLICT DO NOTHING;
+            PERFORM 1 FROM concurrency_claims WHERE concurrency_key = group_key FOR UPDATE;
+        END IF;
+        running := opsrun_running_of(group_key);
+        room := least(cardinality(group_runs), greatest(group_limit - running, 0));
+        IF room > 0 THEN
+            run_ids := run_ids || group_runs[1:room];
+            run_slots := run_slots || ARRAY(SELECT (running + n)::int FROM generate_series(0, room - 1) AS n);
+        END IF;
+    END LOOP;
+    -- Runs with room (or no key) are claimed, and counted against their
+    -- key; claimable runs without room wait for a slot. Room left unused
+    -- (a duplicate delivery claimed elsewhere, a cancelled run) is simply
+    -- not counted.
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE operation_runs r
+           SET status = 'running', attempt = r.attempt + 1, holder = p_holder, lease_seconds = c.c_lease,
+               heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry, shard = c.c_shard,
+               concurrency_slot = s.slot, slot_wait_since = NULL, slot_wait_limit = NULL, updated_at = now()
+          FROM unnest(p_tenant, p_id, p_attempt, p_lease, p_entry, p_shard)
+                   AS c(c_tenant, c_id, c_attempt, c_lease, c_entry, c_shard)
+          LEFT JOIN unnest(run_ids, run_slots) AS s(run_id, slot) ON s.run_id = c.c_id
+         WHERE r.id = c.c_id AND r.tenant_id = c.c_tenant AND r.id = ANY(p_id)
+           AND r.status = 'queued' AND r.attempt = c.c_attempt - 1
+           AND (r.not_before IS NULL OR r.not_before <= now())
+           AND (r.concurrency_key IS NULL OR s.slot IS NOT NULL)
+        RETURNING r.*),
+    waiting AS (
+        UPDATE operation_runs r
+           SET slot_wait_since = coalesce(r.slot_wait_since, now()), slot_wait_limit = c.c_limit,
+               dispatch_entry_id = NULL, dispatched_at = NULL
+          FROM unnest(p_tenant, p_id, p_attempt, p_limit) AS c(c_tenant, c_id, c_attempt, c_limit)
+         WHERE r.id = c.c_id AND r.tenant_id = c.c_tenant AND r.id = ANY(p_id) AND r.id <> ALL(run_ids)
+           AND r.status = 'queued' AND r.attempt = c.c_attempt - 1 AND r.concurrency_key IS NOT NULL
+           AND (r.not_before IS NULL OR r.not_before <= now())),
+    counted AS (
+        UPDATE concurrency_claims k SET runs = k.runs + n.runs
+          FROM (SELECT concurrency_key, count(*) AS runs FROM claimed
+                 WHERE concurrency_slot IS NOT NULL GROUP BY concurrency_key) AS n
+         WHERE k.concurrency_key = n.concurrency_key)
+    SELECT * FROM claimed;
+END
+$$;
+
+-- Wake the oldest runs waiting for a slot of `p_keys` (every key with
+-- waiters when NULL), as many per key as it has room under the limit that
+-- made its newest waiter wait; they are stamped as dispatched, and the
+-- caller sends them. (A run woken in excess waits again when it finds no
+-- room.)
+CREATE FUNCTION opsrun_wake_slot_waiters(p_keys text[]) RETURNS SETOF operation_runs
+LANGUAGE sql AS $$
+    WITH keys AS (
+        SELECT DISTINCT concurrency_key AS key FROM operation_runs
+         WHERE slot_wait_since IS NOT NULL AND completed_at IS NULL
+           AND (p_keys IS NULL OR concurrency_key = ANY(p_keys))),
+    free AS (
+        SELECT k.key,
+               (SELECT w.slot_wait_limit FROM operation_runs w
+                 WHERE w.concurrency_key = k.key AND w.slot_wait_since IS NOT NULL AND w.completed_at IS NULL
+                 ORDER BY w.id DESC LIMIT 1)
+             - opsrun_running_of(k.key) AS slots
+          FROM keys k),
+    woken AS (
+        SELECT w.id FROM free f CROSS JOIN LATERAL (
+            SELECT r.id FROM operation_runs r
+             WHERE r.concurrency_key = f.key AND r.slot_wait_since IS NOT NULL AND r.completed_at IS NULL
+             ORDER BY r.id LIMIT greatest(coalesce(f.slots, 0), 0)
+             FOR UPDATE SKIP LOCKED) w)
+    UPDATE operation_runs r
+       SET slot_wait_since = NULL, slot_wait_limit = NULL, dispatched_at = now()
+      FROM woken
+     WHERE r.id = woken.id AND r.status = 'queued' AND r.slot_wait_since IS NOT NULL
+    RETURNING r.*;
+$$;
