@@ -242,3 +242,121 @@ async fn a_waiting_run_can_be_cancelled_and_a_missing_key_input_is_refused() {
     assert_eq!(second.outcome, Outcome::Cancelled);
     assert_eq!(second.attempt, 0);
 }
+
+/// A run whose claim decides it must wait while the slot's holder completes
+/// is not left waiting with the slot free: that completion cannot see the
+/// waiter (not committed yet) to wake it, so the claim looks for room once
+/// its wait is committed and wakes the run itself. Forced here: the run's
+/// row is locked while its claim decides, the holder completes, the lock goes.
+#[tokio::test]
+async fn a_slot_freed_while_a_claim_decides_to_wait_is_not_left_unused() {
+    use opsrun::ledger::{Claim, Terminal};
+    use opsrun::lifecycle::{Handler, Job, JobResult, Lifecycle, Processed, Route, SkipReason};
+    use opsrun::transport::{Delivery, Entry};
+
+    struct Noop;
+    #[async_trait::async_trait]
+    impl Handler for Noop {
+        async fn handle(&self, _job: Job) -> JobResult {
+            JobResult::succeeded()
+        }
+    }
+
+    const ONE: &str = r#"
+[types."sync.one"]
+command = ["true"]
+concurrency = { limit = 1, per = "tenant" }
+"#;
+    let env = TestEnv::new().await;
+    let registry = Arc::new(Registry::parse(ONE).unwrap());
+    let service = env.service.clone().with_registry(Arc::clone(&registry));
+    let start = |n: i64| {
+        let service = service.clone();
+        async move {
+            let request = RunRequest::new(6, "sync.one").inputs(json!({ "n": n }));
+            service.ensure_run(&request).await.unwrap().run
+        }
+    };
+    let (a, b) = (start(1).await, start(2).await);
+    let route = Route::new(Arc::new(Noop), registry.spec("sync.one").unwrap());
+    let lifecycle = Arc::new(
+        Lifecycle::new(
+            env.ledger().clone(),
+            env.service.transport().clone(),
+            "race:1",
+        )
+        .route("sync.one", route),
+    );
+    let delivery = |run: &opsrun::Run| Delivery {
+        stream: "default".into(),
+        entry_id: run.dispatch_entry_id.clone().unwrap(),
+        entry: Some(Entry {
+            run_id: run.id,
+            tenant_id: 6,
+            run_type: "sync.one".into(),
+            attempt: 1,
+        }),
+    };
+    let claimed = lifecycle.claim(vec![delivery(&a)]).await;
+    assert!(claimed[0].1.is_ok(), "a takes the only slot");
+
+    // b's claim finds the key full, then waits for b's row.
+    let mut lock = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM operation_runs WHERE id = $1 FOR SHARE")
+        .bind(b.id.0)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let claiming = tokio::spawn({
+        let lifecycle = Arc::clone(&lifecycle);
+        let b = delivery(&b);
+        async move { lifecycle.claim(vec![b]).await }
+    });
+    wait_until(Duration::from_secs(10), || async {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%opsrun_claim_limited%'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        (blocked > 0).then_some(())
+    })
+    .await
+    .expect("b's claim blocks on b's row");
+
+    // a completes meanwhile, and sees no waiter to wake.
+    let completed = env
+        .ledger()
+        .complete_many(&[(
+            Claim {
+                tenant_id: 6,
+                run_id: a.id,
+                holder: "race:1",
+                attempt: 1,
+            },
+            Terminal {
+                outcome: Outcome::Succeeded,
+                counts: &Default::default(),
+                failures: &[],
+                reclaim: None,
+            },
+        )])
+        .await
+        .unwrap();
+    assert!(!completed[0].slot_waiters, "b does not wait yet");
+    lock.commit().await.unwrap();
+
+    let claimed = claiming.await.unwrap();
+    assert_eq!(
+        claimed[0].1.as_ref().err(),
+        Some(&Processed::Skipped(SkipReason::NotClaimable)),
+        "b's claim made it wait"
+    );
+    let b_now = env.ledger().get(6, b.id).await.unwrap().unwrap();
+    assert_eq!(b_now.status, Status::Queued);
+    assert!(
+        b_now.slot_wait_since.is_none() && b_now.dispatched_at.is_some(),
+        "b was woken and sent again at once: {b_now:?}"
+    );
+}
