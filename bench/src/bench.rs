@@ -110,34 +110,29 @@ async fn main() -> Result<()> {
 
     if cli.end_to_end_only {
         let direct = WorkerDb::direct(&stack);
-        let mut rates = Vec::new();
-        for (queue, workers) in [("e2e1", 1), ("e2e2", 2)] {
-            let e2e = end_to_end(
-                &bin,
-                &direct,
-                &stack.redis_url,
-                &prefix,
-                &service,
-                &pool,
-                queue,
-                workers,
-                cli.concurrency,
-                cli.runs,
-                &[],
-            )
-            .await?;
+        let pair = one_and_two_workers(
+            &bin,
+            &direct,
+            &stack.redis_url,
+            &prefix,
+            &service,
+            &pool,
+            ["e2e1", "e2e2"],
+            &cli,
+        )
+        .await?;
+        for (workers, e2e) in [1, 2].iter().zip(&pair) {
             println!(
                 "end to end, {workers} worker(s) x{}: {:.0} runs/s, CPU per run: machine {:.0} us, workers {:.0} us",
                 cli.concurrency, e2e.per_second, e2e.machine_cpu_us, e2e.worker_cpu_us
             );
-            rates.push(e2e.per_second);
         }
         let ours = Figures {
             add_p50_ms: f64::NAN,
             add_p99_ms: f64::NAN,
             add_bulk_per_s: f64::NAN,
-            end_to_end_per_s: rates[0],
-            end_to_end_2_workers_per_s: rates[1],
+            end_to_end_per_s: pair[0].per_second,
+            end_to_end_2_workers_per_s: pair[1].per_second,
             worker_rss_mb_c100: None,
         };
         compare_with_peers(&stack, &cli, &ours);
@@ -225,32 +220,15 @@ async fn main() -> Result<()> {
     let drain_rate = cli.runs as f64 / (finished - started);
     drop(worker);
     // 5. End to end as BullMQ's is measured: bulk enqueue while the workers run.
-    let e2e_one = end_to_end(
+    let [e2e_one, e2e_two] = one_and_two_workers(
         &bin,
         &direct,
         &stack.redis_url,
         &prefix,
         &service,
         &pool,
-        "e2e1",
-        1,
-        cli.concurrency,
-        cli.runs,
-        &[],
-    )
-    .await?;
-    let e2e_two = end_to_end(
-        &bin,
-        &direct,
-        &stack.redis_url,
-        &prefix,
-        &service,
-        &pool,
-        "e2e2",
-        2,
-        cli.concurrency,
-        cli.runs,
-        &[],
+        ["e2e1", "e2e2"],
+        &cli,
     )
     .await?;
     let wide = end_to_end(
@@ -359,24 +337,18 @@ async fn cluster_side_by_side(
     let mut config = TransportConfig::new(cluster.url());
     config.prefix = prefix.clone();
     let service = RunService::new(Ledger::new(pool.clone()), Transport::new(&config)?);
-    let mut figures = Vec::new();
-    for (queue, workers) in [("cluster1", 1), ("cluster2", 2)] {
-        let e2e = end_to_end(
-            bin,
-            &WorkerDb::direct(stack),
-            &cluster.url(),
-            &prefix,
-            &service,
-            pool,
-            queue,
-            workers,
-            cli.concurrency,
-            cli.runs,
-            &[],
-        )
-        .await?;
-        figures.push(e2e.per_second);
-    }
+    let pair = one_and_two_workers(
+        bin,
+        &WorkerDb::direct(stack),
+        &cluster.url(),
+        &prefix,
+        &service,
+        pool,
+        ["cluster1", "cluster2"],
+        cli,
+    )
+    .await?;
+    let figures = [pair[0].per_second, pair[1].per_second];
     println!(
         "\nside by side (Redis Cluster, 3 masters + 3 replicas)   single    cluster  cluster/single"
     );
@@ -744,6 +716,43 @@ async fn end_to_end(
         worker_cpu_us,
         machine_cpu_us,
     })
+}
+
+/// End to end with 1 and then 2 worker processes at `--concurrency`, on
+/// `queues` (one each).
+#[allow(clippy::too_many_arguments)]
+async fn one_and_two_workers(
+    bin: &std::path::Path,
+    db: &WorkerDb,
+    redis_url: &str,
+    prefix: &str,
+    service: &RunService,
+    pool: &opsrun::sqlx::PgPool,
+    queues: [&'static str; 2],
+    cli: &Cli,
+) -> Result<[EndToEnd; 2]> {
+    let mut pair = Vec::with_capacity(2);
+    for (queue, workers) in queues.into_iter().zip([1, 2]) {
+        pair.push(
+            end_to_end(
+                bin,
+                db,
+                redis_url,
+                prefix,
+                service,
+                pool,
+                queue,
+                workers,
+                cli.concurrency,
+                cli.runs,
+                &[],
+            )
+            .await?,
+        );
+    }
+    let two = pair.pop().context("the second figure")?;
+    let one = pair.pop().context("the first figure")?;
+    Ok([one, two])
 }
 
 /// Clock ticks per second, the unit of `/proc`'s CPU times.
