@@ -107,6 +107,8 @@ BEGIN
         GRANT SELECT ON concurrency_claims, concurrency_releases
             TO opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
         GRANT INSERT, UPDATE ON concurrency_claims TO opsrun_worker;
+        -- A start makes its key's count if it has none yet.
+        GRANT INSERT ON concurrency_claims TO opsrun_producer, opsrun_reaper, opsrun_monitor;
         GRANT INSERT, UPDATE ON concurrency_releases TO opsrun_worker, opsrun_reaper;
         GRANT DELETE ON concurrency_releases TO opsrun_reaper;
     END IF;

@@ -315,7 +315,7 @@ concurrency = { limit = 1, per = "tenant" }
     wait_until(Duration::from_secs(10), || async {
         let blocked: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-             AND query LIKE '%opsrun_claim_limited%'",
+             AND query LIKE '%FOR UPDATE OF k%'",
         )
         .fetch_one(&env.pool)
         .await

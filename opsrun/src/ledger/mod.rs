@@ -69,6 +69,12 @@ const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status,
 /// stay durable: a producer and XACK act on them.
 const ASYNC_COMMIT: &str = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit";
 
+/// The claimed count of a new run's concurrency key (`$16`), made with the
+/// run if it has none yet: a claim locks it to count the key's runs (see
+/// migration 000020), so it must exist before the first claim.
+const CLAIMS_ROW: &str = "INSERT INTO concurrency_claims (concurrency_key, runs) \
+     SELECT $16::text, 0 WHERE $16::text IS NOT NULL ON CONFLICT DO NOTHING";
+
 /// How often `insert_or_get_active` retries when the active twin completes
 /// between the insert and the read.
 const DEDUPE_ROUNDS: usize = 8;
@@ -270,14 +276,15 @@ pub struct Ledger {
     db: Db,
 }
 
-/// Build a statement from a template with `{cols}` replaced by [`RUN_COLUMNS`]
-/// and `{async_commit}` by [`ASYNC_COMMIT`]. Only ever called with `'static`
+/// Build a statement from a template with `{cols}` replaced by [`RUN_COLUMNS`],
+/// `{async_commit}` by [`ASYNC_COMMIT`] and `{claims_row}` by [`CLAIMS_ROW`]. Only ever called with `'static`
 /// templates, so no caller text reaches SQL.
 fn sql(template: &'static str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(
         template
             .replace("{cols}", RUN_COLUMNS)
-            .replace("{async_commit}", ASYNC_COMMIT),
+            .replace("{async_commit}", ASYNC_COMMIT)
+            .replace("{claims_row}", CLAIMS_ROW),
     )
 }
 
@@ -364,7 +371,7 @@ impl Ledger {
         // Deterministic and nonce runs conflict only on the active-identity
         // index; a strict run may also conflict on the strict index, in any
         // state, hence no conflict target there.
-        const INSERT_ACTIVE: &str = "INSERT INTO operation_runs \
+        const INSERT_ACTIVE: &str = "WITH key AS ({claims_row}) INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
                 identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, retry_of, concurrency_key, \
                 traceparent, dispatched_at) \
@@ -372,7 +379,7 @@ impl Ledger {
                  CASE WHEN $12::timestamptz IS NULL AND $13::text IS NULL THEN now() END) \
              ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
              RETURNING {cols}";
-        const INSERT_STRICT: &str = "INSERT INTO operation_runs \
+        const INSERT_STRICT: &str = "WITH key AS ({claims_row}) INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
                 identity_rule, max_attempts, lease_seconds, not_before, domain_id, shard, retry_of, concurrency_key, \
                 traceparent, dispatched_at) \
@@ -457,7 +464,11 @@ impl Ledger {
         }
         let column =
             |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
-        let inserted: Vec<Inserted> = sqlx::query_as(sql("INSERT INTO operation_runs \
+        let inserted: Vec<Inserted> = sqlx::query_as(sql("WITH keys AS ( \
+                 INSERT INTO concurrency_claims (concurrency_key, runs) \
+                 SELECT DISTINCT k, 0 FROM unnest($15::text[]) AS k WHERE k IS NOT NULL ORDER BY 1 \
+                 ON CONFLICT DO NOTHING) \
+             INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
                 identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of, concurrency_key, traceparent, \
                 dispatched_at) \
