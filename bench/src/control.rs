@@ -15,7 +15,7 @@ use anyhow::Result;
 use opsrun::RunService;
 use opsrun::registry::Registry;
 
-use crate::{Cli, WorkerDb, end_to_end};
+use crate::{Cli, EndToEnd, WorkerDb, end_to_end};
 
 /// A limit no tenant reaches at the benchmark's concurrency.
 const HIGH_LIMIT: &str = r#"
@@ -62,6 +62,8 @@ pub async fn side_by_side(
         },
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
+    let mut worker_cpu: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
+    let mut machine_cpu: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
     let queues = ["ctl0", "ctl1", "ctl2"];
     for round in 0..usize::from(cli.rounds) {
         for i in round_order(round, configurations.len()) {
@@ -78,7 +80,9 @@ pub async fn side_by_side(
                 cli.runs,
             )
             .await?;
-            rates[i].push(e2e);
+            rates[i].push(e2e.per_second);
+            worker_cpu[i].push(e2e.worker_cpu_us);
+            machine_cpu[i].push(e2e.machine_cpu_us);
         }
     }
     let binding = Configuration {
@@ -98,7 +102,8 @@ pub async fn side_by_side(
         "ctl3",
         binding_runs,
     )
-    .await?;
+    .await?
+    .per_second;
 
     print_medians(
         &format!(
@@ -106,6 +111,14 @@ pub async fn side_by_side(
             cli.concurrency, cli.runs
         ),
         configurations.iter().map(|c| c.label).zip(rates),
+    );
+    print_medians(
+        "the same: worker CPU per run (us)",
+        configurations.iter().map(|c| c.label).zip(worker_cpu),
+    );
+    print_medians(
+        "the same: machine CPU per run (us, every process)",
+        configurations.iter().map(|c| c.label).zip(machine_cpu),
     );
     println!(
         "{:<46} {:>10.0} {:>22}",
@@ -116,7 +129,7 @@ pub async fn side_by_side(
     Ok(())
 }
 
-/// One end to end under `configuration`, in runs per second.
+/// One end to end under `configuration`.
 #[allow(clippy::too_many_arguments)]
 async fn run(
     bin: &std::path::Path,
@@ -128,7 +141,7 @@ async fn run(
     configuration: &Configuration,
     queue: &'static str,
     runs: usize,
-) -> Result<f64> {
+) -> Result<EndToEnd> {
     let mut flags = vec![format!("--cancel-check={}", configuration.cancel_check)];
     let service = match configuration.registry {
         None => service.clone(),
@@ -141,7 +154,7 @@ async fn run(
             service.clone().with_registry(Arc::new(registry))
         }
     };
-    let e2e = end_to_end(
+    end_to_end(
         bin,
         db,
         redis_url,
@@ -154,8 +167,7 @@ async fn run(
         runs,
         &flags,
     )
-    .await?;
-    Ok(e2e.per_second)
+    .await
 }
 
 /// The order configurations run in, in round `round` of `n`: each starts a

@@ -32,8 +32,9 @@ impl Ledger {
             .map_err(db("folding concurrency releases"))
     }
 
-    /// The slots of `run`'s key (a key is always within one tenant): the limit that made it wait, the runs
-    /// holding them, and how many runs of the key wait ahead of it.
+    /// The slots of `run`'s key (a key is always within one tenant): the
+    /// limit that made it wait, the runs holding them, and how many runs of
+    /// the key wait ahead of it.
     pub async fn slot_holders(&self, key: &str, run: &Run) -> Result<SlotHolders> {
         let (limit, held_by, waiting_ahead) = sqlx::query_as::<_, (Option<i32>, Vec<i64>, i64)>(
             "SELECT (SELECT slot_wait_limit FROM operation_runs WHERE id = $2), \

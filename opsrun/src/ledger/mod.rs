@@ -276,9 +276,10 @@ pub struct Ledger {
     db: Db,
 }
 
-/// Build a statement from a template with `{cols}` replaced by [`RUN_COLUMNS`],
-/// `{async_commit}` by [`ASYNC_COMMIT`] and `{claims_row}` by [`CLAIMS_ROW`]. Only ever called with `'static`
-/// templates, so no caller text reaches SQL.
+/// Build a statement from a template with `{cols}` replaced by
+/// [`RUN_COLUMNS`], `{async_commit}` by [`ASYNC_COMMIT`] and `{claims_row}`
+/// by [`CLAIMS_ROW`]. Only ever called with `'static` templates, so no
+/// caller text reaches SQL.
 fn sql(template: &'static str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(
         template
