@@ -94,11 +94,18 @@ CREATE TRIGGER operation_runs_release_slot
 
 -- Fold each key's releases into its '' row (the reaper, every round).
 -- Rows are deleted and summed in one statement; a worker adding to its
--- row meanwhile waits, then makes it again.
+-- row meanwhile waits, then makes it again. Rows are locked in key order,
+-- the order a grouped completion writes them in, so the two never
+-- deadlock.
 CREATE FUNCTION opsrun_fold_releases() RETURNS bigint
 LANGUAGE sql AS $$
-    WITH gone AS (
-        DELETE FROM concurrency_releases WHERE releaser <> '' RETURNING concurrency_key, runs),
+    WITH locked AS (
+        SELECT concurrency_key, releaser FROM concurrency_releases WHERE releaser <> ''
+         ORDER BY concurrency_key, releaser FOR UPDATE),
+    gone AS (
+        DELETE FROM concurrency_releases r USING locked l
+         WHERE r.concurrency_key = l.concurrency_key AND r.releaser = l.releaser
+        RETURNING r.concurrency_key, r.runs),
     folded AS (
         INSERT INTO concurrency_releases (concurrency_key, releaser, runs)
         SELECT concurrency_key, '', sum(runs) FROM gone GROUP BY concurrency_key ORDER BY concurrency_key
