@@ -7,7 +7,8 @@
 --    against it. A claim statement locks the key's row (claims of one key
 --    take turns, which is what makes the limit exact across workers),
 --    reads what is released, claims what fits and adds what it claimed.
---    The first claim of a key makes its row, and its runs wait that once.
+--    A start makes its key's row; a claim that finds none (a run started
+--    before this migration) makes it, and those runs wait once.
 --  * `concurrency_releases` holds, per key and releaser, how many of them
 --    left `running`. A worker's grouped completion adds its runs to its own
 --    row (`releaser` = the worker), so completions never wait on claims, on
