@@ -25,24 +25,37 @@ command = ["sh", "-c", "sleep 0.1"]
 concurrency = { limit = 1, per = "inputs.connection" }
 "#;
 
-/// Most runs seen running at once, per key, while `sampling` holds.
-async fn sample_running(pool: sqlx::PgPool, sampling: Arc<AtomicBool>) -> HashMap<String, i64> {
+/// Most runs seen running at once, per key, while `sampling` holds; and
+/// every sample where a key's count (claimed less released) was not the
+/// number of its runs running with a slot. The count is written in the
+/// same transaction as the run's state, so the two agree in every snapshot.
+async fn sample_running(
+    pool: sqlx::PgPool,
+    sampling: Arc<AtomicBool>,
+) -> (HashMap<String, i64>, Vec<(String, i64, i64)>) {
     let mut most: HashMap<String, i64> = HashMap::new();
+    let mut disagreements = Vec::new();
     while sampling.load(Ordering::Relaxed) {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT concurrency_key, count(*) FROM operation_runs \
-             WHERE status = 'running' AND concurrency_key IS NOT NULL GROUP BY 1",
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT k.concurrency_key, \
+                    (SELECT count(*) FROM operation_runs r WHERE r.concurrency_key = k.concurrency_key \
+                       AND r.status = 'running'), \
+                    opsrun_running_of(k.concurrency_key) \
+             FROM concurrency_claims k",
         )
         .fetch_all(&pool)
         .await
         .unwrap();
-        for (key, n) in rows {
+        for (key, running, counted) in rows {
+            if running != counted {
+                disagreements.push((key.clone(), running, counted));
+            }
             let seen = most.entry(key).or_default();
-            *seen = (*seen).max(n);
+            *seen = (*seen).max(running);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    most
+    (most, disagreements)
 }
 
 #[tokio::test]
@@ -154,7 +167,11 @@ async fn four_workers_keep_each_key_to_its_limit_and_other_keys_flow() {
         );
     }
     sampling.store(false, Ordering::Relaxed);
-    let most = sampler.await.unwrap();
+    let (most, disagreements) = sampler.await.unwrap();
+    assert!(
+        disagreements.is_empty(),
+        "counts that disagreed with the running runs (key, running, counted): {disagreements:?}"
+    );
     assert_eq!(most.get("sync.tenant/1"), Some(&2), "{most:?}");
     assert!(
         most.get("sync.tenant/2").is_some_and(|n| *n <= 2),
