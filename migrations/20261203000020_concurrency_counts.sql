@@ -66,22 +66,16 @@ LANGUAGE sql STABLE AS $$
          - coalesce((SELECT sum(runs) FROM concurrency_releases WHERE concurrency_key = p_key), 0)
 $$;
 
--- Add `p_runs` released runs of `p_key` to `p_releaser`'s row.
-CREATE FUNCTION opsrun_release(p_key text, p_releaser text, p_runs bigint) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO concurrency_releases (concurrency_key, releaser, runs)
-    VALUES (p_key, p_releaser, p_runs)
-    ON CONFLICT (concurrency_key, releaser)
-    DO UPDATE SET runs = concurrency_releases.runs + EXCLUDED.runs
-$$;
-
 -- A run leaving `running` other than through the workers' grouped
 -- completion (which sets `concurrency_slot` to NULL and releases its runs
 -- itself) is released here, on a row of this backend's own.
 CREATE FUNCTION operation_runs_release_slot() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM opsrun_release(OLD.concurrency_key, 'backend ' || pg_backend_pid(), 1);
+    INSERT INTO concurrency_releases (concurrency_key, releaser, runs)
+    VALUES (OLD.concurrency_key, 'backend ' || pg_backend_pid(), 1)
+    ON CONFLICT (concurrency_key, releaser)
+    DO UPDATE SET runs = concurrency_releases.runs + EXCLUDED.runs;
     RETURN NULL;
 END
 $$;

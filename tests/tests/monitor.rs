@@ -1527,12 +1527,21 @@ async fn each_service_works_under_its_own_role_and_no_further() {
     assert_exit(&migrate, 0);
     apply_roles().await;
 
-    // The producer, worker and reaper binaries, each as its role.
+    // The producer, worker and reaper binaries, each as its role, for a
+    // type with a concurrency limit: the start makes its key's count, the
+    // claim and the completion write it, the reaper folds the releases.
+    const LIMITED: &str = r#"
+[types."demo.succeed"]
+concurrency = { limit = 2, per = "tenant" }
+"#;
+    let registry = env.write_registry(LIMITED);
     let out = env
         .command("producer")
         .env("DATABASE_URL", url("opsrun_producer"))
         .args([
             "enqueue",
+            "--registry",
+            registry.to_str().unwrap(),
             "--tenant",
             &A.to_string(),
             "--type",
@@ -1550,7 +1559,7 @@ async fn each_service_works_under_its_own_role_and_no_further() {
     worker
         .env("DATABASE_URL", url("opsrun_worker"))
         .arg("--no-migrate");
-    let _worker = support::Worker::spawn_with_registry(&env, "", worker);
+    let _worker = support::Worker::spawn_with_registry(&env, LIMITED, worker);
     support::assert_succeeds(&env, A, run_id).await;
     let reaper = env
         .command("reaper")
