@@ -103,6 +103,17 @@ impl ConcurrencyLimit {
     }
 }
 
+/// The digest a stream entry names a run's concurrency key by: the first
+/// 16 bytes of the key's SHA-256, in hex. Postgres computes the same
+/// (`opsrun_key_digest`, migration 000021) beside each key's count.
+pub fn key_digest(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Wake the oldest runs waiting for a slot of `keys` (every key with
 /// waiters when `None`), as many per key as it has free slots, and send
 /// them again. A send that fails is left to the lost-dispatch pass (the run
@@ -154,6 +165,16 @@ pub struct SlotHolders {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Computed independently with Python's hashlib (the first 32 hex
+    /// digits of the SHA-256 of the key's UTF-8).
+    #[test]
+    fn a_key_digest_is_the_head_of_its_sha256() {
+        assert_eq!(
+            key_digest("inventory.sync/42/connection=\u{e9}"),
+            "f2d082a780f1182dbb3d6761ec6f6912"
+        );
+    }
 
     #[test]
     fn keys_stay_within_the_tenant() {

@@ -144,6 +144,7 @@ async fn fail_exhausted(
         tenant_id: run.tenant_id,
         run_type: run.run_type.clone(),
         attempt: run.attempt,
+        concurrency_key_digest: None,
     };
     if let Err(e) = service
         .transport()

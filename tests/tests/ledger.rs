@@ -597,6 +597,7 @@ async fn a_session_lets_a_dead_connection_go_and_takes_a_fresh_one() {
         entry_id: run.dispatch_entry_id.clone().expect("dispatched"),
         shard: 0,
         limit: None,
+        concurrency_key_digest: None,
     };
     let mut session = ledger.session();
     let claimed = session

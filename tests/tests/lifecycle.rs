@@ -361,6 +361,7 @@ async fn a_batch_claim_gives_each_run_to_exactly_one_delivery() {
         tenant_id: tenant,
         run_type: "rust.ok".into(),
         attempt,
+        concurrency_key_digest: None,
     };
     let claimed = lifecycle
         .claim(vec![
@@ -478,6 +479,7 @@ async fn a_grouped_completion_postgres_refuses_is_written_run_by_run() {
             entry_id: "1-0".into(),
             shard: 0,
             limit: None,
+            concurrency_key_digest: None,
         })
         .collect();
     assert_eq!(
@@ -554,6 +556,7 @@ async fn a_grouped_claim_postgres_refuses_is_claimed_run_by_run() {
             entry_id: format!("{n}-0"),
             shard: 0,
             limit: None,
+            concurrency_key_digest: None,
         });
     }
     // An attempt the claim cannot compute with (`attempt - 1` overflows).

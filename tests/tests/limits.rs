@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use opsrun::concurrency::key_digest;
 use opsrun::registry::Registry;
 use opsrun::{Outcome, RunRequest, Status};
 use serde_json::json;
@@ -312,6 +313,7 @@ concurrency = { limit = 1, per = "tenant" }
             tenant_id: 6,
             run_type: "sync.one".into(),
             attempt: 1,
+            concurrency_key_digest: run.concurrency_key.as_deref().map(key_digest),
         }),
     };
     let claimed = lifecycle.claim(vec![delivery(&a)]).await;
@@ -376,4 +378,142 @@ concurrency = { limit = 1, per = "tenant" }
         b_now.slot_wait_since.is_none() && b_now.dispatched_at.is_some(),
         "b was woken and sent again at once: {b_now:?}"
     );
+}
+
+/// Entries carry their run's concurrency key, so a claim counts a run
+/// without reading it first. An entry that names no key (sent before
+/// entries carried keys) or another key than its run's (forged) claims
+/// nothing under it: the run waits, is sent again with its own key, and
+/// runs under that key's count.
+#[tokio::test]
+async fn an_entry_that_does_not_name_its_runs_key_is_sent_again_with_it() {
+    use opsrun::lifecycle::{Handler, Job, JobResult, Lifecycle, Processed, Route, SkipReason};
+    use opsrun::transport::{Delivery, Entry};
+    use redis::streams::StreamRangeReply;
+
+    struct Noop;
+    #[async_trait::async_trait]
+    impl Handler for Noop {
+        async fn handle(&self, _job: Job) -> JobResult {
+            JobResult::succeeded()
+        }
+    }
+
+    const ONE: &str = r#"
+[types."sync.one"]
+command = ["true"]
+concurrency = { limit = 1, per = "tenant" }
+"#;
+    let env = TestEnv::new().await;
+    let registry = Arc::new(Registry::parse(ONE).unwrap());
+    let service = env.service.clone().with_registry(Arc::clone(&registry));
+    let run = service
+        .ensure_run(&RunRequest::new(8, "sync.one"))
+        .await
+        .unwrap()
+        .run;
+    let key = run
+        .concurrency_key
+        .clone()
+        .expect("a limited run has a key");
+    // Another tenant's key, with a count to be wrongly counted against.
+    let other = service
+        .ensure_run(&RunRequest::new(9, "sync.one"))
+        .await
+        .unwrap()
+        .run;
+    assert_eq!(other.concurrency_key.as_deref(), Some("sync.one/9"));
+    let mut redis = env.redis().await;
+    let entries = |redis: &mut redis::aio::MultiplexedConnection| {
+        let stream = env.stream("default");
+        let mut redis = redis.clone();
+        async move {
+            let reply: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(stream)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            reply
+                .ids
+                .into_iter()
+                .filter(|e| e.get::<String>("run_id") == Some(run.id.0.to_string()))
+                .map(|e| (e.id.clone(), e.get::<String>("concurrency_key_digest")))
+                .collect::<Vec<_>>()
+        }
+    };
+    let sent = entries(&mut redis).await;
+    assert_eq!(sent.len(), 1);
+    let digest = key_digest(&key);
+    assert_eq!(
+        sent[0].1.as_deref(),
+        Some(digest.as_str()),
+        "the start's entry names the key by its digest"
+    );
+
+    let route = Route::new(Arc::new(Noop), registry.spec("sync.one").unwrap());
+    let lifecycle = Lifecycle::new(
+        env.ledger().clone(),
+        env.service.transport().clone(),
+        "keys:1",
+    )
+    .route("sync.one", route);
+    let delivery = |entry_id: &str, digest: Option<&str>| Delivery {
+        stream: "default".into(),
+        entry_id: entry_id.to_string(),
+        entry: Some(Entry {
+            run_id: run.id,
+            tenant_id: 8,
+            run_type: "sync.one".into(),
+            attempt: 1,
+            concurrency_key_digest: digest.map(str::to_string),
+        }),
+    };
+    let forged = key_digest("sync.one/9");
+    for (n, named) in [None, Some(forged.as_str())].into_iter().enumerate() {
+        let claimed = lifecycle.claim(vec![delivery(&sent[0].0, named)]).await;
+        assert_eq!(
+            claimed[0].1.as_ref().err(),
+            Some(&Processed::Skipped(SkipReason::NotClaimable)),
+            "an entry naming {named:?} claims nothing"
+        );
+        let now = env.ledger().get(8, run.id).await.unwrap().unwrap();
+        assert_eq!(now.status, Status::Queued);
+        assert!(
+            now.slot_wait_since.is_none() && now.dispatched_at.is_some(),
+            "woken and sent again at once: {now:?}"
+        );
+        let resent = entries(&mut redis).await;
+        assert_eq!(resent.len(), n + 2, "sent again: {resent:?}");
+        assert_eq!(
+            resent[n + 1].1.as_deref(),
+            Some(digest.as_str()),
+            "with its own key"
+        );
+    }
+    for counted in [key.as_str(), "sync.one/9"] {
+        let running: Option<i64> = sqlx::query_scalar("SELECT opsrun_running_of($1)")
+            .bind(counted)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        assert_eq!(running, Some(0), "nothing counted against {counted}");
+    }
+
+    let resent = entries(&mut redis).await;
+    let last = resent.last().unwrap();
+    let claimed = lifecycle
+        .claim(vec![delivery(&last.0, last.1.as_deref())])
+        .await;
+    assert!(
+        claimed[0].1.is_ok(),
+        "the entry with its key claims the run"
+    );
+    let running: i64 = sqlx::query_scalar("SELECT opsrun_running_of($1)")
+        .bind(&key)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(running, 1, "counted against its own key");
 }

@@ -49,6 +49,7 @@ async fn publish_entries(env: &TestEnv, count: i64) {
             tenant_id: 1,
             run_type: "a.b".into(),
             attempt: 1,
+            concurrency_key_digest: None,
         };
         transport.publish(&"default".into(), &entry).await.unwrap();
     }
@@ -148,6 +149,7 @@ async fn stale_pending_entries_are_acknowledged_and_live_ones_left() {
                 tenant_id: 1,
                 run_type: "a.b".into(),
                 attempt: 1,
+                concurrency_key_digest: None,
             },
         )
         .await

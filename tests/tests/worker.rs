@@ -115,6 +115,7 @@ async fn duplicated_and_forged_entries_execute_nothing() {
         tenant_id: 3,
         run_type: "test.succeed".into(),
         attempt: 1,
+        concurrency_key_digest: None,
     };
     transport.publish(&"default".into(), &dup).await.unwrap();
     let done = completed(&env, &run).await;
@@ -127,24 +128,28 @@ async fn duplicated_and_forged_entries_execute_nothing() {
             tenant_id: 3,
             run_type: "test.succeed".into(),
             attempt: 1,
+            concurrency_key_digest: None,
         },
         Entry {
             run_id: other.id,
             tenant_id: 4,
             run_type: "test.slow".into(),
             attempt: 1,
+            concurrency_key_digest: None,
         },
         Entry {
             run_id: run.id,
             tenant_id: 3,
             run_type: "test.succeed".into(),
             attempt: 1,
+            concurrency_key_digest: None,
         },
         Entry {
             run_id: run.id,
             tenant_id: 3,
             run_type: "test.succeed".into(),
             attempt: 2,
+            concurrency_key_digest: None,
         },
     ];
     for entry in &forged {

@@ -182,6 +182,9 @@ pub struct ClaimRequest {
     /// The claimant's concurrency limit for the run's type, if it has one
     /// (see [`crate::concurrency`]).
     pub limit: Option<u32>,
+    /// The digest of the run's concurrency key as its entry names it (see
+    /// [`Entry::concurrency_key_digest`](crate::transport::Entry::concurrency_key_digest)).
+    pub concurrency_key_digest: Option<String>,
 }
 
 /// A run written completed by [`Ledger::complete_many`].

@@ -245,6 +245,7 @@ impl Lifecycle {
                     entry_id: d.entry_id.clone(),
                     shard: d.stream.shard,
                     limit: route.and_then(|r| r.concurrency_limit),
+                    concurrency_key_digest: e.concurrency_key_digest.clone(),
                 }
             })
             .collect();

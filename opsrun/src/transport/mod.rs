@@ -164,6 +164,13 @@ pub struct Entry {
     pub run_type: String,
     /// The attempt this dispatch is for (the row's `attempt + 1` when sent).
     pub attempt: i32,
+    /// The digest of the run's concurrency key, when its type is limited
+    /// ([`crate::concurrency::key_digest`]): a claim counts the run against
+    /// its key without reading the run first. A digest, because a key may
+    /// hold an input's value and inputs stay in Postgres. The row is
+    /// authoritative: a run whose entry names no key or another key waits
+    /// for a slot and is sent again with its own.
+    pub concurrency_key_digest: Option<String>,
 }
 
 impl Entry {
@@ -174,6 +181,10 @@ impl Entry {
             tenant_id: run.tenant_id,
             run_type: run.run_type.clone(),
             attempt: run.attempt + 1,
+            concurrency_key_digest: run
+                .concurrency_key
+                .as_deref()
+                .map(crate::concurrency::key_digest),
         }
     }
 
@@ -189,6 +200,7 @@ impl Entry {
             tenant_id: positive(text("tenant_id")?.parse().ok()?)?,
             run_type: text("type")?,
             attempt: text("attempt")?.parse().ok().filter(|a: &i32| *a >= 1)?,
+            concurrency_key_digest: text("concurrency_key_digest"),
         })
     }
 }
@@ -511,9 +523,16 @@ mod tests {
                 run_id: RunId(7),
                 tenant_id: 3,
                 run_type: "a.b".into(),
-                attempt: 1
+                attempt: 1,
+                concurrency_key_digest: None,
             }
         );
+        item.map.insert(
+            "concurrency_key_digest".into(),
+            redis::Value::BulkString(b"00ff".to_vec()),
+        );
+        let entry = Entry::from_stream_id(&item).unwrap();
+        assert_eq!(entry.concurrency_key_digest.as_deref(), Some("00ff"));
         item.map
             .insert("run_id".into(), redis::Value::BulkString(b"x".to_vec()));
         assert!(Entry::from_stream_id(&item).is_none());

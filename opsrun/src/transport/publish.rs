@@ -140,5 +140,8 @@ impl Entry {
             .arg(&self.run_type)
             .arg("attempt")
             .arg(self.attempt);
+        if let Some(digest) = &self.concurrency_key_digest {
+            cmd.arg("concurrency_key_digest").arg(digest);
+        }
     }
 }
