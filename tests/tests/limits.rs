@@ -517,3 +517,47 @@ concurrency = { limit = 1, per = "tenant" }
         .unwrap();
     assert_eq!(running, 1, "counted against its own key");
 }
+
+/// A claim holds its keys' count rows until it commits; starting runs of a
+/// key never waits for that (one start and a batch of starts), so a busy
+/// key's claims do not hold up its producers.
+#[tokio::test]
+async fn starts_do_not_wait_for_a_claim_holding_their_keys_count() {
+    let env = TestEnv::new().await;
+    let registry = Arc::new(Registry::parse(REGISTRY).unwrap());
+    let service = env.service.clone().with_registry(registry);
+    let first = service
+        .ensure_run(&RunRequest::new(4, "sync.tenant"))
+        .await
+        .unwrap()
+        .run;
+    let key = first.concurrency_key.clone().unwrap();
+    // What a claim does to the count row while it runs.
+    let mut claim = env.pool.begin().await.unwrap();
+    sqlx::query("UPDATE concurrency_claims SET runs = runs + 1 WHERE concurrency_key = $1")
+        .bind(&key)
+        .execute(&mut *claim)
+        .await
+        .unwrap();
+    let one = tokio::time::timeout(
+        Duration::from_secs(5),
+        service.ensure_run(&RunRequest::new(4, "sync.tenant").inputs(json!({"n": 1}))),
+    )
+    .await
+    .expect("a start does not wait for the claim");
+    assert!(matches!(
+        one.unwrap().dispatch,
+        opsrun::Dispatch::Sent { .. }
+    ));
+    let batch: Vec<RunRequest> = (2..5)
+        .map(|n| RunRequest::new(4, "sync.tenant").inputs(json!({ "n": n })))
+        .collect();
+    let many = tokio::time::timeout(Duration::from_secs(5), service.ensure_runs(&batch))
+        .await
+        .expect("a batch of starts does not wait for the claim");
+    assert!(many.iter().all(|r| {
+        r.as_ref()
+            .is_ok_and(|e| matches!(e.dispatch, opsrun::Dispatch::Sent { .. }))
+    }));
+    claim.rollback().await.unwrap();
+}

@@ -71,9 +71,13 @@ const ASYNC_COMMIT: &str = "(SELECT set_config('synchronous_commit', 'off', true
 
 /// The claimed count of a new run's concurrency key (`$16`), made with the
 /// run if it has none yet: a claim locks it to count the key's runs (see
-/// migration 000020), so it must exist before the first claim.
+/// migration 000020), so it must exist before the first claim. Looked for
+/// first: an insert that conflicts waits for a claim updating the row to
+/// commit, which would make every start of a key wait on its claims.
 const CLAIMS_ROW: &str = "INSERT INTO concurrency_claims (concurrency_key, runs) \
-     SELECT $16::text, 0 WHERE $16::text IS NOT NULL ON CONFLICT DO NOTHING";
+     SELECT $16::text, 0 WHERE $16::text IS NOT NULL \
+       AND NOT EXISTS (SELECT 1 FROM concurrency_claims WHERE concurrency_key = $16::text) \
+     ON CONFLICT DO NOTHING";
 
 /// How often `insert_or_get_active` retries when the active twin completes
 /// between the insert and the read.
@@ -455,7 +459,8 @@ impl Ledger {
     /// Insert many deterministic or nonce runs in one statement; a run whose
     /// identity is already active is skipped (the caller reads the active one
     /// with [`Ledger::active_by_identity`]). Stamps `dispatched_at` as
-    /// [`Ledger::insert_or_get`] does. Returns the runs inserted.
+    /// [`Ledger::insert_or_get`] does, and makes its keys' count rows as
+    /// [`CLAIMS_ROW`] does. Returns the runs inserted.
     ///
     /// Only what Postgres chose (id and times) comes back; the rest of each
     /// row is what was sent (see [`NewRun::inserted`]). Returning whole rows
@@ -470,7 +475,8 @@ impl Ledger {
             |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
         let inserted: Vec<Inserted> = sqlx::query_as(sql("WITH keys AS ( \
                  INSERT INTO concurrency_claims (concurrency_key, runs) \
-                 SELECT DISTINCT k, 0 FROM unnest($15::text[]) AS k WHERE k IS NOT NULL ORDER BY 1 \
+                 SELECT DISTINCT k, 0 FROM unnest($15::text[]) AS k WHERE k IS NOT NULL \
+                   AND NOT EXISTS (SELECT 1 FROM concurrency_claims WHERE concurrency_key = k) ORDER BY 1 \
                  ON CONFLICT DO NOTHING) \
              INSERT INTO operation_runs \
                (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
