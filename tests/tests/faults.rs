@@ -245,6 +245,20 @@ async fn postgres_restarted_mid_load_loses_no_run() {
                 .run,
         );
         if i == 10 {
+            // Mid load, not mid start: a worker still starting (migrating,
+            // probing its connections) gives up on an unreachable Postgres,
+            // as it should, and this test is about the load.
+            wait_until(Duration::from_secs(30), || async {
+                let done: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM operation_runs WHERE status = 'completed'",
+                )
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+                (done > 0).then_some(())
+            })
+            .await
+            .expect("the worker runs the first runs");
             postgres.crash_restart().unwrap();
         }
         if i >= 10 {
