@@ -261,16 +261,13 @@ async fn a_waiting_run_can_be_cancelled_and_a_missing_key_input_is_refused() {
     assert_eq!(second.attempt, 0);
 }
 
-/// A run whose claim decides it must wait while the slot's holder completes
-/// is not left waiting with the slot free: that completion cannot see the
-/// waiter (not committed yet) to wake it, so the claim looks for room once
-/// its wait is committed and wakes the run itself. Forced here: the run's
-/// row is locked while its claim decides, the holder completes, the lock goes.
-#[tokio::test]
-async fn a_slot_freed_while_a_claim_decides_to_wait_is_not_left_unused() {
-    use opsrun::ledger::{Claim, Terminal};
-    use opsrun::lifecycle::{Handler, Job, JobResult, Lifecycle, Processed, Route, SkipReason};
-    use opsrun::transport::{Delivery, Entry};
+/// The holder the lifecycle tests below claim as.
+const HOLDER: &str = "limits:1";
+
+/// A service whose `sync.one` runs one at a time per tenant, and a
+/// lifecycle (claiming as [`HOLDER`]) that runs them as no-ops.
+fn limited_to_one(env: &TestEnv) -> (opsrun::RunService, opsrun::lifecycle::Lifecycle) {
+    use opsrun::lifecycle::{Handler, Job, JobResult, Lifecycle, Route};
 
     struct Noop;
     #[async_trait::async_trait]
@@ -285,9 +282,31 @@ async fn a_slot_freed_while_a_claim_decides_to_wait_is_not_left_unused() {
 command = ["true"]
 concurrency = { limit = 1, per = "tenant" }
 "#;
-    let env = TestEnv::new().await;
     let registry = Arc::new(Registry::parse(ONE).unwrap());
     let service = env.service.clone().with_registry(Arc::clone(&registry));
+    let route = Route::new(Arc::new(Noop), registry.spec("sync.one").unwrap());
+    let lifecycle = Lifecycle::new(
+        env.ledger().clone(),
+        env.service.transport().clone(),
+        HOLDER,
+    )
+    .route("sync.one", route);
+    (service, lifecycle)
+}
+
+/// A run whose claim decides it must wait while the slot's holder completes
+/// is not left waiting with the slot free: that completion cannot see the
+/// waiter (not committed yet) to wake it, so the claim looks for room once
+/// its wait is committed and wakes the run itself. Forced here: the run's
+/// row is locked while its claim decides, the holder completes, the lock goes.
+#[tokio::test]
+async fn a_slot_freed_while_a_claim_decides_to_wait_is_not_left_unused() {
+    use opsrun::ledger::{Claim, Terminal};
+    use opsrun::lifecycle::{Processed, SkipReason};
+    use opsrun::transport::{Delivery, Entry};
+
+    let env = TestEnv::new().await;
+    let (service, lifecycle) = limited_to_one(&env);
     let start = |n: i64| {
         let service = service.clone();
         async move {
@@ -296,15 +315,7 @@ concurrency = { limit = 1, per = "tenant" }
         }
     };
     let (a, b) = (start(1).await, start(2).await);
-    let route = Route::new(Arc::new(Noop), registry.spec("sync.one").unwrap());
-    let lifecycle = Arc::new(
-        Lifecycle::new(
-            env.ledger().clone(),
-            env.service.transport().clone(),
-            "race:1",
-        )
-        .route("sync.one", route),
-    );
+    let lifecycle = Arc::new(lifecycle);
     let delivery = |run: &opsrun::Run| Delivery {
         stream: "default".into(),
         entry_id: run.dispatch_entry_id.clone().unwrap(),
@@ -351,7 +362,7 @@ concurrency = { limit = 1, per = "tenant" }
             Claim {
                 tenant_id: 6,
                 run_id: a.id,
-                holder: "race:1",
+                holder: HOLDER,
                 attempt: 1,
             },
             Terminal {
@@ -387,26 +398,12 @@ concurrency = { limit = 1, per = "tenant" }
 /// runs under that key's count.
 #[tokio::test]
 async fn an_entry_that_does_not_name_its_runs_key_is_sent_again_with_it() {
-    use opsrun::lifecycle::{Handler, Job, JobResult, Lifecycle, Processed, Route, SkipReason};
+    use opsrun::lifecycle::{Processed, SkipReason};
     use opsrun::transport::{Delivery, Entry};
     use redis::streams::StreamRangeReply;
 
-    struct Noop;
-    #[async_trait::async_trait]
-    impl Handler for Noop {
-        async fn handle(&self, _job: Job) -> JobResult {
-            JobResult::succeeded()
-        }
-    }
-
-    const ONE: &str = r#"
-[types."sync.one"]
-command = ["true"]
-concurrency = { limit = 1, per = "tenant" }
-"#;
     let env = TestEnv::new().await;
-    let registry = Arc::new(Registry::parse(ONE).unwrap());
-    let service = env.service.clone().with_registry(Arc::clone(&registry));
+    let (service, lifecycle) = limited_to_one(&env);
     let run = service
         .ensure_run(&RunRequest::new(8, "sync.one"))
         .await
@@ -452,13 +449,6 @@ concurrency = { limit = 1, per = "tenant" }
         "the start's entry names the key by its digest"
     );
 
-    let route = Route::new(Arc::new(Noop), registry.spec("sync.one").unwrap());
-    let lifecycle = Lifecycle::new(
-        env.ledger().clone(),
-        env.service.transport().clone(),
-        "keys:1",
-    )
-    .route("sync.one", route);
     let delivery = |entry_id: &str, digest: Option<&str>| Delivery {
         stream: "default".into(),
         entry_id: entry_id.to_string(),
