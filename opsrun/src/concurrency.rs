@@ -108,10 +108,9 @@ impl ConcurrencyLimit {
 /// (`opsrun_key_digest`, migration 000021) beside each key's count.
 pub fn key_digest(key: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(key.as_bytes())[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut hex = format!("{:x}", Sha256::digest(key.as_bytes()));
+    hex.truncate(32);
+    hex
 }
 
 /// Wake the oldest runs waiting for a slot of `keys` (every key with

@@ -294,6 +294,33 @@ concurrency = { limit = 1, per = "tenant" }
     (service, lifecycle)
 }
 
+/// `outcome` (a claim's, by `what`) claimed nothing, and `run` is queued,
+/// woken and sent again at once rather than left waiting.
+async fn assert_refused_then_sent_again(
+    env: &TestEnv,
+    outcome: &Result<opsrun::lifecycle::Claimed, opsrun::lifecycle::Processed>,
+    run: &opsrun::Run,
+    what: &str,
+) {
+    use opsrun::lifecycle::{Processed, SkipReason};
+    assert_eq!(
+        outcome.as_ref().err(),
+        Some(&Processed::Skipped(SkipReason::NotClaimable)),
+        "{what} claims nothing"
+    );
+    let now = env
+        .ledger()
+        .get(run.tenant_id, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.status, Status::Queued);
+    assert!(
+        now.slot_wait_since.is_none() && now.dispatched_at.is_some(),
+        "{what}: woken and sent again at once: {now:?}"
+    );
+}
+
 /// A run whose claim decides it must wait while the slot's holder completes
 /// is not left waiting with the slot free: that completion cannot see the
 /// waiter (not committed yet) to wake it, so the claim looks for room once
@@ -302,7 +329,6 @@ concurrency = { limit = 1, per = "tenant" }
 #[tokio::test]
 async fn a_slot_freed_while_a_claim_decides_to_wait_is_not_left_unused() {
     use opsrun::ledger::{Claim, Terminal};
-    use opsrun::lifecycle::{Processed, SkipReason};
     use opsrun::transport::{Delivery, Entry};
 
     let env = TestEnv::new().await;
@@ -378,17 +404,7 @@ async fn a_slot_freed_while_a_claim_decides_to_wait_is_not_left_unused() {
     lock.commit().await.unwrap();
 
     let claimed = claiming.await.unwrap();
-    assert_eq!(
-        claimed[0].1.as_ref().err(),
-        Some(&Processed::Skipped(SkipReason::NotClaimable)),
-        "b's claim made it wait"
-    );
-    let b_now = env.ledger().get(6, b.id).await.unwrap().unwrap();
-    assert_eq!(b_now.status, Status::Queued);
-    assert!(
-        b_now.slot_wait_since.is_none() && b_now.dispatched_at.is_some(),
-        "b was woken and sent again at once: {b_now:?}"
-    );
+    assert_refused_then_sent_again(&env, &claimed[0].1, &b, "b's claim").await;
 }
 
 /// Entries carry their run's concurrency key, so a claim counts a run
@@ -398,7 +414,6 @@ async fn a_slot_freed_while_a_claim_decides_to_wait_is_not_left_unused() {
 /// runs under that key's count.
 #[tokio::test]
 async fn an_entry_that_does_not_name_its_runs_key_is_sent_again_with_it() {
-    use opsrun::lifecycle::{Processed, SkipReason};
     use opsrun::transport::{Delivery, Entry};
     use redis::streams::StreamRangeReply;
 
@@ -463,17 +478,8 @@ async fn an_entry_that_does_not_name_its_runs_key_is_sent_again_with_it() {
     let forged = key_digest("sync.one/9");
     for (n, named) in [None, Some(forged.as_str())].into_iter().enumerate() {
         let claimed = lifecycle.claim(vec![delivery(&sent[0].0, named)]).await;
-        assert_eq!(
-            claimed[0].1.as_ref().err(),
-            Some(&Processed::Skipped(SkipReason::NotClaimable)),
-            "an entry naming {named:?} claims nothing"
-        );
-        let now = env.ledger().get(8, run.id).await.unwrap().unwrap();
-        assert_eq!(now.status, Status::Queued);
-        assert!(
-            now.slot_wait_since.is_none() && now.dispatched_at.is_some(),
-            "woken and sent again at once: {now:?}"
-        );
+        let what = format!("an entry naming {named:?}");
+        assert_refused_then_sent_again(&env, &claimed[0].1, &run, &what).await;
         let resent = entries(&mut redis).await;
         assert_eq!(resent.len(), n + 2, "sent again: {resent:?}");
         assert_eq!(
