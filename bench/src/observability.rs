@@ -12,7 +12,7 @@ use anyhow::Result;
 use devstack::OtlpReceiver;
 use opsrun::RunService;
 
-use crate::control::{print_medians, round_order};
+use crate::control::{print_medians, round_order, settle};
 use crate::{Cli, WorkerDb, end_to_end};
 
 /// Measure and print the rows.
@@ -44,6 +44,7 @@ pub async fn side_by_side(
     for round in 0..usize::from(cli.rounds) {
         for i in round_order(round, configurations.len()) {
             let extra = &configurations[i].1;
+            settle(service.ledger().pool()).await?;
             let e2e = end_to_end(
                 bin,
                 db,

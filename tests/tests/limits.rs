@@ -325,7 +325,8 @@ async fn assert_refused_then_sent_again(
 /// is not left waiting with the slot free: that completion cannot see the
 /// waiter (not committed yet) to wake it, so the claim looks for room once
 /// its wait is committed and wakes the run itself. Forced here: the run's
-/// row is locked while its claim decides, the holder completes, the lock goes.
+/// row is locked as it is marked waiting (after its claim found the key
+/// full), the holder completes, the lock goes.
 #[tokio::test]
 async fn a_slot_freed_while_a_claim_decides_to_wait_is_not_left_unused() {
     use opsrun::ledger::{Claim, Terminal};
@@ -356,7 +357,8 @@ async fn a_slot_freed_while_a_claim_decides_to_wait_is_not_left_unused() {
     let claimed = lifecycle.claim(vec![delivery(&a)]).await;
     assert!(claimed[0].1.is_ok(), "a takes the only slot");
 
-    // b's claim finds the key full, then waits for b's row.
+    // b's claim finds the key full; marking b as waiting for a slot then
+    // waits for b's row.
     let mut lock = env.pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM operation_runs WHERE id = $1 FOR SHARE")
         .bind(b.id.0)
@@ -371,7 +373,7 @@ async fn a_slot_freed_while_a_claim_decides_to_wait_is_not_left_unused() {
     wait_until(Duration::from_secs(10), || async {
         let blocked: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-             AND query LIKE '%FOR UPDATE OF k%'",
+             AND datname = current_database() AND query LIKE '%SET slot_wait_since%'",
         )
         .fetch_one(&env.pool)
         .await
@@ -379,7 +381,7 @@ async fn a_slot_freed_while_a_claim_decides_to_wait_is_not_left_unused() {
         (blocked > 0).then_some(())
     })
     .await
-    .expect("b's claim blocks on b's row");
+    .expect("b's wait blocks on b's row");
 
     // a completes meanwhile, and sees no waiter to wake.
     let completed = env
