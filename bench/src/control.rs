@@ -174,11 +174,12 @@ async fn run(
 /// Vacuum the ledger's busiest tables before a side-by-side run, so each
 /// configuration starts from the same state and autovacuum, which a round's
 /// dead rows would otherwise start at some point of some round, does not
-/// land inside one configuration's measure: two autovacuums of
-/// `operation_runs` in 40 s of these rows (each a few seconds of work on a
-/// table of ~400k rows) swung a configuration's machine CPU per run by 20%
-/// between rounds. The workers' released counts are folded first, as the
-/// reaper (which the benchmark does not run) does every second.
+/// land inside one configuration's measure: without it, autovacuum ran on
+/// `operation_runs` (~400k rows) twice in 40 s of these rows and a
+/// configuration's machine CPU per run swung by 20% between rounds; with
+/// it, two invocations read alike. The workers' released counts are
+/// folded first, as the reaper (which the benchmark does not run) does
+/// every second.
 pub(crate) async fn settle(pool: &opsrun::sqlx::PgPool) -> Result<()> {
     opsrun::sqlx::query("SELECT opsrun_fold_releases()")
         .execute(pool)
