@@ -112,6 +112,16 @@ BEGIN
         GRANT INSERT, UPDATE ON concurrency_releases TO opsrun_worker, opsrun_reaper;
         GRANT DELETE ON concurrency_releases TO opsrun_reaper;
     END IF;
+    -- Slot credits: workers take, renew and give back their own; the
+    -- reaper returns expired ones (migration 000023).
+    IF to_regclass('public.concurrency_credits') IS NOT NULL THEN
+        REVOKE ALL ON concurrency_credits
+            FROM opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
+        GRANT SELECT ON concurrency_credits
+            TO opsrun_producer, opsrun_worker, opsrun_reaper, opsrun_monitor;
+        GRANT INSERT, UPDATE ON concurrency_credits TO opsrun_worker;
+        GRANT UPDATE, DELETE ON concurrency_credits TO opsrun_reaper;
+    END IF;
     -- Chart rollups: the reaper writes them, the monitor reads them.
     IF to_regclass('public.run_rollups') IS NOT NULL THEN
         REVOKE ALL ON run_rollups, run_rollup_durations, run_rollup_progress

@@ -10,10 +10,12 @@
 //! run frees a slot; this catches slots freed elsewhere (the stuck pass's
 //! reclaims and failures) and wakes a worker could not send. It first
 //! folds each key's counts of released runs into one row, so that claims
-//! sum few rows however many workers have come and gone.
+//! sum few rows however many workers have come and gone, after returning
+//! the slot credits their workers stopped renewing (migration 000023).
 //!
 //! Touches: `queued` rows with `not_before <= now()` and no dispatch, and
-//! `queued` rows waiting for a slot; `concurrency_releases`.
+//! `queued` rows waiting for a slot; `concurrency_releases`; expired
+//! `concurrency_credits` (and the runs still running under them).
 //! Options: [`DueConfig`]. Reports: [`DueReport`].
 
 use opsrun::{Result, RunService};
@@ -46,6 +48,8 @@ pub struct DueReport {
     pub dispatch_failed: u64,
     /// Runs woken for a free concurrency slot and sent.
     pub woken: u64,
+    /// Expired slot credits released.
+    pub credits_returned: u64,
 }
 
 /// Run one round.
@@ -62,6 +66,7 @@ pub async fn run_once(service: &RunService, config: &DueConfig) -> Result<DueRep
             }
         }
     }
+    report.credits_returned = service.ledger().return_expired_credits().await?.max(0) as u64;
     service.ledger().fold_releases().await?;
     report.woken = opsrun::concurrency::wake(service.ledger(), service.transport(), None).await?;
     Ok(report)

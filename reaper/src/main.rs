@@ -180,11 +180,18 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 }
             }
             match due::run_once(&service, &config.due).await {
-                Ok(report) if report.dispatched + report.dispatch_failed + report.woken > 0 => {
+                Ok(report)
+                    if report.dispatched
+                        + report.dispatch_failed
+                        + report.woken
+                        + report.credits_returned
+                        > 0 =>
+                {
                     tracing::info!(
                         dispatched = report.dispatched,
                         failed = report.dispatch_failed,
                         woken = report.woken,
+                        credits_returned = report.credits_returned,
                         "due runs dispatched"
                     )
                 }

@@ -102,8 +102,9 @@ async fn four_workers_keep_each_key_to_its_limit_and_other_keys_flow() {
         .collect();
     let _reaper = support::fast_reaper_with_registry(&env, REGISTRY);
 
-    // A run held back says so, and names the runs holding the slots.
-    let waiting = wait_until(Duration::from_secs(20), || async {
+    // A run held back says so, and names the runs holding the slots. (A
+    // run seen waiting may be woken before it is explained: then another.)
+    let (waiting, why) = wait_until(Duration::from_secs(20), || async {
         let runs: Vec<opsrun::Run> =
             futures::future::join_all(accepted[100..200].iter().map(|r| env.ledger().get(1, r.id)))
                 .await
@@ -111,18 +112,21 @@ async fn four_workers_keep_each_key_to_its_limit_and_other_keys_flow() {
                 .filter_map(|r| r.unwrap())
                 .filter(|r| r.slot_wait_since.is_some() && r.status == Status::Queued)
                 .collect();
-        runs.into_iter().next()
+        let waiting = runs.into_iter().next()?;
+        let why = opsrun::explain::explain(
+            env.ledger(),
+            Some(env.service.transport()),
+            &waiting,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+        let still = env.ledger().get(1, waiting.id).await.unwrap()?;
+        (still.slot_wait_since.is_some() && still.status == Status::Queued)
+            .then_some((waiting, why))
     })
     .await
     .expect("a run waits for a slot");
-    let why = opsrun::explain::explain(
-        env.ledger(),
-        Some(env.service.transport()),
-        &waiting,
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
     assert!(
         why.summary.contains("Waiting for a concurrency slot")
             && why.summary.contains("at most 2 run(s) of sync.tenant/1"),

@@ -192,6 +192,9 @@ pub async fn run(
             "grace period over; unfinished runs are left to the reaper"
         );
     }
+    // Nothing more is claimed: unused slot credits go back at once rather
+    // than when they expire.
+    lifecycle.give_back_credits().await;
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
 

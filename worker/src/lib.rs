@@ -52,9 +52,12 @@ pub fn lifecycle_for(
     holder: &str,
     registry: &Registry,
     worker_env: &BTreeMap<String, String>,
+    concurrency: u32,
 ) -> Result<Lifecycle, String> {
     check_handlers(registry)?;
-    let mut lifecycle = Lifecycle::new(ledger, transport, holder).group_commit();
+    let mut lifecycle = Lifecycle::new(ledger, transport, holder)
+        .slot_credits(concurrency)
+        .group_commit();
     for name in demo::DEMO_TYPES {
         let spec = registry.spec(name).unwrap_or(&registry.defaults);
         lifecycle = lifecycle.route(*name, Route::new(Arc::new(demo::DemoHandler), spec));

@@ -183,6 +183,7 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
         &holder,
         &registry,
         &worker_env,
+        u32::from(cli.concurrency),
     )
     .map_err(|e| Failure::new(exit::INVALID, e))?
     .cancel_grace(cli.cancel_grace);

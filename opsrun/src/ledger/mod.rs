@@ -21,6 +21,7 @@
 mod access;
 mod actions;
 mod concurrency;
+mod credits;
 mod listing;
 mod notifications;
 mod pooler;
@@ -31,6 +32,7 @@ mod session;
 
 pub use access::NewToken;
 pub use actions::{CancelResult, OperatorAction, QueuePause};
+pub use credits::GiveBack;
 pub use pooler::{Pooler, behind_transaction_pooler};
 pub use queues::{QueueActivity, QueueThroughput};
 pub use rollups::ROLLUP_DELAY;
@@ -68,6 +70,11 @@ const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status,
 /// completion never survives without its claim. Creations and completions
 /// stay durable: a producer and XACK act on them.
 const ASYNC_COMMIT: &str = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit";
+
+/// What a claim sets on a queued run it takes (`c` names the claim).
+const CLAIMED_SET: &str = "status = 'running', attempt = attempt + 1, holder = $5, lease_seconds = c.c_lease, \
+     heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry, shard = c.c_shard, \
+     updated_at = now()";
 
 /// The claimed count of a new run's concurrency key (`$16`), made with the
 /// run if it has none yet: a claim locks it to count the key's runs (see
@@ -292,7 +299,8 @@ fn sql(template: &'static str) -> sqlx::AssertSqlSafe<String> {
         template
             .replace("{cols}", RUN_COLUMNS)
             .replace("{async_commit}", ASYNC_COMMIT)
-            .replace("{claims_row}", CLAIMS_ROW),
+            .replace("{claims_row}", CLAIMS_ROW)
+            .replace("{claimed_set}", CLAIMED_SET),
     )
 }
 

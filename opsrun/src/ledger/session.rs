@@ -20,8 +20,12 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use super::pooler::{Db, Held};
 use super::{Claim, ClaimRequest, Completed, Terminal, sql};
+use crate::concurrency::credits::Credits;
 use crate::error::{Result, db};
 use crate::run::Run;
 
@@ -29,6 +33,8 @@ use crate::run::Run;
 pub struct Session {
     db: Db,
     connection: Option<PoolConnection<Postgres>>,
+    /// The worker's slot credits, when its claims use them.
+    credits: Option<Arc<Credits>>,
 }
 
 impl Session {
@@ -36,11 +42,19 @@ impl Session {
         Session {
             db,
             connection: None,
+            credits: None,
         }
     }
 
+    /// Claim runs of limited types against `credits` where they can (see
+    /// [`crate::concurrency::credits`]).
+    pub fn with_credits(mut self, credits: Arc<Credits>) -> Self {
+        self.credits = Some(credits);
+        self
+    }
+
     /// The held connection, taken from the pool when none is held.
-    async fn connection(&mut self) -> Result<Held<'_>> {
+    pub(super) async fn connection(&mut self) -> Result<Held<'_>> {
         let connection = match self.connection.take() {
             Some(connection) => connection,
             None => self
@@ -57,7 +71,7 @@ impl Session {
     }
 
     /// Keep the connection only after a statement that succeeded.
-    fn kept<T>(&mut self, result: sqlx::Result<T>) -> sqlx::Result<T> {
+    pub(super) fn kept<T>(&mut self, result: sqlx::Result<T>) -> sqlx::Result<T> {
         if result.is_err() {
             self.connection = None;
         }
@@ -98,16 +112,85 @@ impl Session {
         }
     }
 
-    /// Claims of limited types go through [`Session::claim_limited`]
-    /// (migration 000020: counted against their key, or left waiting for a
-    /// slot); the others through one plain statement, so a worker without
-    /// limits pays nothing for them.
+    /// Claims of limited types go against the worker's credits where it
+    /// has them ([`Session::claim_credited`]), otherwise through
+    /// [`Session::claim_limited`] (migration 000020: counted against their
+    /// key, or left waiting for a slot); the others through one plain
+    /// statement, so a worker without limits pays nothing for them.
     async fn claim_statement(&mut self, claims: &[ClaimRequest], holder: &str) -> Result<Vec<Run>> {
         let (limited, plain): (Vec<&ClaimRequest>, Vec<&ClaimRequest>) =
             claims.iter().partition(|c| c.limit.is_some());
         let mut claimed = self.claim_plain(&plain, holder).await?;
-        claimed.extend(self.claim_limited(&limited, holder).await?);
+        let (credited, mut exact) = match self.credits.clone() {
+            Some(credits) => self.against_credits(&credits, limited, holder).await?,
+            None => (Vec::new(), limited),
+        };
+        exact.retain(|c| !credited.iter().any(|r| r.id == c.run_id));
+        claimed.extend(credited);
+        claimed.extend(self.claim_limited(&exact, holder).await?);
         Ok(claimed)
+    }
+
+    /// Claim what it can of `limited` against `credits`, taking a block of
+    /// a key first when its free credits fall short (a block refused, or
+    /// an error taking it, leaves those claims to the exact path). Returns
+    /// the runs claimed and the claims left for the exact path: those
+    /// without credits, and those refused here (the credit expired, or the
+    /// run not claimable: the exact path sorts that out).
+    async fn against_credits<'c>(
+        &mut self,
+        credits: &Credits,
+        limited: Vec<&'c ClaimRequest>,
+        holder: &str,
+    ) -> Result<(Vec<Run>, Vec<&'c ClaimRequest>)> {
+        let mut by_key: BTreeMap<&str, Vec<&ClaimRequest>> = BTreeMap::new();
+        let mut exact = Vec::new();
+        for claim in limited {
+            match claim.concurrency_key_digest.as_deref() {
+                Some(digest) => by_key.entry(digest).or_default().push(claim),
+                None => exact.push(claim),
+            }
+        }
+        let mut against: Vec<(&ClaimRequest, String)> = Vec::new();
+        let mut reserved: Vec<(&str, u32)> = Vec::new();
+        for (digest, claims) in by_key {
+            let n = claims.len() as u32;
+            let limit = claims.iter().filter_map(|c| c.limit).min().unwrap_or(0);
+            if credits.wants_block(digest, n)
+                && let Err(e) = self.take_block(credits, digest, limit).await
+            {
+                tracing::warn!(error = %e, "taking concurrency credits failed; claiming through the exact path");
+                credits.refused(digest);
+            }
+            match credits.reserve(digest, n) {
+                Some(key) => {
+                    reserved.push((digest, n));
+                    against.extend(claims.iter().map(|c| (*c, key.clone())));
+                }
+                None => exact.extend(claims),
+            }
+        }
+        let claimed = match self.claim_credited(&against, holder).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                // Nothing was claimed: the credits are free again.
+                for (digest, n) in reserved {
+                    credits.settle_reserved(digest, n, &[]);
+                }
+                return Err(e);
+            }
+        };
+        for (digest, n) in reserved {
+            let runs: Vec<_> = against
+                .iter()
+                .filter(|(c, _)| c.concurrency_key_digest.as_deref() == Some(digest))
+                .filter(|(c, _)| claimed.iter().any(|r| r.id == c.run_id))
+                .map(|(c, _)| c.run_id)
+                .collect();
+            credits.settle_reserved(digest, n, &runs);
+        }
+        exact.extend(against.iter().map(|(c, _)| *c));
+        Ok((claimed, exact))
     }
 
     /// Claim runs of limited types, each against its claimer's limit, in
@@ -237,9 +320,7 @@ impl Session {
         // A run of a type whose limit was removed may still carry the slot
         // of an earlier attempt: it takes none now, so it releases none.
         let statement = sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
-             SET status = 'running', attempt = attempt + 1, holder = $5, lease_seconds = c.c_lease, \
-                 heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry, shard = c.c_shard, \
-                 updated_at = now(), concurrency_slot = NULL \
+             SET {claimed_set}, concurrency_slot = NULL \
              FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $6::text[], $7::smallint[]) \
                  AS c(c_tenant, c_id, c_attempt, c_lease, c_entry, c_shard), {async_commit} \
              WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'queued' \
@@ -280,7 +361,7 @@ impl Session {
                    AND r.holder = c.c_holder AND r.attempt = c.c_attempt \
                  ORDER BY r.id FOR NO KEY UPDATE OF r), \
              released AS (INSERT INTO concurrency_releases (concurrency_key, releaser, runs) \
-                 SELECT l_key, c_holder, count(*) FROM locked WHERE l_slot IS NOT NULL \
+                 SELECT l_key, c_holder, count(*) FROM locked WHERE l_slot >= 0 \
                  GROUP BY l_key, c_holder ORDER BY l_key \
                  ON CONFLICT (concurrency_key, releaser) \
                  DO UPDATE SET runs = concurrency_releases.runs + EXCLUDED.runs), \
@@ -324,6 +405,6 @@ fn places_within_key(claims: &[&ClaimRequest]) -> Vec<i32> {
 }
 
 /// A lease as the whole seconds stored on the run.
-fn lease_seconds(lease: std::time::Duration) -> i32 {
+pub(super) fn lease_seconds(lease: std::time::Duration) -> i32 {
     lease.as_secs().clamp(1, i32::MAX as u64) as i32
 }

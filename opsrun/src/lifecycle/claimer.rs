@@ -4,12 +4,14 @@
 //! a lone read is claimed at once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::next_batch;
+use crate::concurrency::credits::Credits;
 use crate::error::{Error, Result};
-use crate::ledger::{ClaimRequest, Ledger};
+use crate::ledger::{ClaimRequest, Ledger, Session};
 use crate::run::{Run, RunId};
 
 /// Most reads claimed by one statement (each read is at most a few dozen entries).
@@ -27,10 +29,15 @@ pub(super) struct Claimer {
 }
 
 impl Claimer {
-    /// Start the batching task claiming for `holder`; it ends when every handle is dropped.
-    pub(super) fn start(ledger: Ledger, holder: String) -> Claimer {
+    /// Start the batching task claiming for `holder` (against `credits`
+    /// when given); it ends when every handle is dropped.
+    pub(super) fn start(ledger: Ledger, holder: String, credits: Option<Arc<Credits>>) -> Claimer {
         let (tx, rx) = mpsc::channel(MAX_READS * 4);
-        tokio::spawn(flush_loop(ledger, holder, rx));
+        let mut session = ledger.session();
+        if let Some(credits) = credits {
+            session = session.with_credits(credits);
+        }
+        tokio::spawn(flush_loop(session, holder, rx));
         Claimer { tx }
     }
 
@@ -48,8 +55,7 @@ impl Claimer {
     }
 }
 
-async fn flush_loop(ledger: Ledger, holder: String, mut rx: mpsc::Receiver<Pending>) {
-    let mut session = ledger.session();
+async fn flush_loop(mut session: Session, holder: String, mut rx: mpsc::Receiver<Pending>) {
     while let Some(batch) = next_batch(&mut rx, MAX_READS).await {
         let all: Vec<ClaimRequest> = batch
             .iter()

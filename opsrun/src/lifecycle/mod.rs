@@ -27,8 +27,9 @@ pub use handler::{Handler, Job, JobReport, JobResult, Route};
 pub use heartbeat::{InFlight, Stops, heartbeat_loop};
 pub use middleware::{Middleware, Next};
 
+use crate::concurrency::credits::Credits;
 use crate::error::Result;
-use crate::ledger::{Claim, ClaimRequest, Fence, Ledger, Terminal};
+use crate::ledger::{Claim, ClaimRequest, Fence, GiveBack, Ledger, Terminal};
 use crate::run::{Failure, Outcome, Run, RunId, fold_failures};
 use crate::sanitize;
 use crate::trace::{self, TraceContext};
@@ -118,6 +119,7 @@ pub struct Lifecycle {
     completer: Option<Completer>,
     acker: Option<Acker>,
     waker: Option<waker::Waker>,
+    credits: Option<Arc<Credits>>,
     cancel_grace: Duration,
 }
 
@@ -141,6 +143,7 @@ impl Lifecycle {
             completer: None,
             acker: None,
             waker: None,
+            credits: None,
             cancel_grace: DEFAULT_CANCEL_GRACE,
         }
     }
@@ -164,22 +167,51 @@ impl Lifecycle {
         self
     }
 
+    /// Claim runs of limited types against slot credits taken in blocks of
+    /// `block` (the worker's concurrency) while their key has room to spare
+    /// (see [`crate::concurrency::credits`]). Call before
+    /// [`Lifecycle::group_commit`], whose claims use them.
+    pub fn slot_credits(mut self, block: u32) -> Self {
+        self.credits = Some(Arc::new(Credits::new(self.holder.clone(), block)));
+        self
+    }
+
+    /// Give back every unused slot credit and take no more: the worker
+    /// stops. A credit still used by a run left to the reaper comes back
+    /// when it expires.
+    pub async fn give_back_credits(&self) {
+        if let Some(credits) = &self.credits
+            && let Err(e) = self.ledger.give_back_credits(credits, GiveBack::All).await
+        {
+            tracing::warn!(error = %e, "giving back concurrency credits failed; the reaper returns them once they expire");
+        }
+    }
+
     /// Write claims and terminal states in groups: reads claimed while a
     /// claim is committing share the next statement, completions that happen
     /// together share one statement (same fencing), and their entries one
     /// XACK, and slots freed together one wake of their waiters. Starts four
-    /// tasks, so call it inside a Tokio runtime.
+    /// tasks (five with slot credits: their renewal), so call it inside a
+    /// Tokio runtime.
     pub fn group_commit(mut self) -> Self {
         self.claimer = Some(claimer::Claimer::start(
             self.ledger.clone(),
             self.holder.clone(),
+            self.credits.clone(),
         ));
         self.completer = Some(Completer::start(self.ledger.clone()));
         self.acker = Some(Acker::start(self.transport.clone()));
         self.waker = Some(waker::Waker::start(
             self.ledger.clone(),
             self.transport.clone(),
+            self.credits.clone(),
         ));
+        if let Some(credits) = &self.credits {
+            tokio::spawn(waker::keep_credits(
+                self.ledger.clone(),
+                Arc::downgrade(credits),
+            ));
+        }
         self
     }
 
@@ -458,6 +490,9 @@ impl Lifecycle {
             }))
             .await;
             self.in_flight.remove(run.id);
+            if retried.is_ok() {
+                self.run_ended(run.id);
+            }
             match &retried {
                 Ok(Some(_)) => {
                     crate::telemetry::run_retried(&run);
@@ -496,6 +531,9 @@ impl Lifecycle {
         })
         .await;
         self.in_flight.remove(run.id);
+        if completion.is_ok() {
+            self.run_ended(run.id);
+        }
 
         match completion {
             Ok(Some((outcome, slot_waiters))) => {
@@ -613,6 +651,15 @@ impl Lifecycle {
                 self.stats.deferred.fetch_add(1, Ordering::Relaxed);
                 Processed::Deferred
             }
+        }
+    }
+
+    /// `run` is no longer `running` under this worker's claim (Postgres
+    /// said so): a slot credit it used is free again. (Not after an error:
+    /// the run may still be running, and keeps its credit.)
+    fn run_ended(&self, run: RunId) {
+        if let Some(credits) = &self.credits {
+            credits.run_ended(run);
         }
     }
 

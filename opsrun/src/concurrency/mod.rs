@@ -27,6 +27,8 @@
 //! the reaper's due pass does the same every second for slots freed
 //! elsewhere.
 
+pub mod credits;
+
 use crate::error::{Error, Result};
 use crate::ledger::{DispatchRecord, Ledger};
 use crate::transport::{Entry, QueueStream, Transport};
