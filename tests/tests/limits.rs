@@ -563,3 +563,153 @@ async fn starts_do_not_wait_for_a_claim_holding_their_keys_count() {
     }));
     claim.rollback().await.unwrap();
 }
+
+/// A limit far from reached, so workers claim against slot credits.
+const WIDE: &str = r#"
+[types."sync.wide"]
+command = ["sh", "-c", "sleep 0.02"]
+concurrency = { limit = 1000, per = "tenant" }
+"#;
+
+/// The key's count (claimed less released, credits included) and its runs
+/// running, all and under a credit.
+async fn counted_and_running(pool: &sqlx::PgPool, key: &str) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT opsrun_running_of($1), \
+                (SELECT count(*) FROM operation_runs WHERE concurrency_key = $1 AND status = 'running'), \
+                (SELECT count(*) FROM operation_runs WHERE concurrency_key = $1 AND status = 'running' \
+                   AND concurrency_slot = -1)",
+    )
+    .bind(key)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_limit_far_from_reached_is_claimed_against_credits_and_every_credit_comes_back() {
+    let env = TestEnv::new().await;
+    let service = env
+        .service
+        .clone()
+        .with_registry(Arc::new(Registry::parse(WIDE).unwrap()));
+    let workers: Vec<Worker> = (0..2)
+        .map(|_| {
+            let mut command = env.command("worker");
+            command.args(["--concurrency", "10"]);
+            Worker::spawn_with_registry(&env, WIDE, command)
+        })
+        .collect();
+    let accepted: Vec<opsrun::Run> = service
+        .ensure_runs(
+            &(0..300)
+                .map(|n| RunRequest::new(1, "sync.wide").inputs(json!({"n": n})))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().run)
+        .collect();
+
+    // Sampled throughout: the count never says fewer runs than are running
+    // (credits held and unused make it say more), and runs do run under
+    // credits.
+    let mut under_credit = 0;
+    let mut undercounted = Vec::new();
+    let started = Instant::now();
+    loop {
+        let (counted, running, credited) = counted_and_running(&env.pool, "sync.wide/1").await;
+        if counted < running {
+            undercounted.push((counted, running));
+        }
+        under_credit = under_credit.max(credited);
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM operation_runs WHERE type = 'sync.wide' AND completed_at IS NULL",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if active == 0 || started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        undercounted.is_empty(),
+        "(counted, running): {undercounted:?}"
+    );
+    assert!(under_credit > 0, "no run was claimed against a credit");
+    for run in &accepted {
+        let done = support::completed_within(&env, run, Duration::from_secs(10)).await;
+        assert_eq!(done.outcome, Outcome::Succeeded, "run {}", run.id);
+        assert_eq!(done.attempt, 1, "run {}", run.id);
+    }
+
+    // Idle, the workers give their credits back while still running: the
+    // key counts nothing any more.
+    let settled = wait_until(Duration::from_secs(8), || async {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(credits), 0)::bigint FROM concurrency_credits WHERE concurrency_key = 'sync.wide/1'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        let (counted, _, _) = counted_and_running(&env.pool, "sync.wide/1").await;
+        (held == 0 && counted == 0).then_some(())
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "credits still held: {:?}",
+        counted_and_running(&env.pool, "sync.wide/1").await
+    );
+    drop(workers);
+}
+
+#[tokio::test]
+async fn the_credits_of_a_killed_worker_come_back_when_they_expire() {
+    let env = TestEnv::new().await;
+    let slow = WIDE.replace("sleep 0.02", "sleep 60");
+    let service = env
+        .service
+        .clone()
+        .with_registry(Arc::new(Registry::parse(&slow).unwrap()));
+    let mut command = env.command("worker");
+    command.args(["--concurrency", "10"]);
+    let worker = Worker::spawn_with_registry(&env, &slow, command);
+    let _ = service
+        .ensure_runs(
+            &(0..4)
+                .map(|n| RunRequest::new(1, "sync.wide").inputs(json!({"n": n})))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    wait_until(Duration::from_secs(15), || async {
+        let (counted, _, credited) = counted_and_running(&env.pool, "sync.wide/1").await;
+        (credited == 4 && counted == 10).then_some(())
+    })
+    .await
+    .expect("the four runs run under a block of ten credits");
+
+    // The worker dies holding ten credits, four of them used. Once they
+    // expire, the reaper returns the six unused and counts the four runs
+    // one by one (still `running`: their lease has not run out).
+    worker.signal(libc::SIGKILL);
+    drop(worker);
+    let _reaper = support::fast_reaper_with_registry(&env, &slow);
+    wait_until(Duration::from_secs(30), || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM concurrency_credits")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await
+    .expect("the expired credits are returned");
+    let (counted, running, credited) = counted_and_running(&env.pool, "sync.wide/1").await;
+    assert_eq!(
+        (counted, credited),
+        (running, 0),
+        "after the return, the count is the runs still running, each counted on its own"
+    );
+}

@@ -80,7 +80,7 @@ impl Session {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
-        let statement = sqlx::query_as::<_, Run>(sql("WITH held AS (SELECT k.concurrency_key FROM concurrency_credits k \
+        let statement = sqlx::query_as::<_, Run>(sql("WITH held AS (SELECT k.concurrency_key AS credit_key FROM concurrency_credits k \
                  WHERE k.holder = $5 AND k.concurrency_key = ANY($8) AND k.expires_at > now() \
                    AND NOT EXISTS (SELECT 1 FROM operation_runs w WHERE w.concurrency_key = k.concurrency_key \
                        AND w.slot_wait_since IS NOT NULL AND w.completed_at IS NULL) \
@@ -89,7 +89,7 @@ impl Session {
              SET {claimed_set}, concurrency_slot = -1 \
              FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $6::text[], $7::smallint[], $8::text[]) \
                  AS c(c_tenant, c_id, c_attempt, c_lease, c_entry, c_shard, c_key) \
-                 JOIN held h ON h.concurrency_key = c.c_key, {async_commit} \
+                 JOIN held h ON h.credit_key = c.c_key, {async_commit} \
              WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'queued' \
                AND attempt = c.c_attempt - 1 AND concurrency_key = c.c_key \
                AND (not_before IS NULL OR not_before <= now()) \

@@ -173,11 +173,17 @@ impl Session {
         let claimed = match self.claim_credited(&against, holder).await {
             Ok(claimed) => claimed,
             Err(e) => {
-                // Nothing was claimed: the credits are free again.
+                // Nothing was claimed: the credits are free again. Refused
+                // for its values, the claims go through the exact path.
                 for (digest, n) in reserved {
                     credits.settle_reserved(digest, n, &[]);
                 }
-                return Err(e);
+                if e.is_retryable() {
+                    return Err(e);
+                }
+                tracing::warn!(claims = against.len(), error = %e, "a claim against concurrency credits was refused; claiming through the exact path");
+                exact.extend(against.iter().map(|(c, _)| *c));
+                return Ok((Vec::new(), exact));
             }
         };
         for (digest, n) in reserved {
