@@ -132,12 +132,18 @@ async fn queued(
                     .join(", ")
             ),
         };
+        let credits = match slots.unused_credits {
+            0 => String::new(),
+            n => format!(
+                ", and {n} taken by workers as credits and not in use (given back within seconds)"
+            ),
+        };
         let ahead = match slots.waiting_ahead {
             0 => String::new(),
             n => format!("; {n} older run(s) of the key wait ahead of it"),
         };
         facts.push(format!(
-            "Waiting for a concurrency slot for {}: at most {} run(s) of {key} at once, {held_by}{ahead}. \
+            "Waiting for a concurrency slot for {}: at most {} run(s) of {key} at once, {held_by}{credits}{ahead}. \
              It starts as soon as a slot frees, without using an attempt.",
             ago(now, since),
             slots.limit.map_or("its limit".to_string(), |l| l.to_string()),

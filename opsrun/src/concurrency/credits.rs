@@ -139,6 +139,8 @@ impl Credits {
                 last_claim: Instant::now(),
                 refused_until: None,
             });
+        // (An entry may be a refusal remembered without its key.)
+        entry.key = key.to_string();
         entry.held = held;
         entry.refused_until = None;
     }
@@ -221,6 +223,11 @@ impl Credits {
 
     fn take(&self, which: impl Fn(&KeyCredits) -> bool) -> Returns {
         let mut book = self.book();
+        // Forget keys with nothing held or in use whose refusal is over,
+        // so a worker that meets many keys keeps only the live ones.
+        let now = Instant::now();
+        book.keys
+            .retain(|_, k| k.held > 0 || k.in_use > 0 || k.refused_until.is_some_and(|t| t > now));
         book.keys
             .values_mut()
             .filter(|k| k.free() > 0 && which(k))

@@ -160,6 +160,9 @@ pub struct SlotHolders {
     pub held_by: Vec<i64>,
     /// Runs waiting ahead of this one.
     pub waiting_ahead: i64,
+    /// Slots workers hold as credits that no run of theirs uses (see
+    /// [`credits`]).
+    pub unused_credits: i64,
 }
 
 #[cfg(test)]

@@ -33,28 +33,33 @@ impl Ledger {
     }
 
     /// The slots of `run`'s key (a key is always within one tenant): the
-    /// limit that made it wait, the runs holding them, and how many runs of
-    /// the key wait ahead of it.
+    /// limit that made it wait, the runs holding them, how many runs of the
+    /// key wait ahead of it, and how many are held as credits no run uses.
     pub async fn slot_holders(&self, key: &str, run: &Run) -> Result<SlotHolders> {
-        let (limit, held_by, waiting_ahead) = sqlx::query_as::<_, (Option<i32>, Vec<i64>, i64)>(
-            "SELECT (SELECT slot_wait_limit FROM operation_runs WHERE id = $2), \
+        let (limit, held_by, waiting_ahead, unused_credits) =
+            sqlx::query_as::<_, (Option<i32>, Vec<i64>, i64, i64)>(
+                "SELECT (SELECT slot_wait_limit FROM operation_runs WHERE id = $2), \
                     ARRAY(SELECT id FROM operation_runs WHERE tenant_id = $3 AND completed_at IS NULL \
                         AND concurrency_key = $1 AND status = 'running' AND concurrency_slot IS NOT NULL \
                         ORDER BY id), \
                     (SELECT count(*) FROM operation_runs WHERE concurrency_key = $1 AND id < $2 \
-                        AND slot_wait_since IS NOT NULL AND completed_at IS NULL)",
-        )
-        .bind(key)
-        .bind(run.id.0)
-        .bind(run.tenant_id)
-        .fetch_one(&self.db)
-        .await
-        .map_err(db("reading a key's concurrency slots"))?;
+                        AND slot_wait_since IS NOT NULL AND completed_at IS NULL), \
+                    greatest((SELECT coalesce(sum(credits), 0) FROM concurrency_credits WHERE concurrency_key = $1) \
+                        - (SELECT count(*) FROM operation_runs WHERE tenant_id = $3 AND completed_at IS NULL \
+                            AND concurrency_key = $1 AND status = 'running' AND concurrency_slot = -1), 0)::bigint",
+            )
+            .bind(key)
+            .bind(run.id.0)
+            .bind(run.tenant_id)
+            .fetch_one(&self.db)
+            .await
+            .map_err(db("reading a key's concurrency slots"))?;
         Ok(SlotHolders {
             key: key.to_string(),
             limit,
             held_by,
             waiting_ahead,
+            unused_credits,
         })
     }
 }
