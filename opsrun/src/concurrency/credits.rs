@@ -310,9 +310,11 @@ mod tests {
         credits.given_back(&offered, &["t/1".to_string()]);
         assert_eq!(credits.take_unused(None), vec![]);
         assert!(credits.reserve("d", 1).is_none());
+        // The run ended: its credit, still held, is free again.
         credits.run_ended(RunId(7));
         assert!(!credits.is_credited(RunId(7)));
-        assert!(credits.held_keys().is_empty(), "nothing held any more");
+        assert_eq!(credits.held_keys(), vec!["t/1".to_string()]);
+        assert_eq!(credits.reserve("d", 1).as_deref(), Some("t/1"));
     }
 
     #[test]
