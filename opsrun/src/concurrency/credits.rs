@@ -202,11 +202,6 @@ impl Credits {
         }
     }
 
-    /// Whether `run` was claimed against a credit.
-    pub fn is_credited(&self, run: RunId) -> bool {
-        self.book().runs.contains_key(&run)
-    }
-
     /// Take the unused credits of `keys` (all keys when `None`) out of
     /// use, to give back: they are no longer free from now on, whatever
     /// Postgres answers, so no claim is sent against a credit being given
@@ -298,7 +293,7 @@ mod tests {
         assert_eq!(credits.reserve("d", 2).as_deref(), Some("t/1"));
         // One of the two claims found its run; the other's credit is free.
         credits.settle_reserved("d", 2, &[RunId(7)]);
-        assert!(credits.is_credited(RunId(7)));
+        assert!(credits.book().runs.contains_key(&RunId(7)));
         assert!(credits.reserve("d", 3).is_none(), "only two are free");
         // Giving back the unused ones leaves the one in use held.
         let offered = credits.take_unused(None);
@@ -312,7 +307,7 @@ mod tests {
         assert!(credits.reserve("d", 1).is_none());
         // The run ended: its credit, still held, is free again.
         credits.run_ended(RunId(7));
-        assert!(!credits.is_credited(RunId(7)));
+        assert!(!credits.book().runs.contains_key(&RunId(7)));
         assert_eq!(credits.held_keys(), vec!["t/1".to_string()]);
         assert_eq!(credits.reserve("d", 1).as_deref(), Some("t/1"));
     }
