@@ -350,7 +350,9 @@ impl Session {
     /// rather than through the trigger that releases them on other paths
     /// (it sets `concurrency_slot` to NULL to say so; see migration 000020),
     /// and says of each run whether its key has runs waiting for a slot
-    /// (looked up once per key, not once per run).
+    /// (looked up once per key, not once per run, as the key's first entry
+    /// in `operation_runs_slot_waiting`: a point lookup whatever the
+    /// statistics, see [`Session::claim_credited`]).
     pub async fn complete_many(
         &mut self,
         completions: &[(Claim<'_>, Terminal<'_>)],
@@ -372,8 +374,9 @@ impl Session {
                  ON CONFLICT (concurrency_key, releaser) \
                  DO UPDATE SET runs = concurrency_releases.runs + EXCLUDED.runs), \
              waited AS (SELECT k.l_key AS w_key FROM (SELECT DISTINCT l_key FROM locked WHERE l_key IS NOT NULL) k \
-                 WHERE EXISTS (SELECT 1 FROM operation_runs w WHERE w.concurrency_key = k.l_key \
-                     AND w.slot_wait_since IS NOT NULL AND w.completed_at IS NULL)) \
+                 WHERE (SELECT w.id FROM operation_runs w WHERE w.concurrency_key = k.l_key \
+                     AND w.slot_wait_since IS NOT NULL AND w.completed_at IS NULL \
+                     ORDER BY w.concurrency_key, w.id LIMIT 1) IS NOT NULL) \
              UPDATE operation_runs r \
              SET status = 'completed', outcome = l.c_outcome, summary_counts = l.c_counts, \
                  failure_summary = l.c_failures, completed_at = now(), updated_at = now(), concurrency_slot = NULL \
