@@ -52,6 +52,22 @@ struct KeyCredits {
 }
 
 impl KeyCredits {
+    fn new(key: &str) -> Self {
+        KeyCredits {
+            key: key.to_string(),
+            held: 0,
+            in_use: 0,
+            last_claim: Instant::now(),
+            refused_until: None,
+        }
+    }
+
+    /// Whether the entry still says anything: credits held or in use, or
+    /// a refusal not over yet.
+    fn live(&self, now: Instant) -> bool {
+        self.held > 0 || self.in_use > 0 || self.refused_until.is_some_and(|t| t > now)
+    }
+
     fn free(&self) -> u32 {
         self.held.saturating_sub(self.in_use)
     }
@@ -65,6 +81,15 @@ struct Book {
     runs: HashMap<RunId, String>,
     /// Set when the worker stops: no more blocks are taken.
     closed: bool,
+}
+
+impl Book {
+    /// Forget dead entries, so a worker that meets many keys keeps only
+    /// the live ones.
+    fn prune(&mut self) {
+        let now = Instant::now();
+        self.keys.retain(|_, k| k.live(now));
+    }
 }
 
 /// A worker's credits (shared by its claim, completion and renewal tasks).
@@ -132,13 +157,7 @@ impl Credits {
         let entry = book
             .keys
             .entry(digest.to_string())
-            .or_insert_with(|| KeyCredits {
-                key: key.to_string(),
-                held: 0,
-                in_use: 0,
-                last_claim: Instant::now(),
-                refused_until: None,
-            });
+            .or_insert_with(|| KeyCredits::new(key));
         // (An entry may be a refusal remembered without its key.)
         entry.key = key.to_string();
         entry.held = held;
@@ -147,22 +166,12 @@ impl Credits {
 
     /// Postgres refused a block of `digest` (no room to spare, or runs wait).
     pub fn refused(&self, digest: &str) {
+        // A key never granted is remembered without its name.
         let mut book = self.book();
-        if let Some(k) = book.keys.get_mut(digest) {
-            k.refused_until = Some(Instant::now() + REFUSED_FOR);
-        } else {
-            // Remember the refusal without credits.
-            book.keys.insert(
-                digest.to_string(),
-                KeyCredits {
-                    key: String::new(),
-                    held: 0,
-                    in_use: 0,
-                    last_claim: Instant::now(),
-                    refused_until: Some(Instant::now() + REFUSED_FOR),
-                },
-            );
-        }
+        book.keys
+            .entry(digest.to_string())
+            .or_insert_with(|| KeyCredits::new(""))
+            .refused_until = Some(Instant::now() + REFUSED_FOR);
     }
 
     /// Set `n` free credits of `digest` aside for claims about to be sent;
@@ -218,11 +227,7 @@ impl Credits {
 
     fn take(&self, which: impl Fn(&KeyCredits) -> bool) -> Returns {
         let mut book = self.book();
-        // Forget keys with nothing held or in use whose refusal is over,
-        // so a worker that meets many keys keeps only the live ones.
-        let now = Instant::now();
-        book.keys
-            .retain(|_, k| k.held > 0 || k.in_use > 0 || k.refused_until.is_some_and(|t| t > now));
+        book.prune();
         book.keys
             .values_mut()
             .filter(|k| k.free() > 0 && which(k))
@@ -244,7 +249,7 @@ impl Credits {
                 k.held = 0;
             }
         }
-        book.keys.retain(|_, k| k.held > 0 || k.in_use > 0);
+        book.prune();
     }
 
     /// The keys whose credits to renew.
@@ -269,9 +274,7 @@ impl Credits {
                     .map_or(0, |(_, held)| (*held).max(0) as u32);
             }
         }
-        book.keys.retain(|_, k| {
-            k.held > 0 || k.in_use > 0 || k.refused_until.is_some_and(|t| t > Instant::now())
-        });
+        book.prune();
     }
 
     /// The worker stops: no more blocks.

@@ -24,22 +24,18 @@ impl Session {
     /// Take a block of credits of the key `digest` names for `credits`'
     /// holder, if the key has room for two blocks under `limit` and no run
     /// waits for one of its slots: counted as claimed on the key's row
-    /// (locked, as a claim locks it). Returns the key and the credits now
-    /// held, or `None` when refused.
-    pub async fn take_block(
-        &mut self,
-        credits: &Credits,
-        digest: &str,
-        limit: u32,
-    ) -> Result<Option<(String, i32)>> {
+    /// (locked, as a claim locks it). What the worker holds is then set
+    /// from the answer (a refusal is remembered for a while).
+    pub async fn take_block(&mut self, credits: &Credits, digest: &str, limit: u32) -> Result<()> {
         let _turn = credits.statement().await;
         let statement = sqlx::query_as::<_, (String, i32)>(
             "WITH k AS (SELECT k.concurrency_key AS key, k.runs - coalesce((SELECT sum(x.runs) \
                      FROM concurrency_releases x WHERE x.concurrency_key = k.concurrency_key), 0) AS running \
                  FROM concurrency_claims k WHERE k.key_digest = $2 FOR UPDATE OF k), \
-             granted AS (SELECT key FROM k WHERE running + 2 * $3 <= $4 AND NOT EXISTS \
-                 (SELECT 1 FROM operation_runs w WHERE w.concurrency_key = k.key \
-                     AND w.slot_wait_since IS NOT NULL AND w.completed_at IS NULL)), \
+             granted AS (SELECT key FROM k WHERE running + 2 * $3 <= $4 \
+                 AND (SELECT w.id FROM operation_runs w WHERE w.concurrency_key = k.key \
+                     AND w.slot_wait_since IS NOT NULL AND w.completed_at IS NULL \
+                     ORDER BY w.concurrency_key, w.id LIMIT 1) IS NULL), \
              counted AS (UPDATE concurrency_claims c SET runs = c.runs + $3 \
                  FROM granted g WHERE c.concurrency_key = g.key) \
              INSERT INTO concurrency_credits (concurrency_key, holder, credits, expires_at) \
@@ -57,11 +53,11 @@ impl Session {
         let granted = self
             .kept(granted)
             .map_err(db("taking concurrency credits"))?;
-        match &granted {
-            Some((key, held)) => credits.granted(digest, key, (*held).max(0) as u32),
+        match granted {
+            Some((key, held)) => credits.granted(digest, &key, held.max(0) as u32),
             None => credits.refused(digest),
         }
-        Ok(granted)
+        Ok(())
     }
 
     /// Claim runs against credits of `holder` (each claim with the key its
@@ -119,12 +115,7 @@ impl Session {
 impl Ledger {
     /// Give back `which` unused credits of `credits`' holder: released on
     /// its own row of each key, as its completions release runs.
-    /// Returns the keys whose credits were given back.
-    pub async fn give_back_credits(
-        &self,
-        credits: &Credits,
-        which: GiveBack<'_>,
-    ) -> Result<Vec<String>> {
+    pub async fn give_back_credits(&self, credits: &Credits, which: GiveBack<'_>) -> Result<()> {
         let _turn = credits.statement().await;
         let offered: Returns = match which {
             GiveBack::Keys(keys) => credits.take_unused(Some(keys)),
@@ -135,7 +126,7 @@ impl Ledger {
             }
         };
         if offered.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let returned: Vec<String> = sqlx::query_scalar(
             "WITH c AS (SELECT * FROM unnest($2::text[], $3::int[]) AS c(c_key, c_credits)), \
@@ -160,7 +151,7 @@ impl Ledger {
         .await
         .map_err(db("giving back concurrency credits"))?;
         credits.given_back(&offered, &returned);
-        Ok(returned)
+        Ok(())
     }
 
     /// Renew the credits `credits`' holder holds, so they do not expire;

@@ -121,11 +121,10 @@ impl Session {
         let (limited, plain): (Vec<&ClaimRequest>, Vec<&ClaimRequest>) =
             claims.iter().partition(|c| c.limit.is_some());
         let mut claimed = self.claim_plain(&plain, holder).await?;
-        let (credited, mut exact) = match self.credits.clone() {
+        let (credited, exact) = match self.credits.clone() {
             Some(credits) => self.against_credits(&credits, limited, holder).await?,
             None => (Vec::new(), limited),
         };
-        exact.retain(|c| !credited.iter().any(|r| r.id == c.run_id));
         claimed.extend(credited);
         claimed.extend(self.claim_limited(&exact, holder).await?);
         Ok(claimed)
@@ -186,16 +185,19 @@ impl Session {
                 return Ok((Vec::new(), exact));
             }
         };
+        let (taken, refused): (Vec<_>, Vec<_>) = against
+            .iter()
+            .map(|(c, _)| *c)
+            .partition(|c| claimed.iter().any(|r| r.id == c.run_id));
         for (digest, n) in reserved {
-            let runs: Vec<_> = against
+            let runs: Vec<_> = taken
                 .iter()
-                .filter(|(c, _)| c.concurrency_key_digest.as_deref() == Some(digest))
-                .filter(|(c, _)| claimed.iter().any(|r| r.id == c.run_id))
-                .map(|(c, _)| c.run_id)
+                .filter(|c| c.concurrency_key_digest.as_deref() == Some(digest))
+                .map(|c| c.run_id)
                 .collect();
             credits.settle_reserved(digest, n, &runs);
         }
-        exact.extend(against.iter().map(|(c, _)| *c));
+        exact.extend(refused);
         Ok((claimed, exact))
     }
 
