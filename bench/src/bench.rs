@@ -46,11 +46,15 @@ struct Cli {
     /// Measure only the observability rows (metrics and traces on or off).
     #[arg(long)]
     observability_only: bool,
+    /// Measure only the Postgres pooling rows (direct, the pooler setting,
+    /// through PgBouncer); needs the Postgres this benchmark starts.
+    #[arg(long)]
+    pooler_only: bool,
     /// Measure only end to end (1 and 2 workers), side by side with the
     /// peers: a quick look at the comparison.
     #[arg(long)]
     end_to_end_only: bool,
-    /// Rounds of the side-by-side rows (control, observability): the
+    /// Rounds of the side-by-side rows (pooling, control, observability): the
     /// configurations take turns, and each ratio is the median over rounds.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
     rounds: u16,
@@ -108,6 +112,9 @@ async fn main() -> Result<()> {
             .await;
     }
 
+    if cli.pooler_only {
+        return pooler::side_by_side(&bin, &stack, DATABASE, &prefix, &cli).await;
+    }
     if cli.end_to_end_only {
         let direct = WorkerDb::direct(&stack);
         let pair = one_and_two_workers(

@@ -3,7 +3,9 @@
 //! Postgres with cached statements (the default), straight to Postgres with
 //! the pooler setting (each statement unnamed in its own transaction: the
 //! cost of the setting alone), and through PgBouncer in transaction mode
-//! (the setting plus the pooler's hop), workers holding a pool of 3.
+//! (the setting plus the pooler's hop), workers holding a pool of 3. The
+//! end-to-end ways take turns over `--rounds` rounds, as the control rows'
+//! configurations do, and the median of per-round ratios is compared.
 
 use std::time::Instant;
 
@@ -12,6 +14,7 @@ use devstack::{PgBouncer, Stack};
 use opsrun::{Ledger, Pooler, RunRequest, RunService, Transport, TransportConfig};
 use serde_json::json;
 
+use crate::control::{print_medians, round_order, settle};
 use crate::{Cli, WorkerDb, end_to_end, ms, percentiles};
 
 /// Server connections PgBouncer keeps: what 100 workers of 3 would share.
@@ -64,7 +67,10 @@ pub async fn side_by_side(
         opsrun::config::DEFAULT_CONNECT_TIMEOUT,
     )
     .await?;
-    let mut rows = Vec::new();
+    // Each way's own service (its starts go the same way as its worker's
+    // statements), and its single-start latency, measured once.
+    let mut services = Vec::new();
+    let mut latency_rows = Vec::new();
     for (i, (label, url, pooler)) in ways.iter().enumerate() {
         let options = opsrun::config::postgres_options(url)?;
         let pool =
@@ -83,6 +89,7 @@ pub async fn side_by_side(
             latencies.push(started.elapsed());
         }
         let (p50, p99) = percentiles(&mut latencies);
+        latency_rows.push((label, p50, p99));
         let db = WorkerDb {
             url: url.clone(),
             pooler: match pooler {
@@ -91,39 +98,61 @@ pub async fn side_by_side(
             },
             pool_size: Some(WORKER_POOL),
         };
-        let queue: &'static str = ["pool0", "pool1", "pool2"][i];
-        let e2e = end_to_end(
-            bin,
-            &db,
-            &stack.redis_url,
-            prefix,
-            &service,
-            &observer,
-            queue,
-            1,
-            cli.concurrency,
-            cli.runs,
-            &[],
-        )
-        .await?;
-        rows.push((label, p50, p99, e2e.per_second));
+        services.push((service, db));
     }
     println!(
-        "\n{:<46} {:>10} {:>10} {:>10} {:>9}",
-        format!("Postgres pooling (worker pool {WORKER_POOL}, PgBouncer {SERVER_POOL})"),
-        "start p50",
-        "p99",
-        "e2e 1x50",
-        "vs first"
+        "\n{:<46} {:>10} {:>10}",
+        format!("Postgres pooling: single start (n={})", cli.samples),
+        "p50",
+        "p99"
     );
-    let first = rows[0].3;
-    for (label, p50, p99, per_second) in rows {
-        println!(
-            "{label:<46} {:>10} {:>10} {per_second:>10.0} {:>9.2}",
-            ms(p50),
-            ms(p99),
-            per_second / first
-        );
+    for (label, p50, p99) in latency_rows {
+        println!("{label:<46} {:>10} {:>10}", ms(p50), ms(p99));
     }
+
+    // End to end: the ways take turns over the rounds, as the control rows.
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
+    let mut worker_cpu: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
+    let mut machine_cpu: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
+    let queues = ["pool0", "pool1", "pool2"];
+    for round in 0..usize::from(cli.rounds) {
+        for i in round_order(round, ways.len()) {
+            let (service, db) = &services[i];
+            settle(&observer).await?;
+            let e2e = end_to_end(
+                bin,
+                db,
+                &stack.redis_url,
+                prefix,
+                service,
+                &observer,
+                queues[i],
+                1,
+                cli.concurrency,
+                cli.runs,
+                &[],
+            )
+            .await?;
+            rates[i].push(e2e.per_second);
+            worker_cpu[i].push(e2e.worker_cpu_us);
+            machine_cpu[i].push(e2e.machine_cpu_us);
+        }
+    }
+    let labels = ways.iter().map(|(label, ..)| *label);
+    print_medians(
+        &format!(
+            "pooling, end to end 1 worker x{} pool {WORKER_POOL} (n={})",
+            cli.concurrency, cli.runs
+        ),
+        labels.clone().zip(rates),
+    );
+    print_medians(
+        "the same: worker CPU per run (us)",
+        labels.clone().zip(worker_cpu),
+    );
+    print_medians(
+        "the same: machine CPU per run (us, every process)",
+        labels.zip(machine_cpu),
+    );
     Ok(())
 }
