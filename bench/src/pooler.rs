@@ -1,9 +1,10 @@
 //! `make bench`'s PgBouncer rows: what a transaction-mode pooler costs.
-//! The same end to end and single start as above, three ways: straight to
+//! The same end to end and single start as above, four ways: straight to
 //! Postgres with cached statements (the default), straight to Postgres with
 //! the pooler setting (each statement unnamed in its own transaction: the
 //! cost of the setting alone), and through PgBouncer in transaction mode
-//! (the setting plus the pooler's hop), workers holding a pool of 3. The
+//! (the setting plus the pooler's hop), workers holding a pool of 3, and
+//! through PgBouncer at the default pool of 10 (what the small pool costs). The
 //! end-to-end ways take turns over `--rounds` rounds, as the control rows'
 //! configurations do, and the median of per-round ratios is compared.
 
@@ -21,6 +22,9 @@ use crate::{Cli, WorkerDb, end_to_end, ms, percentiles};
 const SERVER_POOL: u32 = 20;
 /// The workers' `--db-pool-size` (the least a worker runs with).
 const WORKER_POOL: u32 = 3;
+/// The default `--db-pool-size`, for the row that shows what a small pool
+/// costs behind PgBouncer.
+const DEFAULT_WORKER_POOL: u32 = 10;
 
 /// Measure and print the rows; `database` is the benchmark's database on
 /// `stack`'s ephemeral Postgres.
@@ -49,16 +53,25 @@ pub async fn side_by_side(
             "direct, cached statements",
             stack.database_url.clone(),
             Pooler::Direct,
+            WORKER_POOL,
         ),
         (
             "direct, pooler setting",
             stack.database_url.clone(),
             Pooler::Transaction,
+            WORKER_POOL,
         ),
         (
             "through PgBouncer (transaction mode)",
             bouncer.url(database),
             Pooler::Transaction,
+            WORKER_POOL,
+        ),
+        (
+            "through PgBouncer, worker pool 10",
+            bouncer.url(database),
+            Pooler::Transaction,
+            DEFAULT_WORKER_POOL,
         ),
     ];
     let observer = opsrun::config::connect_postgres(
@@ -71,7 +84,7 @@ pub async fn side_by_side(
     // statements), and its single-start latency, measured once.
     let mut services = Vec::new();
     let mut latency_rows = Vec::new();
-    for (i, (label, url, pooler)) in ways.iter().enumerate() {
+    for (i, (label, url, pooler, pool_size)) in ways.iter().enumerate() {
         let options = opsrun::config::postgres_options(url)?;
         let pool =
             opsrun::config::connect_postgres(options, 16, opsrun::config::DEFAULT_CONNECT_TIMEOUT)
@@ -96,7 +109,7 @@ pub async fn side_by_side(
                 Pooler::Direct => "direct",
                 Pooler::Transaction => "transaction",
             },
-            pool_size: Some(WORKER_POOL),
+            pool_size: Some(*pool_size),
         };
         services.push((service, db));
     }
@@ -114,7 +127,7 @@ pub async fn side_by_side(
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
     let mut worker_cpu: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
     let mut machine_cpu: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
-    let queues = ["pool0", "pool1", "pool2"];
+    let queues = ["pool0", "pool1", "pool2", "pool3"];
     for round in 0..usize::from(cli.rounds) {
         for i in round_order(round, ways.len()) {
             let (service, db) = &services[i];
@@ -141,7 +154,7 @@ pub async fn side_by_side(
     let labels = ways.iter().map(|(label, ..)| *label);
     print_medians(
         &format!(
-            "pooling, end to end 1 worker x{} pool {WORKER_POOL} (n={})",
+            "pooling, e2e 1 worker x{}, pool {WORKER_POOL} unless said (n={})",
             cli.concurrency, cli.runs
         ),
         labels.clone().zip(rates),

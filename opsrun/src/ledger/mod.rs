@@ -71,7 +71,9 @@ const RUN_COLUMNS: &str = "id, tenant_id, user_id, initiator_name, type, status,
 /// stay durable: a producer and XACK act on them.
 const ASYNC_COMMIT: &str = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit";
 
-/// What a claim sets on a queued run it takes (`c` names the claim).
+/// What a claim sets on a queued run it takes (`c` names the claim). The
+/// plain claim, `opsrun_claim_queued` (migration 000024), sets the same:
+/// change both together.
 const CLAIMED_SET: &str = "status = 'running', attempt = attempt + 1, holder = $5, lease_seconds = c.c_lease, \
      heartbeat_at = now(), started_at = now(), dispatch_entry_id = c.c_entry, shard = c.c_shard, \
      updated_at = now()";

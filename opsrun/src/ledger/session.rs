@@ -325,16 +325,11 @@ impl Session {
         }
         // Queued rows are touched by no other batch that waits for locks
         // (dispatch records skip locked rows), so no ordering is needed here.
-        // A run of a type whose limit was removed may still carry the slot
-        // of an earlier attempt: it takes none now, so it releases none.
-        let statement = sqlx::query_as::<_, Run>(sql("UPDATE operation_runs \
-             SET {claimed_set}, concurrency_slot = NULL \
-             FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $6::text[], $7::smallint[]) \
-                 AS c(c_tenant, c_id, c_attempt, c_lease, c_entry, c_shard), {async_commit} \
-             WHERE tenant_id = c.c_tenant AND id = c.c_id AND status = 'queued' \
-               AND attempt = c.c_attempt - 1 \
-               AND (not_before IS NULL OR not_before <= now()) \
-             RETURNING {cols}"))
+        // The statement is a function (migration 000024), so its plan is
+        // cached on the server connection even where this call is sent
+        // unnamed (behind a transaction pooler).
+        let statement = sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM opsrun_claim_queued( \
+             $1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::text, $6::text[], $7::smallint[])"))
         .bind(claims.iter().map(|c| c.tenant_id).collect::<Vec<_>>())
         .bind(claims.iter().map(|c| c.run_id.0).collect::<Vec<_>>())
         .bind(claims.iter().map(|c| c.attempt).collect::<Vec<_>>())
@@ -354,7 +349,9 @@ impl Session {
     /// and says of each run whether its key has runs waiting for a slot
     /// (looked up once per key, not once per run, as the key's first entry
     /// in `operation_runs_slot_waiting`: a point lookup whatever the
-    /// statistics, see [`Session::claim_credited`]).
+    /// statistics, see [`Session::claim_credited`]). The statement is a
+    /// function (migration 000024), so its plan is cached on the server
+    /// connection even behind a transaction pooler.
     pub async fn complete_many(
         &mut self,
         completions: &[(Claim<'_>, Terminal<'_>)],
@@ -362,29 +359,10 @@ impl Session {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let statement = sqlx::query_as::<_, Completed>(sql("WITH c AS ( \
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[]) \
-                 AS c(c_tenant, c_id, c_holder, c_attempt, c_outcome, c_counts, c_failures)), \
-             locked AS (SELECT r.id AS locked_id, r.concurrency_key AS l_key, r.concurrency_slot AS l_slot, c.* \
-                 FROM c JOIN operation_runs r ON r.id = c.c_id \
-                 WHERE r.tenant_id = c.c_tenant AND r.status = 'running' \
-                   AND r.holder = c.c_holder AND r.attempt = c.c_attempt \
-                 ORDER BY r.id FOR NO KEY UPDATE OF r), \
-             released AS (INSERT INTO concurrency_releases (concurrency_key, releaser, runs) \
-                 SELECT l_key, c_holder, count(*) FROM locked WHERE l_slot >= 0 \
-                 GROUP BY l_key, c_holder ORDER BY l_key \
-                 ON CONFLICT (concurrency_key, releaser) \
-                 DO UPDATE SET runs = concurrency_releases.runs + EXCLUDED.runs), \
-             waited AS (SELECT k.l_key AS w_key FROM (SELECT DISTINCT l_key FROM locked WHERE l_key IS NOT NULL) k \
-                 WHERE (SELECT w.id FROM operation_runs w WHERE w.concurrency_key = k.l_key \
-                     AND w.slot_wait_since IS NOT NULL AND w.completed_at IS NULL \
-                     ORDER BY w.concurrency_key, w.id LIMIT 1) IS NOT NULL) \
-             UPDATE operation_runs r \
-             SET status = 'completed', outcome = l.c_outcome, summary_counts = l.c_counts, \
-                 failure_summary = l.c_failures, completed_at = now(), updated_at = now(), concurrency_slot = NULL \
-             FROM locked l WHERE r.id = l.locked_id AND r.status = 'running' \
-               AND r.holder = l.c_holder AND r.attempt = l.c_attempt \
-             RETURNING r.id AS run_id, coalesce(r.concurrency_key IN (SELECT w_key FROM waited), false) AS slot_waiters"))
+        let statement = sqlx::query_as::<_, Completed>(
+            "SELECT run_id, slot_waiters FROM opsrun_complete_runs( \
+             $1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[])",
+        )
         .bind(completions.iter().map(|(c, _)| c.tenant_id).collect::<Vec<_>>())
         .bind(completions.iter().map(|(c, _)| c.run_id.0).collect::<Vec<_>>())
         .bind(completions.iter().map(|(c, _)| c.holder.to_string()).collect::<Vec<_>>())
