@@ -756,3 +756,109 @@ async fn postgres_refuses_updates_that_break_the_lifecycle() {
     assert_eq!(ended.failure_summary[0].code, "run.cancelled");
     assert_eq!(ended.failure_summary[0].message, "stopped by Ada");
 }
+
+/// Behind a transaction pooler the worker's claim and completion go as one
+/// simple query with their values written into its text: every value comes
+/// back exactly as it comes from the statements sent with parameters, quotes,
+/// backslashes and all.
+#[tokio::test]
+async fn claims_and_completions_written_into_the_query_keep_every_value() {
+    let env = TestEnv::new().await;
+    let written = opsrun::Ledger::behind(env.ledger().pool().clone(), opsrun::Pooler::Transaction);
+    let awkward = "it's \\' \"q\" \\\\ '); DROP TABLE operation_runs; -- ünï ✓ 😀 {a,b} $1 E'x'";
+    let request = RunRequest::new(11, "backup.run")
+        .inputs(json!({ "s": awkward, "n": [1, 2.5, null] }))
+        .context(json!({ "why": awkward }));
+    let run = env.service.ensure_run(&request).await.unwrap().run;
+    let holder = "w:1 'odd\\holder\"";
+    let claimed = written
+        .session()
+        .mark_running_many(
+            &[opsrun::ClaimRequest {
+                tenant_id: 11,
+                run_id: run.id,
+                attempt: 1,
+                lease: std::time::Duration::from_secs(60),
+                entry_id: run.dispatch_entry_id.clone().expect("dispatched"),
+                shard: 0,
+                limit: None,
+                concurrency_key_digest: None,
+            }],
+            holder,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the run is claimed");
+    let stored = env.ledger().get(11, run.id).await.unwrap().unwrap();
+    assert_eq!(claimed[0], stored, "the claim returns the row as stored");
+    assert_eq!(stored.holder.as_deref(), Some(holder));
+    assert_eq!(stored.inputs.0["s"], awkward);
+
+    let counts = SummaryCounts {
+        total: 3,
+        success: 1,
+        failed: 2,
+        skipped: 0,
+    };
+    let failures = [Failure {
+        code: "job.odd".into(),
+        message: awkward.into(),
+        count: 2,
+    }];
+    let completed = written
+        .complete_many(&[(
+            opsrun::ledger::Claim {
+                tenant_id: 11,
+                run_id: run.id,
+                holder,
+                attempt: 1,
+            },
+            opsrun::ledger::Terminal {
+                outcome: Outcome::PartiallySucceeded,
+                counts: &counts,
+                failures: &failures,
+                reclaim: None,
+            },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(completed.len(), 1, "the run is completed");
+    assert!(!completed[0].slot_waiters);
+    let stored = env.ledger().get(11, run.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, Status::Completed);
+    assert_eq!(stored.outcome, Outcome::PartiallySucceeded);
+    assert_eq!(stored.summary_counts.0, counts);
+    assert_eq!(stored.failure_summary.0, failures);
+    // A value Postgres cannot store is refused (as a parameter would be), and
+    // only its own claim is skipped.
+    let mut others = Vec::new();
+    for n in 0..2 {
+        let request = RunRequest::new(11, "backup.run").inputs(json!({ "other": n }));
+        others.push(env.service.ensure_run(&request).await.unwrap().run);
+    }
+    let claim = |run: &opsrun::Run, entry_id: String| opsrun::ClaimRequest {
+        tenant_id: 11,
+        run_id: run.id,
+        attempt: 1,
+        lease: std::time::Duration::from_secs(60),
+        entry_id,
+        shard: 0,
+        limit: None,
+        concurrency_key_digest: None,
+    };
+    let claimed = written
+        .session()
+        .mark_running_many(
+            &[
+                claim(&others[0], "1-0\0".into()),
+                claim(&others[1], others[1].dispatch_entry_id.clone().unwrap()),
+            ],
+            "w:1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the claim with a NUL is not made");
+    assert_eq!(claimed[0].id, others[1].id);
+    let untouched = env.ledger().get(11, others[0].id).await.unwrap().unwrap();
+    assert_eq!(untouched.status, Status::Queued);
+}

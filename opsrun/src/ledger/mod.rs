@@ -23,6 +23,7 @@ mod actions;
 mod concurrency;
 mod credits;
 mod listing;
+mod literal;
 mod notifications;
 mod pooler;
 mod queues;

@@ -16,15 +16,16 @@
 //! restart its state is unknown. The next statement takes another from the
 //! pool; callers retry a statement that failed for want of Postgres.
 
-use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgRow;
 use sqlx::types::Json;
+use sqlx::{Executor, FromRow, Postgres};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::pooler::{Db, Held};
-use super::{Claim, ClaimRequest, Completed, Terminal, sql};
+use super::pooler::{Db, Held, Pooler};
+use super::{Claim, ClaimRequest, Completed, RUN_COLUMNS, Terminal, literal, sql};
 use crate::concurrency::credits::Credits;
 use crate::error::{Result, db};
 use crate::run::Run;
@@ -76,6 +77,28 @@ impl Session {
             self.connection = None;
         }
         result
+    }
+
+    /// `call` (a function's call with its arguments written in, see
+    /// [`super::literal`]) as one simple query: one round trip behind a
+    /// transaction pooler, where a statement with parameters takes four.
+    async fn call_written<T>(
+        &mut self,
+        call: sqlx::Result<String>,
+        operation: &'static str,
+    ) -> Result<Vec<T>>
+    where
+        T: for<'r> FromRow<'r, PgRow>,
+    {
+        let call = call.map_err(db(operation))?;
+        let held = self.connection().await?;
+        let rows = held
+            .connection
+            .fetch_all(sqlx::raw_sql(sqlx::AssertSqlSafe(call)))
+            .await;
+        self.kept(rows)
+            .and_then(|rows| rows.iter().map(T::from_row).collect())
+            .map_err(db(operation))
     }
 
     /// [`Ledger::mark_running_many`](super::Ledger::mark_running_many) on the held connection.
@@ -327,7 +350,23 @@ impl Session {
         // (dispatch records skip locked rows), so no ordering is needed here.
         // The statement is a function (migration 000024), so its plan is
         // cached on the server connection even where this call is sent
-        // unnamed (behind a transaction pooler).
+        // unnamed (behind a transaction pooler, where it goes in one round
+        // trip with its arguments written in).
+        if self.db.pooler == Pooler::Transaction {
+            let call = (|| {
+                Ok(format!(
+                    "SELECT {RUN_COLUMNS} FROM opsrun_claim_queued({}, {}, {}, {}, {}, {}, {})",
+                    literal::numbers(claims.iter().map(|c| c.tenant_id), "bigint"),
+                    literal::numbers(claims.iter().map(|c| c.run_id.0), "bigint"),
+                    literal::numbers(claims.iter().map(|c| c.attempt), "int"),
+                    literal::numbers(claims.iter().map(|c| lease_seconds(c.lease)), "int"),
+                    literal::text(holder)?,
+                    literal::texts(claims.iter().map(|c| c.entry_id.as_str()), "text")?,
+                    literal::numbers(claims.iter().map(|c| c.shard), "smallint"),
+                ))
+            })();
+            return self.call_written(call, "claiming runs").await;
+        }
         let statement = sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM opsrun_claim_queued( \
              $1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::text, $6::text[], $7::smallint[])"))
         .bind(claims.iter().map(|c| c.tenant_id).collect::<Vec<_>>())
@@ -358,6 +397,32 @@ impl Session {
     ) -> Result<Vec<Completed>> {
         if completions.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.db.pooler == Pooler::Transaction {
+            let json = |value: Result<String, serde_json::Error>| {
+                value.map_err(|e| sqlx::Error::Encode(Box::new(e)))
+            };
+            let call = (|| {
+                let counts = completions
+                    .iter()
+                    .map(|(_, t)| json(serde_json::to_string(t.counts)))
+                    .collect::<sqlx::Result<Vec<_>>>()?;
+                let failures = completions
+                    .iter()
+                    .map(|(_, t)| json(serde_json::to_string(t.failures)))
+                    .collect::<sqlx::Result<Vec<_>>>()?;
+                Ok(format!(
+                    "SELECT run_id, slot_waiters FROM opsrun_complete_runs({}, {}, {}, {}, {}, {}, {})",
+                    literal::numbers(completions.iter().map(|(c, _)| c.tenant_id), "bigint"),
+                    literal::numbers(completions.iter().map(|(c, _)| c.run_id.0), "bigint"),
+                    literal::texts(completions.iter().map(|(c, _)| c.holder), "text")?,
+                    literal::numbers(completions.iter().map(|(c, _)| c.attempt), "int"),
+                    literal::texts(completions.iter().map(|(_, t)| t.outcome.as_str()), "text")?,
+                    literal::texts(counts.iter().map(String::as_str), "jsonb")?,
+                    literal::texts(failures.iter().map(String::as_str), "jsonb")?,
+                ))
+            })();
+            return self.call_written(call, "completing runs").await;
         }
         let statement = sqlx::query_as::<_, Completed>(
             "SELECT run_id, slot_waiters FROM opsrun_complete_runs( \
