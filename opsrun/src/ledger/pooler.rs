@@ -9,7 +9,11 @@
 //! named statement is then missing, or another client's statement of the same
 //! name runs with our parameters. Behind such a pooler each statement is
 //! therefore sent unnamed inside its own `BEGIN … COMMIT`, which keeps one
-//! server connection from the parse to the commit. Nothing else the ledger
+//! server connection from the parse to the commit. The worker's two hot
+//! calls, the claim and the completion, go instead as one simple query with
+//! their values written in (one round trip, see [`super::literal`]), and
+//! run as functions whose plans Postgres keeps per server connection
+//! (migration 000024), so they are not planned on every call. Nothing else the ledger
 //! does keeps session state: every statement stands alone (settings such as
 //! `synchronous_commit` are set for the statement's own transaction).
 //! Migrations take a session-level advisory lock, so they are refused here
@@ -30,7 +34,8 @@ pub enum Pooler {
     Direct,
     /// A transaction-mode pooler (PgBouncer `pool_mode = transaction`):
     /// each statement is sent unnamed in its own transaction (four round
-    /// trips: begin, parse, execute, commit).
+    /// trips: begin, parse, execute, commit), but for the worker's claim and
+    /// completion, sent as one simple query each (one round trip).
     Transaction,
 }
 
