@@ -28,7 +28,10 @@
 --                    it again.
 -- Writing a run also writes its initiator's notification (triggers running
 -- as the writer), hence INSERT on notifications for the roles that write
--- runs.
+-- runs. The worker's claim and completion functions (opsrun_claim_queued,
+-- opsrun_complete_runs: migration 000024) run as their caller, with the
+-- caller's rights on the tables; EXECUTE on them is PUBLIC's, as for any
+-- new function.
 
 DO $$
 DECLARE

@@ -353,18 +353,7 @@ impl Session {
         // unnamed (behind a transaction pooler, where it goes in one round
         // trip with its arguments written in).
         if self.db.pooler == Pooler::Transaction {
-            let call = (|| {
-                Ok(format!(
-                    "SELECT {RUN_COLUMNS} FROM opsrun_claim_queued({}, {}, {}, {}, {}, {}, {})",
-                    literal::numbers(claims.iter().map(|c| c.tenant_id), "bigint"),
-                    literal::numbers(claims.iter().map(|c| c.run_id.0), "bigint"),
-                    literal::numbers(claims.iter().map(|c| c.attempt), "int"),
-                    literal::numbers(claims.iter().map(|c| lease_seconds(c.lease)), "int"),
-                    literal::text(holder)?,
-                    literal::texts(claims.iter().map(|c| c.entry_id.as_str()), "text")?,
-                    literal::numbers(claims.iter().map(|c| c.shard), "smallint"),
-                ))
-            })();
+            let call = written_claim(claims, holder);
             return self.call_written(call, "claiming runs").await;
         }
         let statement = sqlx::query_as::<_, Run>(sql("SELECT {cols} FROM opsrun_claim_queued( \
@@ -399,29 +388,7 @@ impl Session {
             return Ok(Vec::new());
         }
         if self.db.pooler == Pooler::Transaction {
-            let json = |value: Result<String, serde_json::Error>| {
-                value.map_err(|e| sqlx::Error::Encode(Box::new(e)))
-            };
-            let call = (|| {
-                let counts = completions
-                    .iter()
-                    .map(|(_, t)| json(serde_json::to_string(t.counts)))
-                    .collect::<sqlx::Result<Vec<_>>>()?;
-                let failures = completions
-                    .iter()
-                    .map(|(_, t)| json(serde_json::to_string(t.failures)))
-                    .collect::<sqlx::Result<Vec<_>>>()?;
-                Ok(format!(
-                    "SELECT run_id, slot_waiters FROM opsrun_complete_runs({}, {}, {}, {}, {}, {}, {})",
-                    literal::numbers(completions.iter().map(|(c, _)| c.tenant_id), "bigint"),
-                    literal::numbers(completions.iter().map(|(c, _)| c.run_id.0), "bigint"),
-                    literal::texts(completions.iter().map(|(c, _)| c.holder), "text")?,
-                    literal::numbers(completions.iter().map(|(c, _)| c.attempt), "int"),
-                    literal::texts(completions.iter().map(|(_, t)| t.outcome.as_str()), "text")?,
-                    literal::texts(counts.iter().map(String::as_str), "jsonb")?,
-                    literal::texts(failures.iter().map(String::as_str), "jsonb")?,
-                ))
-            })();
+            let call = written_completion(completions);
             return self.call_written(call, "completing runs").await;
         }
         let statement = sqlx::query_as::<_, Completed>(
@@ -438,6 +405,45 @@ impl Session {
         let written = statement.fetch_all(self.connection().await?).await;
         self.kept(written).map_err(db("completing runs"))
     }
+}
+
+/// The plain claim's call with its values written in (see [`literal`]).
+fn written_claim(claims: &[&ClaimRequest], holder: &str) -> sqlx::Result<String> {
+    Ok(format!(
+        "SELECT {RUN_COLUMNS} FROM opsrun_claim_queued({}, {}, {}, {}, {}, {}, {})",
+        literal::numbers(claims.iter().map(|c| c.tenant_id), "bigint"),
+        literal::numbers(claims.iter().map(|c| c.run_id.0), "bigint"),
+        literal::numbers(claims.iter().map(|c| c.attempt), "int"),
+        literal::numbers(claims.iter().map(|c| lease_seconds(c.lease)), "int"),
+        literal::text(holder)?,
+        literal::texts(claims.iter().map(|c| c.entry_id.as_str()), "text")?,
+        literal::numbers(claims.iter().map(|c| c.shard), "smallint"),
+    ))
+}
+
+/// The grouped completion's call with its values written in (see [`literal`]).
+fn written_completion(completions: &[(Claim<'_>, Terminal<'_>)]) -> sqlx::Result<String> {
+    fn json<T: serde::Serialize + ?Sized>(value: &T) -> sqlx::Result<String> {
+        serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+    }
+    let counts = completions
+        .iter()
+        .map(|(_, t)| json(t.counts))
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    let failures = completions
+        .iter()
+        .map(|(_, t)| json(t.failures))
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    Ok(format!(
+        "SELECT run_id, slot_waiters FROM opsrun_complete_runs({}, {}, {}, {}, {}, {}, {})",
+        literal::numbers(completions.iter().map(|(c, _)| c.tenant_id), "bigint"),
+        literal::numbers(completions.iter().map(|(c, _)| c.run_id.0), "bigint"),
+        literal::texts(completions.iter().map(|(c, _)| c.holder), "text")?,
+        literal::numbers(completions.iter().map(|(c, _)| c.attempt), "int"),
+        literal::texts(completions.iter().map(|(_, t)| t.outcome.as_str()), "text")?,
+        literal::texts(counts.iter().map(String::as_str), "jsonb")?,
+        literal::texts(failures.iter().map(String::as_str), "jsonb")?,
+    ))
 }
 
 /// Each claim's place among the batch's claims of its key, by run id (0
