@@ -589,16 +589,8 @@ async fn a_session_lets_a_dead_connection_go_and_takes_a_fresh_one() {
         let request = RunRequest::new(5, "sync.batch").inputs(json!({"session": i}));
         runs.push(env.service.ensure_run(&request).await.unwrap().run);
     }
-    let claim = |run: &opsrun::Run| opsrun::ClaimRequest {
-        tenant_id: 5,
-        run_id: run.id,
-        attempt: 1,
-        lease: std::time::Duration::from_secs(60),
-        entry_id: run.dispatch_entry_id.clone().expect("dispatched"),
-        shard: 0,
-        limit: None,
-        concurrency_key_digest: None,
-    };
+    let claim =
+        |run: &opsrun::Run| first_claim(run, run.dispatch_entry_id.clone().expect("dispatched"));
     let mut session = ledger.session();
     let claimed = session
         .mark_running_many(&[claim(&runs[0])], "w:1")
@@ -774,16 +766,10 @@ async fn claims_and_completions_written_into_the_query_keep_every_value() {
     let claimed = written
         .session()
         .mark_running_many(
-            &[opsrun::ClaimRequest {
-                tenant_id: 11,
-                run_id: run.id,
-                attempt: 1,
-                lease: std::time::Duration::from_secs(60),
-                entry_id: run.dispatch_entry_id.clone().expect("dispatched"),
-                shard: 0,
-                limit: None,
-                concurrency_key_digest: None,
-            }],
+            &[first_claim(
+                &run,
+                run.dispatch_entry_id.clone().expect("dispatched"),
+            )],
             holder,
         )
         .await
@@ -836,22 +822,12 @@ async fn claims_and_completions_written_into_the_query_keep_every_value() {
         let request = RunRequest::new(11, "backup.run").inputs(json!({ "other": n }));
         others.push(env.service.ensure_run(&request).await.unwrap().run);
     }
-    let claim = |run: &opsrun::Run, entry_id: String| opsrun::ClaimRequest {
-        tenant_id: 11,
-        run_id: run.id,
-        attempt: 1,
-        lease: std::time::Duration::from_secs(60),
-        entry_id,
-        shard: 0,
-        limit: None,
-        concurrency_key_digest: None,
-    };
     let claimed = written
         .session()
         .mark_running_many(
             &[
-                claim(&others[0], "1-0\0".into()),
-                claim(&others[1], others[1].dispatch_entry_id.clone().unwrap()),
+                first_claim(&others[0], "1-0\0".into()),
+                first_claim(&others[1], others[1].dispatch_entry_id.clone().unwrap()),
             ],
             "w:1",
         )
@@ -861,4 +837,18 @@ async fn claims_and_completions_written_into_the_query_keep_every_value() {
     assert_eq!(claimed[0].id, others[1].id);
     let untouched = env.ledger().get(11, others[0].id).await.unwrap().unwrap();
     assert_eq!(untouched.status, Status::Queued);
+}
+
+/// The claim of `run`'s first attempt by the entry `entry_id`.
+fn first_claim(run: &opsrun::Run, entry_id: String) -> opsrun::ClaimRequest {
+    opsrun::ClaimRequest {
+        tenant_id: run.tenant_id,
+        run_id: run.id,
+        attempt: 1,
+        lease: std::time::Duration::from_secs(60),
+        entry_id,
+        shard: 0,
+        limit: None,
+        concurrency_key_digest: None,
+    }
 }
