@@ -20,7 +20,7 @@ use std::fmt::{Display, Write};
 #[derive(Debug)]
 pub(super) struct Unwritable;
 
-impl std::fmt::Display for Unwritable {
+impl Display for Unwritable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a text value holds a NUL character, which Postgres cannot store")
     }
