@@ -421,3 +421,111 @@ async fn json_logs_carry_the_runs_fields() {
     assert_eq!(span["attempt"], 1, "{event}");
     assert_eq!(span["queue"], "default", "{event}");
 }
+
+/// `--prefetch`: a worker holds up to `concurrency + prefetch` runs, claimed
+/// ahead and waiting for a slot in claim order, never running more than
+/// `concurrency` at once. A run waiting longer than its lease keeps it:
+/// it is heartbeated from its claim, so the reaper leaves it alone.
+#[tokio::test]
+async fn prefetched_runs_wait_for_a_slot_and_keep_their_lease() {
+    let env = TestEnv::new().await;
+    let _reaper = support::fast_reaper(&env, &[]);
+    let _worker = Worker::spawn(
+        &env,
+        &env.redis_url,
+        &[
+            "--concurrency",
+            "1",
+            "--prefetch",
+            "3",
+            "--heartbeat-interval",
+            "300ms",
+        ],
+    );
+    // Five runs of a second each, leases of 2 s: the fourth and fifth wait
+    // about 3 s for the one slot.
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(enqueue(&env.service, 6, "test.serial").await);
+    }
+    let ids: Vec<i64> = runs.iter().map(|r| r.id.0).collect();
+    let most_held = std::cell::Cell::new(0);
+    let all_done = wait_until(Duration::from_secs(30), || {
+        let env = &env;
+        let ids = &ids;
+        let most_held = &most_held;
+        async move {
+            let (held, done): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE status = 'running'), \
+                        count(*) FILTER (WHERE status = 'completed') \
+                 FROM operation_runs WHERE id = ANY($1)",
+            )
+            .bind(ids)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+            most_held.set(most_held.get().max(held));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            (done == 5).then_some(())
+        }
+    })
+    .await;
+    assert!(all_done.is_some(), "every run completes");
+    assert_eq!(
+        most_held.get(),
+        4,
+        "one running and three claimed ahead, never the fifth as well"
+    );
+    let overlaps = std::fs::read_to_string(env.job_dir().join("overlaps")).unwrap_or_default();
+    assert!(overlaps.is_empty(), "runs ran at once: {overlaps}");
+    for run in &runs {
+        let done = env.ledger().get(6, run.id).await.unwrap().unwrap();
+        assert_eq!(done.outcome, Outcome::Succeeded, "run {}", run.id);
+        assert_eq!(
+            (done.attempt, done.reclaims.0.len()),
+            (1, 0),
+            "run {} waited for its slot without losing its claim",
+            run.id
+        );
+    }
+}
+
+/// A run cancelled while it waits for a slot, claimed ahead, never starts:
+/// it ends cancelled when its turn comes.
+#[tokio::test]
+async fn a_prefetched_run_cancelled_while_it_waits_never_starts() {
+    let env = TestEnv::new().await;
+    let worker = Worker::spawn(
+        &env,
+        &env.redis_url,
+        &[
+            "--concurrency",
+            "1",
+            "--prefetch",
+            "1",
+            "--cancel-check",
+            "200ms",
+        ],
+    );
+    let slow = enqueue(&env.service, 7, "test.slow").await;
+    let waiting = enqueue(&env.service, 7, "test.succeed").await;
+    let claimed_ahead = wait_until(Duration::from_secs(10), || async {
+        let run = env.ledger().get(7, waiting.id).await.unwrap().unwrap();
+        (worker.executions_of(slow.id) == 1 && run.status == Status::Running).then_some(())
+    })
+    .await;
+    assert!(
+        claimed_ahead.is_some(),
+        "the second run is claimed while the first runs"
+    );
+    let out = env.producer(&["cancel", "--tenant", "7", "--run", &waiting.id.to_string()]);
+    support::assert_exit(&out, 0);
+    let done = completed(&env, &waiting).await;
+    assert_eq!(done.outcome, Outcome::Cancelled);
+    assert_eq!(
+        worker.executions_of(waiting.id),
+        0,
+        "the cancelled run's job never started"
+    );
+    assert_eq!(completed(&env, &slow).await.outcome, Outcome::Succeeded);
+}

@@ -59,6 +59,11 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// How often the worker asks whether someone cancelled a run it runs.
     pub cancel_check: Duration,
+    /// Runs claimed ahead of free slots: up to `concurrency + prefetch` are
+    /// held at once, those beyond `concurrency` waiting in the worker for a
+    /// slot, in claim order. Fewer, larger claims for many short jobs; 0
+    /// (the default) claims only what can start at once.
+    pub prefetch: usize,
 }
 
 impl WorkerConfig {
@@ -72,6 +77,7 @@ impl WorkerConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             cancel_check: DEFAULT_CANCEL_CHECK,
+            prefetch: 0,
         }
     }
 
@@ -123,7 +129,7 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> WorkerReport {
-    let capacity = Capacity::new(config.concurrency.max(1));
+    let capacity = Capacity::new(config.concurrency.max(1), config.prefetch);
     let jobs = TaskTracker::new();
     let stop_heartbeat = CancellationToken::new();
     let ledger_for_pauses = ledger.clone();
@@ -162,6 +168,7 @@ pub async fn run(
         consumer = lifecycle.holder(),
         ?streams,
         concurrency = config.concurrency,
+        prefetch = config.prefetch,
         "worker started"
     );
     for reader in readers {
@@ -212,12 +219,14 @@ pub async fn run(
 }
 
 /// Claim one read's entries and run each claimed run in its own task: the
-/// handler holding its slot, then the terminal write holding only its hold.
-/// Permits of entries that were not claimed are released on return.
+/// handler once a slot is free, holding it, then the terminal write holding
+/// only its hold. Permits of entries that were not claimed are released on
+/// return.
 async fn claim_and_run(
     lifecycle: Arc<Lifecycle>,
     deliveries: Vec<opsrun::transport::Delivery>,
     mut permits: Vec<JobPermit>,
+    slots: Arc<Semaphore>,
     jobs: TaskTracker,
 ) {
     for (delivery, claim) in lifecycle.claim(deliveries).await {
@@ -225,57 +234,63 @@ async fn claim_and_run(
         // A read never returns more entries than permits were taken for it.
         let Some(permit) = permits.pop() else {
             tracing::error!(run_id = %claimed.run.id, "more entries than permits; left to the reaper");
+            lifecycle.in_flight().remove(claimed.run.id);
             continue;
         };
         let lifecycle = Arc::clone(&lifecycle);
+        let slots = Arc::clone(&slots);
         jobs.spawn(async move {
+            // Claimed runs wait their turn here when prefetched; the
+            // semaphore is fair, so they start in claim order.
+            let slot = slots.acquire_owned().await.expect("slots are never closed");
             let finished = lifecycle.run_job(delivery, claimed).await;
-            drop(permit.slot);
+            drop(slot);
+            drop(permit.turn);
             lifecycle.settle(finished).await;
             drop(permit.hold);
         });
     }
 }
 
-/// What a job needs before its entry is read: a slot to run its handler in,
-/// and a hold that lasts until its result is written.
+/// What a job needs before its entry is read: a turn among the runs held
+/// at once (`concurrency + prefetch`), and a hold that lasts until its
+/// result is written. Its slot to run the handler in is taken once
+/// claimed.
 #[derive(Clone)]
 struct Capacity {
     slots: Arc<Semaphore>,
+    turns: Arc<Semaphore>,
     holds: Arc<Semaphore>,
 }
 
-/// A job's slot and hold.
+/// A job's turn and hold.
 struct JobPermit {
-    slot: OwnedSemaphorePermit,
+    turn: OwnedSemaphorePermit,
     hold: OwnedSemaphorePermit,
 }
 
 impl Capacity {
-    fn new(concurrency: usize) -> Self {
+    fn new(concurrency: usize, prefetch: usize) -> Self {
         Capacity {
             slots: Arc::new(Semaphore::new(concurrency)),
-            holds: Arc::new(Semaphore::new(concurrency + SETTLE_BACKLOG)),
+            turns: Arc::new(Semaphore::new(concurrency + prefetch)),
+            holds: Arc::new(Semaphore::new(concurrency + prefetch + SETTLE_BACKLOG)),
         }
     }
 
     async fn acquire(&self) -> Option<JobPermit> {
         let hold = Arc::clone(&self.holds).acquire_owned().await.ok()?;
-        let slot = Arc::clone(&self.slots).acquire_owned().await.ok()?;
-        Some(JobPermit { slot, hold })
+        let turn = Arc::clone(&self.turns).acquire_owned().await.ok()?;
+        Some(JobPermit { turn, hold })
     }
 
     fn try_acquire(&self) -> Option<JobPermit> {
         let hold = Arc::clone(&self.holds).try_acquire_owned().ok()?;
-        let slot = Arc::clone(&self.slots).try_acquire_owned().ok()?;
-        Some(JobPermit { slot, hold })
+        let turn = Arc::clone(&self.turns).try_acquire_owned().ok()?;
+        Some(JobPermit { turn, hold })
     }
 }
 
-/// Read one stream: wait for capacity, take as many entries as there are
-/// free slots, hand them to [`claim_and_run`] and read again. When the
-/// stream has none, the slots go back (to the worker's other streams) and
-/// the reader waits for an entry holding none.
 /// The paused queues, as last read from Postgres.
 type Paused = watch::Receiver<Arc<HashSet<String>>>;
 
@@ -331,6 +346,10 @@ async fn while_paused(queue: &str, paused: &mut Paused, shutdown: &CancellationT
     }
 }
 
+/// Read one stream: wait for capacity, take as many entries as there are
+/// free turns, hand them to [`claim_and_run`] and read again. When the
+/// stream has none, the turns go back (to the worker's other streams) and
+/// the reader waits for an entry holding none.
 async fn read_loop(
     mut reader: StreamReader,
     lifecycle: Arc<Lifecycle>,
@@ -379,6 +398,7 @@ async fn read_loop(
                     Arc::clone(&lifecycle),
                     deliveries,
                     permits,
+                    Arc::clone(&capacity.slots),
                     jobs.clone(),
                 ));
                 Ok(())

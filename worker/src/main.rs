@@ -43,6 +43,13 @@ struct Cli {
     #[arg(long, env = "OPSRUN_CONCURRENCY", default_value_t = consumer::DEFAULT_CONCURRENCY as u16,
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     concurrency: u16,
+    /// Runs claimed ahead of free slots, beyond --concurrency: they count as
+    /// running (started, heartbeated) from their claim and wait here for a
+    /// slot. For many short jobs: fewer, larger claims. Keep 0 for long
+    /// jobs, which would hold runs that another worker could start.
+    #[arg(long, env = "OPSRUN_PREFETCH", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=4096))]
+    prefetch: u16,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Do not apply migrations at start.
@@ -159,6 +166,7 @@ async fn run(cli: Cli, worker_env: BTreeMap<String, String>) -> Result<(), Failu
         heartbeat_interval: cli.heartbeat_interval,
         shutdown_grace: cli.shutdown_grace,
         cancel_check: cli.cancel_check,
+        prefetch: usize::from(cli.prefetch),
     };
     for stream in config.streams() {
         retry_at_start("redis", cli.startup_timeout, &shutdown, || {

@@ -74,6 +74,10 @@ pub struct Claimed {
     /// The run as claimed: `running`, its attempt counted.
     pub run: Run,
     span: tracing::Span,
+    /// What stops its job. The run is heartbeated from its claim, so one
+    /// that waits in the worker for a free slot (see the worker's
+    /// `--prefetch`) keeps its lease and sees a cancel before it starts.
+    stops: Stops,
 }
 
 /// A claimed run whose job has finished and whose result is not written
@@ -325,7 +329,8 @@ impl Lifecycle {
                             }
                             trace::annotate(&span, "opsrun.claim.statement_runs", statement_runs);
                             trace::annotate(&span, "opsrun.claim.seconds", claim_seconds);
-                            Ok(Claimed { run, span })
+                            let stops = self.in_flight.insert(run.id);
+                            Ok(Claimed { run, span, stops })
                         }
                         None => {
                             span.record("skipped", "not claimable");
@@ -388,8 +393,7 @@ impl Lifecycle {
     /// Run the handler stack of a claimed run. The run stays held (and
     /// heartbeated) until [`Lifecycle::settle`] has written its result.
     pub async fn run_job(&self, delivery: Delivery, claimed: Claimed) -> Finished {
-        let Claimed { run, span } = claimed;
-        let stops = self.in_flight.insert(run.id);
+        let Claimed { run, span, stops } = claimed;
         let started = std::time::Instant::now();
         crate::telemetry::job_started();
         tracing::info!(parent: &span, "run started");
@@ -571,6 +575,20 @@ impl Lifecycle {
                 format!("no handler for type {} on this worker", job.run.run_type),
             );
         };
+        // A run claimed ahead of a free slot (the worker's prefetch) may be
+        // taken over or cancelled while it waits: its job does not start.
+        if stops.lost.is_cancelled() {
+            return JobResult::failed(
+                "job.lease_lost",
+                "the run was taken over by another worker before its job started",
+            );
+        }
+        if stops.cancel.is_cancelled() {
+            return JobResult::failed(
+                "job.cancelled",
+                "the run was cancelled before its job started",
+            );
+        }
         let middleware = Arc::clone(&self.middleware);
         let stack = async move {
             Next {

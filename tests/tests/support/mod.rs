@@ -366,12 +366,17 @@ identity = "nonce"
 command = {cancellable}
 [types."test.brief"]
 command = {brief}
+[types."test.serial"]
+command = {serial}
+lease = "2s"
 "#,
                 succeed = script("exit 0"),
                 partial = script(r#"echo progress; echo '{"summary_counts":{"total":10,"success":8,"failed":2,"skipped":0}}'"#),
                 fail = script("echo 'connect postgres://app:hunter2secret@db/x failed, password=hunter2secret' >&2; exit 3"),
                 slow = script("sleep 2"),
                 brief = script("sleep 0.2"),
+                // A second at a time: one that starts while another runs says so.
+                serial = script(&format!("mkdir {d}/busy 2>/dev/null || echo $OPSRUN_RUN_ID >> {d}/overlaps; sleep 1; rmdir {d}/busy", d = dir.display())),
                 long = script("sleep 3"),
                 poison = script("kill -9 $PPID; sleep 5"),
                 flaky = script("if [ \"$OPSRUN_ATTEMPT\" -lt 3 ]; then echo 'Throttled (retrying)' >&2; exit 75; fi"),
