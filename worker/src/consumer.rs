@@ -237,12 +237,14 @@ async fn claim_and_run(
             lifecycle.in_flight().remove(claimed.run.id);
             continue;
         };
+        // Claimed runs wait their turn here when prefetched, one after the
+        // other, so they start in claim order.
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("slots are never closed");
         let lifecycle = Arc::clone(&lifecycle);
-        let slots = Arc::clone(&slots);
         jobs.spawn(async move {
-            // Claimed runs wait their turn here when prefetched; the
-            // semaphore is fair, so they start in claim order.
-            let slot = slots.acquire_owned().await.expect("slots are never closed");
             let finished = lifecycle.run_job(delivery, claimed).await;
             drop(slot);
             drop(permit.turn);
