@@ -35,6 +35,12 @@ struct Cli {
     /// Worker concurrency for the end-to-end figure.
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
+    /// The workers' `--prefetch` in the rows compared with the peers (drain,
+    /// end to end): runs claimed ahead of free slots, as graphile-worker's
+    /// local queue (500 here) fetches jobs ahead. The side-by-side rows of
+    /// one opsrun setting against another keep the worker's default, 0.
+    #[arg(long, default_value_t = 200)]
+    prefetch: usize,
     /// Also measure end to end on a 3-master Redis Cluster (a replica each)
     /// started here, beside the single server.
     #[arg(long)]
@@ -130,8 +136,12 @@ async fn main() -> Result<()> {
         .await?;
         for (workers, e2e) in [1, 2].iter().zip(&pair) {
             println!(
-                "end to end, {workers} worker(s) x{}: {:.0} runs/s, CPU per run: machine {:.0} us, workers {:.0} us",
-                cli.concurrency, e2e.per_second, e2e.machine_cpu_us, e2e.worker_cpu_us
+                "end to end, {workers} worker(s) x{} prefetch {}: {:.0} runs/s, CPU per run: machine {:.0} us, workers {:.0} us",
+                cli.concurrency,
+                cli.prefetch,
+                e2e.per_second,
+                e2e.machine_cpu_us,
+                e2e.worker_cpu_us
             );
         }
         let ours = Figures {
@@ -216,7 +226,7 @@ async fn main() -> Result<()> {
         &prefix,
         "bulk",
         cli.concurrency,
-        &[],
+        &prefetch_flag(&cli),
     )?;
     wait_completed(&pool, "bulk", cli.runs).await?;
     let finished: f64 = opsrun::sqlx::query_scalar(
@@ -249,7 +259,7 @@ async fn main() -> Result<()> {
         1,
         100,
         cli.runs,
-        &[],
+        &prefetch_flag(&cli),
     )
     .await?;
 
@@ -264,19 +274,22 @@ async fn main() -> Result<()> {
     );
     row(
         format!(
-            "worker drain, 1 process x{} (n={})",
-            cli.concurrency, cli.runs
+            "worker drain, 1 process x{} prefetch {} (n={})",
+            cli.concurrency, cli.prefetch, cli.runs
         ),
         drain_rate,
     );
     row(
-        format!("end to end, 1 worker x{} (n={})", cli.concurrency, cli.runs),
+        format!(
+            "end to end, 1 worker x{} prefetch {} (n={})",
+            cli.concurrency, cli.prefetch, cli.runs
+        ),
         e2e_one.per_second,
     );
     row(
         format!(
-            "end to end, 2 workers x{} (n={})",
-            cli.concurrency, cli.runs
+            "end to end, 2 workers x{} prefetch {} (n={})",
+            cli.concurrency, cli.prefetch, cli.runs
         ),
         e2e_two.per_second,
     );
@@ -752,7 +765,7 @@ async fn one_and_two_workers(
                 workers,
                 cli.concurrency,
                 cli.runs,
-                &[],
+                &prefetch_flag(cli),
             )
             .await?,
         );
@@ -760,6 +773,11 @@ async fn one_and_two_workers(
     let two = pair.pop().context("the second figure")?;
     let one = pair.pop().context("the first figure")?;
     Ok([one, two])
+}
+
+/// The workers' flag for `--prefetch` in the rows compared with the peers.
+fn prefetch_flag(cli: &Cli) -> [String; 1] {
+    [format!("--prefetch={}", cli.prefetch)]
 }
 
 /// Clock ticks per second, the unit of `/proc`'s CPU times.

@@ -852,3 +852,52 @@ fn first_claim(run: &opsrun::Run, entry_id: String) -> opsrun::ClaimRequest {
         concurrency_key_digest: None,
     }
 }
+
+/// A batch start goes first as a plain insert; one that meets an active
+/// identity is sent again with `ON CONFLICT`: that run is skipped (the
+/// service then reports the active one), the rest are inserted, and so are
+/// later batches that meet one too.
+#[tokio::test]
+async fn a_batch_start_meeting_an_active_identity_skips_that_run_and_inserts_the_rest() {
+    let env = TestEnv::new().await;
+    // A ledger of its own, which has met no conflict yet.
+    let ledger = opsrun::Ledger::new(env.pool.clone());
+    let active = env
+        .service
+        .ensure_run(&RunRequest::new(3, "test.succeed").inputs(json!({"n": 1})))
+        .await
+        .unwrap()
+        .run;
+    let request = RunRequest::new(3, "test.succeed");
+    let new_run = |identity| opsrun::ledger::NewRun {
+        request: &request,
+        queue: "default",
+        identity,
+        rule: &opsrun::registry::IdentityRule::Deterministic,
+        max_attempts: 3,
+        lease_seconds: 60,
+        domain_id: None,
+        shard: 0,
+        concurrency_key: None,
+    };
+    let fresh: Vec<String> = (0..3).map(|i| format!("{:064x}", 0xf00d_u64 + i)).collect();
+    for (round, fresh) in fresh.iter().enumerate() {
+        let inserted = ledger
+            .insert_many(&[new_run(&active.run_identity_hash), new_run(fresh)])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let identities: Vec<&str> = inserted
+            .iter()
+            .map(|r| r.run_identity_hash.as_str())
+            .collect();
+        assert_eq!(identities, [fresh.as_str()], "round {round}");
+    }
+    let holding: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM operation_runs WHERE tenant_id = 3 AND run_identity_hash = $1",
+    )
+    .bind(&active.run_identity_hash)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(holding, 1, "the active identity still has one run");
+}

@@ -20,6 +20,7 @@
 
 mod access;
 mod actions;
+mod batch_start;
 mod concurrency;
 mod credits;
 mod listing;
@@ -42,7 +43,6 @@ pub use session::Session;
 
 use pooler::Db;
 
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::types::Json;
 
@@ -114,67 +114,6 @@ pub struct NewRun<'a> {
     pub shard: i16,
     /// The concurrency key it counts against (see [`crate::concurrency`]).
     pub concurrency_key: Option<&'a str>,
-}
-
-/// What Postgres chose for a run [`Ledger::insert_many`] inserted.
-#[derive(sqlx::FromRow)]
-struct Inserted {
-    tenant_id: i64,
-    run_identity_hash: String,
-    id: RunId,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    dispatched_at: Option<DateTime<Utc>>,
-    /// As sent, at Postgres's precision (microseconds).
-    not_before: Option<DateTime<Utc>>,
-}
-
-impl NewRun<'_> {
-    /// The row this run became, given what Postgres returned: every other
-    /// column is as sent or its default (the table's defaults, and no
-    /// trigger changes a run as it is inserted). Tested against the row
-    /// read back (`tests/tests/ledger.rs`).
-    fn inserted(&self, row: Inserted) -> Run {
-        let request = self.request;
-        Run {
-            id: row.id,
-            tenant_id: request.tenant_id,
-            user_id: request.initiator.user_id,
-            initiator_name: request.initiator.name.clone(),
-            run_type: request.run_type.clone(),
-            status: Status::Queued,
-            outcome: Outcome::Pending,
-            run_identity_hash: self.identity.to_string(),
-            summary_counts: Json(SummaryCounts::default()),
-            failure_summary: Json(Vec::new()),
-            context: Json(request.context.clone()),
-            inputs: Json(request.inputs.clone()),
-            queue: self.queue.to_string(),
-            shard: self.shard,
-            attempt: 0,
-            max_attempts: self.max_attempts,
-            holder: None,
-            heartbeat_at: None,
-            dispatch_entry_id: None,
-            dispatched_at: row.dispatched_at,
-            reclaims: Json(Vec::new()),
-            identity_rule: self.rule.as_str().to_string(),
-            lease_seconds: self.lease_seconds,
-            not_before: row.not_before,
-            // Not written by the batch statement (mirrors start one by one).
-            domain_id: None,
-            started_at: None,
-            completed_at: None,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            cancel_requested_at: None,
-            cancel_request: None,
-            retry_of: request.retry_of,
-            concurrency_key: self.concurrency_key.map(str::to_string),
-            slot_wait_since: None,
-            traceparent: request.traceparent.map(|t| t.to_string()),
-        }
-    }
 }
 
 /// A delivered entry whose run a worker claims (see [`Ledger::mark_running_many`]).
@@ -291,6 +230,9 @@ pub struct Terminal<'a> {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     db: Db,
+    /// When a batch start last met an identity already active (shared by
+    /// the clones of this ledger; see [`Ledger::insert_many`]).
+    last_conflict: std::sync::Arc<batch_start::LastConflict>,
 }
 
 /// Build a statement from a template with `{cols}` replaced by
@@ -317,6 +259,7 @@ impl Ledger {
     pub fn behind(pool: PgPool, pooler: Pooler) -> Self {
         Ledger {
             db: Db { pool, pooler },
+            last_conflict: Default::default(),
         }
     }
 
@@ -465,75 +408,6 @@ impl Ledger {
         .fetch_optional(&self.db)
         .await
         .map_err(db("reading the run with this identity"))
-    }
-
-    /// Insert many deterministic or nonce runs in one statement; a run whose
-    /// identity is already active is skipped (the caller reads the active one
-    /// with [`Ledger::active_by_identity`]). Stamps `dispatched_at` as
-    /// [`Ledger::insert_or_get`] does, and makes its keys' count rows as
-    /// [`CLAIMS_ROW`] does. Returns the runs inserted.
-    ///
-    /// Only what Postgres chose (id and times) comes back; the rest of each
-    /// row is what was sent (see [`NewRun::inserted`]). Returning whole rows
-    /// made Postgres serialize four jsonb columns per run and the service
-    /// parse them again: about a third of the statement's time for 1,000
-    /// runs.
-    pub async fn insert_many(&self, runs: &[NewRun<'_>]) -> Result<Vec<Run>> {
-        if runs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let column =
-            |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
-        let inserted: Vec<Inserted> = sqlx::query_as(sql("WITH keys AS ( \
-                 INSERT INTO concurrency_claims (concurrency_key, runs) \
-                 SELECT DISTINCT k, 0 FROM unnest($15::text[]) AS k WHERE k IS NOT NULL \
-                   AND NOT EXISTS (SELECT 1 FROM concurrency_claims WHERE concurrency_key = k) ORDER BY 1 \
-                 ON CONFLICT DO NOTHING) \
-             INSERT INTO operation_runs \
-               (tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of, concurrency_key, traceparent, \
-                dispatched_at) \
-             SELECT *, CASE WHEN u.not_before IS NULL THEN now() END \
-             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-                 $6::jsonb[], $7::jsonb[], $8::text[], $9::text[], $10::int[], $11::int[], $12::timestamptz[], \
-                 $13::smallint[], $14::bigint[], $15::text[], $16::text[]) \
-                 AS u(tenant_id, user_id, initiator_name, type, run_identity_hash, context, inputs, queue, \
-                      identity_rule, max_attempts, lease_seconds, not_before, shard, retry_of, concurrency_key, \
-                      traceparent) \
-             ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING \
-             RETURNING tenant_id, run_identity_hash, id, created_at, updated_at, dispatched_at, not_before"))
-        .bind(runs.iter().map(|r| r.request.tenant_id).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.request.initiator.user_id).collect::<Vec<_>>())
-        .bind(column(&|r| r.request.initiator.name.clone()))
-        .bind(column(&|r| r.request.run_type.clone()))
-        .bind(column(&|r| r.identity.to_string()))
-        .bind(runs.iter().map(|r| Json(&r.request.context)).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| Json(&r.request.inputs)).collect::<Vec<_>>())
-        .bind(column(&|r| r.queue.to_string()))
-        .bind(column(&|r| r.rule.as_str().to_string()))
-        .bind(runs.iter().map(|r| r.max_attempts).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.lease_seconds).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.request.not_before).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.shard).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.request.retry_of).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.concurrency_key).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.request.traceparent.map(|t| t.to_string())).collect::<Vec<_>>())
-        .fetch_all(&self.db)
-        .await
-        .map_err(db("inserting runs"))?;
-        // Identities are distinct within a batch (the service folds
-        // duplicates first), so each returned row names one of `runs`.
-        let by_identity: std::collections::HashMap<(i64, &str), &NewRun<'_>> = runs
-            .iter()
-            .map(|r| ((r.request.tenant_id, r.identity), r))
-            .collect();
-        Ok(inserted
-            .into_iter()
-            .filter_map(|row| {
-                let new = by_identity.get(&(row.tenant_id, row.run_identity_hash.as_str()))?;
-                Some(new.inserted(row))
-            })
-            .collect())
     }
 
     /// The active runs holding any of these `(tenant_id, identity)` pairs.
