@@ -153,45 +153,27 @@ impl Ledger {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
-        let inserted = if self.last_conflict.recent() {
-            None
-        } else {
+        if !self.last_conflict.recent() {
             match self.insert_statement(insert_many_sql!(""), runs).await {
-                Ok(inserted) => Some(inserted),
+                Ok(inserted) => return Ok(runs_inserted(runs, inserted)),
                 Err(sqlx::Error::Database(e))
                     if e.constraint() == Some("operation_runs_active_identity") =>
                 {
                     self.last_conflict.now();
-                    None
                 }
                 Err(e) => return Err(db("inserting runs")(e)),
             }
-        };
-        let inserted = match inserted {
-            Some(inserted) => inserted,
-            None => self
-                .insert_statement(
-                    insert_many_sql!(
-                        " ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING"
-                    ),
-                    runs,
-                )
-                .await
-                .map_err(db("inserting runs"))?,
-        };
-        // Identities are distinct within a batch (the service folds
-        // duplicates first), so each returned row names one of `runs`.
-        let by_identity: std::collections::HashMap<(i64, &str), &NewRun<'_>> = runs
-            .iter()
-            .map(|r| ((r.request.tenant_id, r.identity), r))
-            .collect();
-        Ok(inserted
-            .into_iter()
-            .filter_map(|row| {
-                let new = by_identity.get(&(row.tenant_id, row.run_identity_hash.as_str()))?;
-                Some(new.inserted(row))
-            })
-            .collect())
+        }
+        let inserted = self
+            .insert_statement(
+                insert_many_sql!(
+                    " ON CONFLICT (tenant_id, run_identity_hash) WHERE completed_at IS NULL DO NOTHING"
+                ),
+                runs,
+            )
+            .await
+            .map_err(db("inserting runs"))?;
+        Ok(runs_inserted(runs, inserted))
     }
 
     /// One batch insert of `runs` with `statement` (see [`insert_many_sql`]).
@@ -242,4 +224,21 @@ impl Ledger {
             .fetch_all(&self.db)
             .await
     }
+}
+
+/// The runs `inserted` made of `runs`. Identities are distinct within a
+/// batch (the service folds duplicates first), so each returned row names
+/// one of `runs`.
+fn runs_inserted(runs: &[NewRun<'_>], inserted: Vec<Inserted>) -> Vec<Run> {
+    let by_identity: std::collections::HashMap<(i64, &str), &NewRun<'_>> = runs
+        .iter()
+        .map(|r| ((r.request.tenant_id, r.identity), r))
+        .collect();
+    inserted
+        .into_iter()
+        .filter_map(|row| {
+            let new = by_identity.get(&(row.tenant_id, row.run_identity_hash.as_str()))?;
+            Some(new.inserted(row))
+        })
+        .collect()
 }

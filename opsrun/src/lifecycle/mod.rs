@@ -260,6 +260,8 @@ impl Lifecycle {
     /// delivery comes back with its claimed run, or with why nothing will
     /// run: skipped entries (malformed, duplicate, late, forged) are
     /// acknowledged together; when Postgres is unreachable all stay pending.
+    /// A claimed run is held (heartbeated, its cancel watched) from here
+    /// until [`Lifecycle::settle`]: give each to [`Lifecycle::run_job`].
     pub async fn claim(
         &self,
         deliveries: Vec<Delivery>,
