@@ -294,7 +294,10 @@ async fn main() -> Result<()> {
         e2e_two.per_second,
     );
     row(
-        format!("end to end, 1 worker x100 (n={})", cli.runs),
+        format!(
+            "end to end, 1 worker x100 prefetch {} (n={})",
+            cli.prefetch, cli.runs
+        ),
         wide.per_second,
     );
     println!(
