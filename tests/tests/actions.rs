@@ -315,6 +315,64 @@ async fn a_rust_handler_sees_the_cancel_and_its_counts_are_kept() {
     task.await.unwrap();
 }
 
+/// Notes each run it is called for, then works a second without looking
+/// at cancels.
+struct Heedless(Arc<std::sync::Mutex<Vec<RunId>>>);
+
+#[async_trait]
+impl Handler for Heedless {
+    async fn handle(&self, job: Job) -> JobResult {
+        self.0.lock().unwrap().push(job.run.id);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        JobResult::succeeded()
+    }
+}
+
+/// A worker that claims ahead (`prefetch`): a run cancelled while it waits
+/// for a slot never reaches its handler, even one that ignores cancels.
+#[tokio::test]
+async fn a_run_cancelled_while_claimed_ahead_never_reaches_its_handler() {
+    let env = TestEnv::new().await;
+    let transport = env.service.transport().clone();
+    let called = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let route = Route::new(
+        Arc::new(Heedless(Arc::clone(&called))),
+        &opsrun::registry::Registry::default().defaults,
+    );
+    let lifecycle = Lifecycle::new(env.ledger().clone(), transport.clone(), "rust-worker:2")
+        .group_commit()
+        .fallback(route);
+    let mut config = WorkerConfig::new(vec!["default".into()]);
+    config.block = Duration::from_millis(300);
+    config.cancel_check = Duration::from_millis(200);
+    config.concurrency = 1;
+    config.prefetch = 1;
+    let stop = CancellationToken::new();
+    let (ledger, token) = (env.ledger().clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        transport.ensure_group(&"default".into()).await.unwrap();
+        consumer::run(Arc::new(lifecycle), ledger, transport, config, token).await
+    });
+    let first = support::enqueue(&env.service, 4, "rust.heedless").await;
+    let waiting = support::enqueue(&env.service, 4, "rust.heedless").await;
+    reaches(&env, 4, waiting.id, Status::Running, 1).await;
+    env.service
+        .cancel(4, waiting.id, &ada(), None)
+        .await
+        .unwrap();
+    let done = support::completed_within(&env, &waiting, Duration::from_secs(5)).await;
+    assert_eq!(done.outcome, Outcome::Cancelled);
+    let first = support::completed_within(&env, &first, Duration::from_secs(5)).await;
+    assert_eq!(first.outcome, Outcome::Succeeded);
+    assert_eq!(
+        *called.lock().unwrap(),
+        [first.id],
+        "only the first run reached the handler"
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_cancel_racing_a_completion_leaves_one_terminal_state() {
     let env = TestEnv::new().await;
