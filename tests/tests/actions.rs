@@ -282,26 +282,40 @@ impl Handler for Counting {
     }
 }
 
-#[tokio::test]
-async fn a_rust_handler_sees_the_cancel_and_its_counts_are_kept() {
-    let env = TestEnv::new().await;
+/// An in-process worker on the `default` queue running `handler` for
+/// every type, as `holder`, checking for cancels every 200 ms; `tune`
+/// changes its configuration first. Stops when the token is cancelled.
+fn rust_worker(
+    env: &TestEnv,
+    handler: Arc<dyn Handler>,
+    holder: &str,
+    tune: impl FnOnce(&mut WorkerConfig),
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<consumer::WorkerReport>,
+) {
     let transport = env.service.transport().clone();
-    let route = Route::new(
-        Arc::new(Counting),
-        &opsrun::registry::Registry::default().defaults,
-    );
-    let lifecycle = Lifecycle::new(env.ledger().clone(), transport.clone(), "rust-worker:1")
+    let route = Route::new(handler, &opsrun::registry::Registry::default().defaults);
+    let lifecycle = Lifecycle::new(env.ledger().clone(), transport.clone(), holder)
         .group_commit()
         .fallback(route);
     let mut config = WorkerConfig::new(vec!["default".into()]);
     config.block = Duration::from_millis(300);
     config.cancel_check = Duration::from_millis(200);
+    tune(&mut config);
     let stop = CancellationToken::new();
     let (ledger, token) = (env.ledger().clone(), stop.clone());
     let task = tokio::spawn(async move {
         transport.ensure_group(&"default".into()).await.unwrap();
         consumer::run(Arc::new(lifecycle), ledger, transport, config, token).await
     });
+    (stop, task)
+}
+
+#[tokio::test]
+async fn a_rust_handler_sees_the_cancel_and_its_counts_are_kept() {
+    let env = TestEnv::new().await;
+    let (stop, task) = rust_worker(&env, Arc::new(Counting), "rust-worker:1", |_| {});
     let run = support::enqueue(&env.service, 4, "rust.cancellable").await;
     reaches(&env, 4, run.id, Status::Running, 1).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -333,25 +347,11 @@ impl Handler for Heedless {
 #[tokio::test]
 async fn a_run_cancelled_while_claimed_ahead_never_reaches_its_handler() {
     let env = TestEnv::new().await;
-    let transport = env.service.transport().clone();
     let called = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let route = Route::new(
-        Arc::new(Heedless(Arc::clone(&called))),
-        &opsrun::registry::Registry::default().defaults,
-    );
-    let lifecycle = Lifecycle::new(env.ledger().clone(), transport.clone(), "rust-worker:2")
-        .group_commit()
-        .fallback(route);
-    let mut config = WorkerConfig::new(vec!["default".into()]);
-    config.block = Duration::from_millis(300);
-    config.cancel_check = Duration::from_millis(200);
-    config.concurrency = 1;
-    config.prefetch = 1;
-    let stop = CancellationToken::new();
-    let (ledger, token) = (env.ledger().clone(), stop.clone());
-    let task = tokio::spawn(async move {
-        transport.ensure_group(&"default".into()).await.unwrap();
-        consumer::run(Arc::new(lifecycle), ledger, transport, config, token).await
+    let handler = Arc::new(Heedless(Arc::clone(&called)));
+    let (stop, task) = rust_worker(&env, handler, "rust-worker:2", |config| {
+        config.concurrency = 1;
+        config.prefetch = 1;
     });
     let first = support::enqueue(&env.service, 4, "rust.heedless").await;
     let waiting = support::enqueue(&env.service, 4, "rust.heedless").await;

@@ -1,7 +1,7 @@
 //! Starting many runs in one statement (the service's batch starts).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -43,27 +43,20 @@ macro_rules! insert_many_sql {
 
 /// When a batch start last met an identity already active.
 #[derive(Debug, Default)]
-pub(super) struct LastConflict {
-    /// Milliseconds since the Unix epoch; 0: never.
-    at_ms: AtomicU64,
-}
+pub(super) struct LastConflict(Mutex<Option<Instant>>);
 
 impl LastConflict {
-    fn now_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-
     /// Remember a conflict now.
     fn now(&self) {
-        self.at_ms.store(Self::now_ms(), Ordering::Relaxed);
+        *self.0.lock().expect("last conflict") = Some(Instant::now());
     }
 
     /// True within [`CONFLICT_MEMORY`] of the last conflict.
     fn recent(&self) -> bool {
-        let at = self.at_ms.load(Ordering::Relaxed);
-        at != 0 && Self::now_ms().saturating_sub(at) < CONFLICT_MEMORY.as_millis() as u64
+        self.0
+            .lock()
+            .expect("last conflict")
+            .is_some_and(|at| at.elapsed() < CONFLICT_MEMORY)
     }
 }
 
