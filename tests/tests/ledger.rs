@@ -901,3 +901,59 @@ async fn a_batch_start_meeting_an_active_identity_skips_that_run_and_inserts_the
     .unwrap();
     assert_eq!(holding, 1, "the active identity still has one run");
 }
+
+/// ANALYZE keeps statistics for the columns queries select rows by and
+/// skips the payload columns nothing filters on (migration 000025): sorting
+/// sampled jsonb values was most of what autovacuum's frequent analyzes of
+/// a busy ledger cost.
+#[tokio::test]
+async fn analyze_skips_the_columns_no_query_filters_on() {
+    let env = TestEnv::new().await;
+    let requests: Vec<RunRequest> = (0..200)
+        .map(|i| {
+            RunRequest::new(1 + i % 3, "backup.run")
+                .inputs(json!({"n": i}))
+                .context(json!({"ticket": i}))
+        })
+        .collect();
+    for result in env.service.ensure_runs(&requests).await {
+        result.unwrap();
+    }
+    let pool = env.ledger().pool();
+    sqlx::query("ANALYZE operation_runs")
+        .execute(pool)
+        .await
+        .unwrap();
+    let analyzed: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_stats WHERE schemaname = current_schema() \
+         AND tablename = 'operation_runs' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for filtered in [
+        "tenant_id",
+        "status",
+        "type",
+        "queue",
+        "created_at",
+        "completed_at",
+    ] {
+        assert!(
+            analyzed.iter().any(|c| c == filtered),
+            "{filtered} keeps its statistics: {analyzed:?}"
+        );
+    }
+    for payload in [
+        "inputs",
+        "context",
+        "summary_counts",
+        "failure_summary",
+        "initiator_name",
+    ] {
+        assert!(
+            !analyzed.iter().any(|c| c == payload),
+            "{payload} is not analyzed: {analyzed:?}"
+        );
+    }
+}
