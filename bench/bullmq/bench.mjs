@@ -5,6 +5,7 @@
 // like opsrun's, so process counts and RSS compare.
 import { fork } from "node:child_process";
 import { Queue, Worker } from "bullmq";
+import { busyTicks, ticksSince } from "../busy_ticks.mjs";
 
 const url = new URL(process.env.REDIS_URL ?? "redis://127.0.0.1:6379");
 const connection = { host: url.hostname, port: Number(url.port || 6379), maxRetriesPerRequest: null };
@@ -44,7 +45,8 @@ async function addAll(queue, jobs) {
 }
 
 // End to end: `processes` worker processes at `concurrency`, jobs added with
-// addBulk while they drain; returns jobs/s and the workers' peak RSS.
+// addBulk while they drain; returns jobs/s, the workers' peak RSS and the
+// machine's busy ticks meanwhile.
 async function endToEnd(name, jobs, processes, concurrency) {
   const queue = new Queue(name, { connection, prefix });
   await queue.waitUntilReady();
@@ -56,14 +58,16 @@ async function endToEnd(name, jobs, processes, concurrency) {
     await new Promise((r) => child.once("message", r));
     children.push(child);
   }
+  const busy = busyTicks();
   const t = process.hrtime.bigint();
   await addAll(queue, jobs);
   while ((await queue.getCompletedCount()) < jobs) await new Promise((r) => setTimeout(r, 20));
   const seconds = Number(process.hrtime.bigint() - t) / 1e9;
+  const ticks = ticksSince(busy);
   const rss = await Promise.all(children.map((c) => new Promise((r) => { c.once("message", (m) => r(m.rss_mb)); c.send("stop"); })));
   await queue.obliterate({ force: true });
   await queue.close();
-  return { perSecond: jobs / seconds, rssMb: Math.max(...rss) };
+  return { perSecond: jobs / seconds, rssMb: Math.max(...rss), ticks };
 }
 
 async function main() {
@@ -84,9 +88,11 @@ async function main() {
 
   // addBulk throughput, in chunks of 1000 (no worker running).
   const bulkQueue = new Queue("bulk", { connection, prefix });
+  const busy = busyTicks();
   const t = process.hrtime.bigint();
   await addAll(bulkQueue, jobs);
   const addBulkSeconds = Number(process.hrtime.bigint() - t) / 1e9;
+  const addBulkTicks = ticksSince(busy);
   for (const q of [latencyQueue, bulkQueue]) {
     await q.obliterate({ force: true });
     await q.close();
@@ -104,6 +110,9 @@ async function main() {
     end_to_end_per_s: one.perSecond,
     end_to_end_2_workers_per_s: two.perSecond,
     worker_rss_mb_c100: wide.rssMb,
+    add_bulk_busy_ticks: addBulkTicks,
+    end_to_end_busy_ticks: one.ticks,
+    end_to_end_2_workers_busy_ticks: two.ticks,
   }));
 }
 

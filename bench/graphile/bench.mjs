@@ -6,6 +6,7 @@
 // like opsrun's. Each invocation uses a schema of its own.
 import { fork } from "node:child_process";
 import { Logger, makeWorkerUtils, run } from "graphile-worker";
+import { busyTicks, ticksSince } from "../busy_ticks.mjs";
 
 const connectionString = process.env.DATABASE_URL;
 const schema = process.env.GRAPHILE_BENCH_SCHEMA ?? `graphile_bench_${process.pid}`;
@@ -51,7 +52,8 @@ async function pending(utils) {
 }
 
 // End to end: `processes` worker processes at `concurrency`, jobs added
-// while they drain (graphile-worker deletes a job when it completes).
+// while they drain (graphile-worker deletes a job when it completes);
+// returns jobs/s and the machine's busy ticks meanwhile.
 async function endToEnd(utils, jobs, processes, concurrency, n0) {
   const children = [];
   for (let i = 0; i < processes; i++) {
@@ -61,12 +63,14 @@ async function endToEnd(utils, jobs, processes, concurrency, n0) {
     await new Promise((r) => child.once("message", r));
     children.push(child);
   }
+  const busy = busyTicks();
   const t = process.hrtime.bigint();
   await addAll(utils, jobs, n0);
   while ((await pending(utils)) > 0) await new Promise((r) => setTimeout(r, 20));
   const seconds = Number(process.hrtime.bigint() - t) / 1e9;
+  const ticks = ticksSince(busy);
   await Promise.all(children.map((c) => new Promise((r) => { c.once("exit", r); c.send("stop"); })));
-  return jobs / seconds;
+  return { perSecond: jobs / seconds, ticks };
 }
 
 async function main() {
@@ -87,9 +91,11 @@ async function main() {
   await utils.withPgClient((c) => c.query(`delete from "${schema}"._private_jobs`));
 
   // addJobs throughput, in chunks of 1000 (no worker running).
+  const busy = busyTicks();
   const t = process.hrtime.bigint();
   await addAll(utils, jobs, 0);
   const addBulkSeconds = Number(process.hrtime.bigint() - t) / 1e9;
+  const addBulkTicks = ticksSince(busy);
   await utils.withPgClient((c) => c.query(`delete from "${schema}"._private_jobs`));
 
   const one = await endToEnd(utils, jobs, 1, concurrency, jobs);
@@ -102,8 +108,11 @@ async function main() {
     add_p50_ms: percentile(latencies, 0.5),
     add_p99_ms: percentile(latencies, 0.99),
     add_bulk_per_s: jobs / addBulkSeconds,
-    end_to_end_per_s: one,
-    end_to_end_2_workers_per_s: two,
+    end_to_end_per_s: one.perSecond,
+    end_to_end_2_workers_per_s: two.perSecond,
+    add_bulk_busy_ticks: addBulkTicks,
+    end_to_end_busy_ticks: one.ticks,
+    end_to_end_2_workers_busy_ticks: two.ticks,
   }));
 }
 

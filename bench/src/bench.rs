@@ -151,6 +151,9 @@ async fn main() -> Result<()> {
             end_to_end_per_s: pair[0].per_second,
             end_to_end_2_workers_per_s: pair[1].per_second,
             worker_rss_mb_c100: None,
+            add_bulk_machine_us: f64::NAN,
+            end_to_end_machine_us: pair[0].machine_cpu_us,
+            end_to_end_2_workers_machine_us: pair[1].machine_cpu_us,
         };
         compare_with_peers(&stack, &cli, &ours);
         return Ok(());
@@ -214,7 +217,9 @@ async fn main() -> Result<()> {
     );
 
     // 3. Bulk enqueue through the batch API, 1000 runs per call, no worker running.
+    let busy_before = machine_busy_seconds();
     let bulk_rate = bulk_enqueue(&service, "bulk", cli.runs).await?;
+    let bulk_machine_us = machine_us_per_run(busy_before, cli.runs);
     // 4. One worker drains that backlog, timed on the Postgres clock from its start.
     let epoch = "SELECT extract(epoch FROM clock_timestamp())::float8";
     let started: f64 = opsrun::sqlx::query_scalar(epoch).fetch_one(&pool).await?;
@@ -326,6 +331,9 @@ async fn main() -> Result<()> {
         end_to_end_per_s: e2e_one.per_second,
         end_to_end_2_workers_per_s: e2e_two.per_second,
         worker_rss_mb_c100: Some(wide.rss_mb),
+        add_bulk_machine_us: bulk_machine_us,
+        end_to_end_machine_us: e2e_one.machine_cpu_us,
+        end_to_end_2_workers_machine_us: e2e_two.machine_cpu_us,
     };
     compare_with_peers(&stack, &cli, &ours);
     pooler::side_by_side(&bin, &stack, DATABASE, &prefix, &cli).await?;
@@ -503,6 +511,13 @@ struct Figures {
     end_to_end_per_s: f64,
     end_to_end_2_workers_per_s: f64,
     worker_rss_mb_c100: Option<f64>,
+    /// The machine's CPU (every process) per run in the bulk and end-to-end
+    /// figures, in microseconds (NaN where not measured): the same work's
+    /// cost whatever else the host ran at the time, where the rates swing
+    /// with it.
+    add_bulk_machine_us: f64,
+    end_to_end_machine_us: f64,
+    end_to_end_2_workers_machine_us: f64,
 }
 
 /// A peer measured by its own script, `bench/<dir>/bench.mjs` (installed
@@ -575,6 +590,11 @@ impl Peer {
             v[k].as_f64()
                 .ok_or_else(|| format!("{} output lacks {k}", self.name))
         };
+        // Busy clock ticks of the whole machine during a figure, per job.
+        let machine_us = |k: &str| {
+            v[k].as_f64()
+                .map_or(f64::NAN, |ticks| ticks / clock_ticks() * 1e6 / jobs as f64)
+        };
         Ok((
             v["version"].as_str().unwrap_or("?").to_string(),
             Figures {
@@ -584,6 +604,9 @@ impl Peer {
                 end_to_end_per_s: num("end_to_end_per_s")?,
                 end_to_end_2_workers_per_s: num("end_to_end_2_workers_per_s")?,
                 worker_rss_mb_c100: v["worker_rss_mb_c100"].as_f64(),
+                add_bulk_machine_us: machine_us("add_bulk_busy_ticks"),
+                end_to_end_machine_us: machine_us("end_to_end_busy_ticks"),
+                end_to_end_2_workers_machine_us: machine_us("end_to_end_2_workers_busy_ticks"),
             },
         ))
     }
@@ -610,7 +633,7 @@ fn side_by_side(peer: &Peer, version: &str, ours: &Figures, theirs: &Figures) {
     let heading = format!("side by side ({} {version}, {})", peer.name, peer.shares);
     println!("\n{heading:<46}     opsrun {:>10}     ratio", peer.name);
     let row = |label: &str, ours: f64, theirs: f64| {
-        if !ours.is_nan() {
+        if !ours.is_nan() && !theirs.is_nan() {
             println!(
                 "{label:<46} {ours:>10.2} {theirs:>10.2} {:>10.2}",
                 ours / theirs
@@ -645,6 +668,21 @@ fn side_by_side(peer: &Peer, version: &str, ours: &Figures, theirs: &Figures) {
     if let (Some(ours), Some(theirs)) = (ours.worker_rss_mb_c100, theirs.worker_rss_mb_c100) {
         row("worker peak RSS, concurrency 100 (MB)", ours, theirs);
     }
+    row(
+        "bulk enqueue, machine CPU per run (us, lower is better)",
+        ours.add_bulk_machine_us,
+        theirs.add_bulk_machine_us,
+    );
+    row(
+        "end to end, 1 worker, machine CPU per run (us, lower is better)",
+        ours.end_to_end_machine_us,
+        theirs.end_to_end_machine_us,
+    );
+    row(
+        "end to end, 2 workers, machine CPU per run (us, lower is better)",
+        ours.end_to_end_2_workers_machine_us,
+        theirs.end_to_end_2_workers_machine_us,
+    );
 }
 
 /// Start `runs` no-op runs on `queue` through the batch API, in chunks of
@@ -721,7 +759,7 @@ async fn end_to_end(
     let busy_before = machine_busy_seconds();
     bulk_enqueue(service, queue, runs).await?;
     wait_completed(pool, queue, runs).await?;
-    let machine_cpu_us = (machine_busy_seconds() - busy_before) * 1e6 / runs as f64;
+    let machine_cpu_us = machine_us_per_run(busy_before, runs);
     let worker_cpu_us = started.iter().map(Worker::cpu_seconds).sum::<f64>() * 1e6 / runs as f64;
     let seconds: f64 = opsrun::sqlx::query_scalar(
         "SELECT extract(epoch FROM max(completed_at) - min(created_at))::float8 FROM operation_runs \
@@ -808,6 +846,12 @@ fn machine_busy_seconds() -> f64 {
         })
         .unwrap_or(f64::NAN);
     ticks / clock_ticks()
+}
+
+/// The machine's CPU per run, in microseconds, over `runs` runs done since
+/// [`machine_busy_seconds`] was `busy_before`.
+fn machine_us_per_run(busy_before: f64, runs: usize) -> f64 {
+    (machine_busy_seconds() - busy_before) * 1e6 / runs as f64
 }
 
 /// The newest run's id: runs of an earlier invocation on the same database
