@@ -425,7 +425,10 @@ async fn json_logs_carry_the_runs_fields() {
 /// `--prefetch`: a worker holds up to `concurrency + prefetch` runs, claimed
 /// ahead and waiting for a slot in claim order, never running more than
 /// `concurrency` at once. A run waiting longer than its lease keeps it:
-/// it is heartbeated from its claim, so the reaper leaves it alone.
+/// it is heartbeated from its claim, so the reaper leaves it alone. A run
+/// whose handler has returned gives its turn back before its completion is
+/// written (the group commit), so it is not counted as held while it still
+/// reads `running`.
 #[tokio::test]
 async fn prefetched_runs_wait_for_a_slot_and_keep_their_lease() {
     let env = TestEnv::new().await;
@@ -455,8 +458,8 @@ async fn prefetched_runs_wait_for_a_slot_and_keep_their_lease() {
         let ids = &ids;
         let most_held = &most_held;
         async move {
-            let (held, done): (i64, i64) = sqlx::query_as(
-                "SELECT count(*) FILTER (WHERE status = 'running'), \
+            let (running, done): (Vec<i64>, i64) = sqlx::query_as(
+                "SELECT coalesce(array_agg(id) FILTER (WHERE status = 'running'), '{}'), \
                         count(*) FILTER (WHERE status = 'completed') \
                  FROM operation_runs WHERE id = ANY($1)",
             )
@@ -464,6 +467,15 @@ async fn prefetched_runs_wait_for_a_slot_and_keep_their_lease() {
             .fetch_one(&env.pool)
             .await
             .unwrap();
+            // Read after the ledger: a run still `running` there whose
+            // handler had returned by then had given its turn back.
+            let finished =
+                std::fs::read_to_string(env.job_dir().join("finished")).unwrap_or_default();
+            let finished: Vec<i64> = finished
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            let held = running.iter().filter(|id| !finished.contains(id)).count();
             most_held.set(most_held.get().max(held));
             tokio::time::sleep(Duration::from_millis(50)).await;
             (done == 5).then_some(())

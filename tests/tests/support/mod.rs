@@ -375,8 +375,9 @@ lease = "2s"
                 fail = script("echo 'connect postgres://app:hunter2secret@db/x failed, password=hunter2secret' >&2; exit 3"),
                 slow = script("sleep 2"),
                 brief = script("sleep 0.2"),
-                // A second at a time: one that starts while another runs says so.
-                serial = script(&format!("mkdir {d}/busy 2>/dev/null || echo $OPSRUN_RUN_ID >> {d}/overlaps; sleep 1; rmdir {d}/busy", d = dir.display())),
+                // A second at a time: one that starts while another runs
+                // says so; each notes when it is done.
+                serial = script(&format!("mkdir {d}/busy 2>/dev/null || echo $OPSRUN_RUN_ID >> {d}/overlaps; sleep 1; rmdir {d}/busy; echo $OPSRUN_RUN_ID >> {d}/finished", d = dir.display())),
                 long = script("sleep 3"),
                 poison = script("kill -9 $PPID; sleep 5"),
                 flaky = script("if [ \"$OPSRUN_ATTEMPT\" -lt 3 ]; then echo 'Throttled (retrying)' >&2; exit 75; fi"),
