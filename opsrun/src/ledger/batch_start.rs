@@ -175,8 +175,10 @@ impl Ledger {
         statement: &'static str,
         runs: &[NewRun<'_>],
     ) -> std::result::Result<Vec<Inserted>, sqlx::Error> {
-        let column =
-            |f: &dyn Fn(&NewRun<'_>) -> String| runs.iter().map(f).collect::<Vec<String>>();
+        // Text columns bound as borrowed: no copy of each run's strings.
+        fn texts<'r, 'a>(runs: &'r [NewRun<'a>], f: fn(&'r NewRun<'a>) -> &'r str) -> Vec<&'r str> {
+            runs.iter().map(f).collect()
+        }
         sqlx::query_as(sql(statement))
             .bind(runs.iter().map(|r| r.request.tenant_id).collect::<Vec<_>>())
             .bind(
@@ -184,9 +186,9 @@ impl Ledger {
                     .map(|r| r.request.initiator.user_id)
                     .collect::<Vec<_>>(),
             )
-            .bind(column(&|r| r.request.initiator.name.clone()))
-            .bind(column(&|r| r.request.run_type.clone()))
-            .bind(column(&|r| r.identity.to_string()))
+            .bind(texts(runs, |r| &r.request.initiator.name))
+            .bind(texts(runs, |r| &r.request.run_type))
+            .bind(texts(runs, |r| r.identity))
             .bind(
                 runs.iter()
                     .map(|r| Json(&r.request.context))
@@ -197,8 +199,8 @@ impl Ledger {
                     .map(|r| Json(&r.request.inputs))
                     .collect::<Vec<_>>(),
             )
-            .bind(column(&|r| r.queue.to_string()))
-            .bind(column(&|r| r.rule.as_str().to_string()))
+            .bind(texts(runs, |r| r.queue))
+            .bind(texts(runs, |r| r.rule.as_str()))
             .bind(runs.iter().map(|r| r.max_attempts).collect::<Vec<_>>())
             .bind(runs.iter().map(|r| r.lease_seconds).collect::<Vec<_>>())
             .bind(
